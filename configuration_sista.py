@@ -1,0 +1,159 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""SISTA model configuration."""
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+SIA_MODES = ("eliminate", "soft")
+SIA_SOFT_TARGETS = ("uniform", "similarity")
+SIA_SIMILARITY_SOURCES = ("report_embeds", "text_embeds")
+POOLING_MODES = ("cls", "mean")
+
+# Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
+# sub-configs or use `SistaModel.from_vision_text_pretrained`.
+DEFAULT_VISION_CONFIG = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+}
+DEFAULT_TEXT_CONFIG = {
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "max_position_embeddings": 256,
+}
+
+
+class SistaConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SistaModel`]: a vision backbone and a text backbone (any `AutoConfig` type), projection
+    heads into a shared space, and the hyper-parameters of the two SISTA objectives, SIA (semantic-aware instance
+    alignment) and STA (sparse token alignment).
+
+    Args:
+        vision_config (`dict` or `PretrainedConfig`, *optional*):
+            Configuration of the vision backbone. A dict needs a `model_type`; defaults to a small ViT.
+        text_config (`dict` or `PretrainedConfig`, *optional*):
+            Configuration of the text backbone. A dict needs a `model_type`; defaults to a small BERT.
+        projection_dim (`int`, *optional*, defaults to 256):
+            Size of the shared embedding space of images, reports, patches and tokens.
+        logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
+            Initial value of the learnable log temperature of SIA (ln(1/0.07), as in CLIP).
+        vision_pooling (`str`, *optional*, defaults to `"cls"`):
+            Global image feature: the first token (`"cls"`) or the mean of the patch tokens (`"mean"`).
+        text_pooling (`str`, *optional*, defaults to `"cls"`):
+            Global report feature: the first token (`"cls"`) or the attention-masked mean of the tokens (`"mean"`).
+        sia_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the SIA loss in the total loss; 0 turns SIA off.
+        sia_threshold (`float`, *optional*, defaults to 0.9):
+            Two different reports whose report-similarity is at least this value count as false negatives of each
+            other. Must lie in [-1, 1] to flag anything; any value above 1 flags nothing and gives the CLIP loss.
+        sia_mode (`str`, *optional*, defaults to `"eliminate"`):
+            `"eliminate"` removes false negatives from the softmax denominator; `"soft"` treats them as extra
+            positives of a soft target distribution.
+        sia_soft_target (`str`, *optional*, defaults to `"uniform"`):
+            Target distribution over the positives in `"soft"` mode: `"uniform"` or weighted by `"similarity"`.
+        sia_similarity_source (`str`, *optional*, defaults to `"report_embeds"`):
+            Where report-similarity comes from: precomputed `report_embeds` passed to `forward` (computed once per
+            dataset by a frozen encoder), or the online report embeddings, detached (`"text_embeds"`).
+        sta_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the STA loss in the total loss; 0 turns STA off.
+        sta_sparsity_threshold (`float`, *optional*):
+            Min-max normalised token-patch similarities below this value get zero weight. `None` means 1/P, with P
+            the number of patches.
+        sta_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the within-report token-to-region contrast of STA.
+        sta_ignore_token_ids (`list[int]`, *optional*):
+            Token ids that STA does not align (the tokenizer's special tokens, e.g. `tokenizer.all_special_ids`).
+            Padding is always ignored through the attention mask.
+
+    Example:
+
+    ```python
+    >>> from transformers import BertConfig, ViTConfig
+    >>> from configuration_sista import SistaConfig
+    >>> from modeling_sista import SistaModel
+
+    >>> config = SistaConfig.from_vision_text_configs(ViTConfig(image_size=224), BertConfig(), projection_dim=512)
+    >>> model = SistaModel(config)
+    ```"""
+
+    model_type = "sista"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(AutoConfig, model_type="vit", init_kwargs=DEFAULT_VISION_CONFIG),
+        "text_config": SubConfigSpec(AutoConfig, model_type="bert", init_kwargs=DEFAULT_TEXT_CONFIG),
+    }
+
+    vision_config: PretrainedConfig | dict | None = None
+    text_config: PretrainedConfig | dict | None = None
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    vision_pooling: str = "cls"
+    text_pooling: str = "cls"
+    sia_weight: float = 1.0
+    sia_threshold: float = 0.9
+    sia_mode: str = "eliminate"
+    sia_soft_target: str = "uniform"
+    sia_similarity_source: str = "report_embeds"
+    sta_weight: float = 1.0
+    sta_sparsity_threshold: float | None = None
+    sta_temperature: float = 0.1
+    sta_ignore_token_ids: list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_sista_fields()
+
+    def validate_sista_fields(self):
+        """Raises a `ValueError` naming the first SISTA field whose value cannot be used."""
+        if self.projection_dim <= 0:
+            raise ValueError(f"`projection_dim` must be a positive integer, got {self.projection_dim}.")
+        for name, allowed in (
+            ("vision_pooling", POOLING_MODES),
+            ("text_pooling", POOLING_MODES),
+            ("sia_mode", SIA_MODES),
+            ("sia_soft_target", SIA_SOFT_TARGETS),
+            ("sia_similarity_source", SIA_SIMILARITY_SOURCES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("sia_weight", "sta_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.sia_weight == 0 and self.sta_weight == 0:
+            raise ValueError("`sia_weight` and `sta_weight` are both 0: at least one objective must be on.")
+        # Cosine similarities lie in [-1, 1]; anything above 1 is the documented "no false negatives" switch.
+        if self.sia_threshold < -1:
+            raise ValueError(f"`sia_threshold` must be >= -1 (a cosine similarity), got {self.sia_threshold}.")
+        if self.sta_sparsity_threshold is not None and not 0 <= self.sta_sparsity_threshold <= 1:
+            raise ValueError(
+                f"`sta_sparsity_threshold` must lie in [0, 1] (it thresholds min-max normalised similarities), "
+                f"got {self.sta_sparsity_threshold}."
+            )
+        if self.sta_temperature <= 0:
+            raise ValueError(f"`sta_temperature` must be > 0, got {self.sta_temperature}.")
+        if self.sta_ignore_token_ids is not None and not all(
+            isinstance(token_id, int) for token_id in self.sta_ignore_token_ids
+        ):
+            raise ValueError(f"`sta_ignore_token_ids` must be a list of ints, got {self.sta_ignore_token_ids!r}.")
+
+    @classmethod
+    def from_vision_text_configs(cls, vision_config: PretrainedConfig, text_config: PretrainedConfig, **kwargs):
+        r"""
+        Builds a [`SistaConfig`] from an existing vision configuration and an existing text configuration.
+
+        Returns:
+            [`SistaConfig`]: the composite configuration; `kwargs` set its other fields.
+        """
+        return cls(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), **kwargs)
+
+
+SistaConfig.register_for_auto_class()
+
+__all__ = ["SistaConfig"]

@@ -1,0 +1,64 @@
+"""Shared tiny configurations for the tests: hidden size 32, 2 layers, 32-pixel images, patch 8."""
+
+import os
+
+import pytest
+import torch
+from transformers import BertConfig, BertTokenizerFast, ViTConfig
+
+from configuration_sista import SistaConfig
+
+
+# Keep tests offline and quiet whatever the machine's environment says.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+    set(
+        "a an the of and or no with without is are there seen small large moderate left right bilateral upper middle "
+        "lower zone lobe lung lungs apical basal base effusion pleural pneumothorax consolidation opacity nodule mass "
+        "cardiomegaly heart size normal clear atelectasis findings impression acute cardiopulmonary process stable "
+        "photo chest x ray mild new . , : -".split()
+    )
+)
+SPECIAL_TOKEN_IDS = [0, 1, 2, 3, 4]
+
+
+def tiny_sista_config(**kwargs) -> SistaConfig:
+    vision_config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    text_config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(TINY_VOCAB),
+        max_position_embeddings=64,
+    )
+    kwargs.setdefault("projection_dim", 16)
+    kwargs.setdefault("sta_ignore_token_ids", SPECIAL_TOKEN_IDS)
+    return SistaConfig.from_vision_text_configs(vision_config, text_config, **kwargs)
+
+
+def tiny_batch(batch_size=4, sequence_length=10, report_dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(len(SPECIAL_TOKEN_IDS), len(TINY_VOCAB), (batch_size, sequence_length), generator=generator)
+    input_ids[:, 0] = 2  # [CLS]
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, sequence_length - 3 :] = 0  # some padding
+    input_ids[0, sequence_length - 3 :] = 0
+    input_ids[0, sequence_length - 4] = 3  # [SEP]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.randn(batch_size, 3, 32, 32, generator=generator),
+        "report_embeds": torch.randn(batch_size, report_dim, generator=generator),
+    }
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(TINY_VOCAB) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
