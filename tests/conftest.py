@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizerFast, ViTConfig
+from transformers import BertConfig, BertTokenizer, ViTConfig
 
 from configuration_sista import SistaConfig
 
@@ -57,8 +57,13 @@ def tiny_batch(batch_size=4, sequence_length=10, report_dim=8, seed=0):
     }
 
 
+def build_tiny_tokenizer() -> BertTokenizer:
+    # transformers 5 ignores `vocab_file=` for BERT tokenizers (every word becomes [UNK]); `vocab=` is honoured
+    return BertTokenizer(vocab={token: index for index, token in enumerate(TINY_VOCAB)}, do_lower_case=True)
+
+
 @pytest.fixture
-def tiny_tokenizer(tmp_path):
-    vocab_file = tmp_path / "vocab.txt"
-    vocab_file.write_text("\n".join(TINY_VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+def tiny_tokenizer():
+    tokenizer = build_tiny_tokenizer()
+    assert tokenizer.unk_token_id not in tokenizer("small left effusion")["input_ids"]
+    return tokenizer

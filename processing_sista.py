@@ -1,0 +1,665 @@
+# Copyright 2026 The SISTA Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Report cleaning, chest X-ray image processing and the SISTA processor."""
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import (
+    IMAGENET_STANDARD_MEAN,
+    IMAGENET_STANDARD_STD,
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+    infer_channel_dimension_format,
+    is_pil_image,
+    is_valid_image,
+)
+from transformers.processing_utils import ImagesKwargs, ProcessorMixin, Unpack
+from transformers.tokenization_utils_base import BatchEncoding
+from transformers.utils import TensorType
+
+
+# ---------------------------------------------------------------------------
+# Report cleaning
+# ---------------------------------------------------------------------------
+
+# Section headers of MIMIC-CXR and IU X-ray reports, as regex fragments. Each maps to the
+# section it opens; everything that is not findings or impression is "other" and only its
+# label is dropped (its content survives in the whole-text fallback).
+_SECTION_HEADERS = {
+    r"FINDINGS[ \t]+AND[ \t]+IMPRESSIONS?": "findings",
+    r"FINDINGS?": "findings",
+    r"IMPRESSIONS?": "impression",
+    r"CONCLUSIONS?": "impression",
+    r"FINAL[ \t]+REPORT": "other",
+    r"WET[ \t]+READ": "other",
+    r"EXAMINATION": "other",
+    r"TYPE[ \t]+OF[ \t]+EXAMINATION": "other",
+    r"EXAM": "other",
+    r"STUDY": "other",
+    r"PROCEDURE": "other",
+    r"(?:CLINICAL[ \t]+)?INDICATIONS?": "other",
+    r"REASON[ \t]+FOR[ \t]+(?:EXAM|EXAMINATION|STUDY)": "other",
+    r"TECHNIQUE": "other",
+    r"COMPARISONS?": "other",
+    r"(?:CLINICAL[ \t]+)?HISTORY": "other",
+    r"CLINICAL[ \t]+INFORMATION": "other",
+    r"NOTIFICATION": "other",
+    r"RECOMMENDATION(?:S|\(S\))?": "other",
+    r"ADDENDUM": "other",
+}
+_HEADER_NAMES = "|".join(f"(?:{name})" for name in _SECTION_HEADERS)
+# A header is a known name followed by a colon, or alone on its line ("FINAL REPORT").
+# At a line start any case is accepted; inside a line only upper case with a colon, which
+# catches reports whose line breaks were lost ("... is clear. IMPRESSION: Normal.").
+_HEADER_PATTERN = re.compile(
+    rf"^[ \t]*(?P<line_start>(?i:{_HEADER_NAMES}))[ \t]*(?::|$)"
+    rf"|(?<=\s)(?P<inline>{_HEADER_NAMES})[ \t]*:",
+    flags=re.MULTILINE,
+)
+_COMPILED_HEADERS = [(re.compile(name, flags=re.IGNORECASE), kind) for name, kind in _SECTION_HEADERS.items()]
+
+# De-identification placeholders: runs of underscores (MIMIC-CXR "___") and runs of two or
+# more X as a token (IU X-ray "XXXX"); a hyphen gluing one to a word goes with it
+# ("XXXX-year-old" -> "year-old").
+_DEID_PATTERN = re.compile(r"_+-?|(?<![A-Za-z0-9])X{2,}(?![A-Za-z0-9])-?")
+# "1. ", "2) ", "(3) " list markers; which of them really number a list is decided by their order.
+_LIST_MARKER_PATTERN = re.compile(r"(?<!\S)\(?(\d{1,2})[.)][ \t]+")
+_CLAUSE_END = (".", "!", "?", ":", ";")
+
+
+@dataclass(frozen=True)
+class CleanedReport:
+    """
+    A radiology report reduced to the text a vision-language model trains on.
+
+    Args:
+        findings (`str`):
+            The cleaned FINDINGS section, `""` when the report has none.
+        impression (`str`):
+            The cleaned IMPRESSION section, `""` when the report has none.
+        text (`str`):
+            `findings` and `impression` joined as sentences; the whole cleaned report (header
+            labels removed) when neither section has content; `""` when nothing is usable.
+        source (`str`):
+            Where `text` came from: `"sections"`, `"findings"`, `"impression"`, `"whole_text"`
+            or `"empty"`.
+    """
+
+    findings: str
+    impression: str
+    text: str
+    source: str
+
+    @property
+    def is_empty(self) -> bool:
+        """Whether the report held no usable text (the caller decides whether to skip it)."""
+        return not self.text
+
+
+def _header_kind(label: str) -> str:
+    return next(kind for pattern, kind in _COMPILED_HEADERS if pattern.fullmatch(label))
+
+
+def _split_sections(report: str) -> tuple[list[tuple[str, str]], str]:
+    """Split a report into `(kind, raw content)` sections; also return the text before the first header."""
+    report = report.replace("\r\n", "\n").replace("\r", "\n")
+    matches = list(_HEADER_PATTERN.finditer(report))
+    preamble = report[: matches[0].start()] if matches else report
+    sections = []
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(report)
+        label = match.group("line_start") or match.group("inline")
+        sections.append((_header_kind(label), report[match.end() : end]))
+    return sections, preamble
+
+
+def _join_sentences(parts: Iterable[str]) -> str:
+    """Join text pieces with spaces, ending each with a full stop unless it already ends a clause."""
+    sentences = (part.strip() for part in parts)
+    return " ".join(s if s.endswith(_CLAUSE_END) else f"{s}." for s in sentences if s)
+
+
+def _flatten_numbered_list(text: str) -> str:
+    """Turn "1. No effusion\\n2. No pneumothorax" into "No effusion. No pneumothorax."."""
+    items, expected_number, item_start = [], 1, 0
+    for marker in _LIST_MARKER_PATTERN.finditer(text):
+        if int(marker.group(1)) != expected_number:
+            continue
+        # "grade 1. No effusion" is no list: item 1 must open the text, a line or a clause.
+        if expected_number == 1 and text[: marker.start()].rstrip(" \t")[-1:] not in ("", "\n", *_CLAUSE_END):
+            continue
+        items.append(text[item_start : marker.start()])
+        item_start, expected_number = marker.end(), expected_number + 1
+    if expected_number == 1:
+        return text
+    # Items lose their line breaks later, so each must end its own sentence.
+    return _join_sentences([*items, text[item_start:]])
+
+
+def _tidy_punctuation(text: str) -> str:
+    """Repair what removed placeholders leave behind: stray spaces, doubled or leading punctuation."""
+    text = re.sub(r"\(\s*\)", "", text)
+    text = re.sub(r"\(\s+", "(", text)
+    text = re.sub(r"\s+([,.;:!?)])", r"\1", text)
+    text = re.sub(r"[,;:]+(?=[.!?])", "", text)
+    text = re.sub(r"([,;:.])(?:\s*[,;:])+", r"\1", text)
+    text = re.sub(r"\.(?:\s*\.)+", ".", text)
+    text = re.sub(r"(?<=[.!?])\s*[,;:]+", "", text)
+    text = re.sub(r"^[\s,.;:!?-]+", "", text)
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _clean_text(text: str) -> str:
+    text = _flatten_numbered_list(text)
+    text = _DEID_PATTERN.sub(" ", text)
+    text = re.sub(r"\s+", " ", text)
+    return _tidy_punctuation(text)
+
+
+def clean_report(report: str) -> CleanedReport:
+    """
+    Clean a raw MIMIC-CXR or IU X-ray report and extract its FINDINGS and IMPRESSION.
+
+    Headers (`FINDINGS:`, `IMPRESSION:`, `FINAL REPORT`, `EXAMINATION:`, `INDICATION:`,
+    `TECHNIQUE:`, `COMPARISON:`, `HISTORY:`, ...) are recognised at a line start in any case
+    (spaces before the colon allowed), and in upper case inside a line. `CONCLUSION:` counts as
+    impression and `FINDINGS AND IMPRESSION:` as findings. De-identification placeholders (`___`,
+    `XXXX`) are removed, numbered lists flattened into sentences and whitespace collapsed.
+
+    Args:
+        report (`str`):
+            The raw report text.
+
+    Returns:
+        [`CleanedReport`]: the cleaned sections and the training text. A report without usable
+        text gives `text=""` and `source="empty"`; this function never raises for it.
+
+    Example:
+
+    ```python
+    >>> clean_report("FINDINGS: Lungs are clear.\\nIMPRESSION:\\n1. No acute process\\n2. Stable XXXX.").text
+    'Lungs are clear. No acute process. Stable.'
+
+    ```
+    """
+    if not isinstance(report, str):
+        raise TypeError(f"`report` must be a str, got {type(report).__name__}.")
+    sections, preamble = _split_sections(report)
+    findings = _join_sentences(_clean_text(content) for kind, content in sections if kind == "findings")
+    impression = _join_sentences(_clean_text(content) for kind, content in sections if kind == "impression")
+
+    if findings and impression:
+        return CleanedReport(findings, impression, _join_sentences([findings, impression]), "sections")
+    if findings:
+        return CleanedReport(findings, "", findings, "findings")
+    if impression:
+        return CleanedReport("", impression, impression, "impression")
+    whole_text = _join_sentences(_clean_text(part) for part in [preamble, *(content for _, content in sections)])
+    return CleanedReport("", "", whole_text, "whole_text" if whole_text else "empty")
+
+
+def clean_reports(reports: list[str]) -> list[CleanedReport]:
+    """Apply [`clean_report`] to every report of a list."""
+    return [clean_report(report) for report in reports]
+
+
+# ---------------------------------------------------------------------------
+# Image processing
+# ---------------------------------------------------------------------------
+
+# PIL modes that `np.array` turns into usable intensities; any other mode (palette, CMYK,
+# YCbCr, ...) is converted to RGB (palette with alpha to RGBA) first.
+_PIL_MODES_AS_ARRAYS = {"1", "L", "LA", "I", "F", "RGB", "RGBA"}
+# ITU-R 601-2 luma weights, the ones PIL's own "RGB" -> "L" conversion uses.
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+_RESIZE_MODES = ("pad", "crop")
+
+
+class SistaImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    resize_mode (`str`, *optional*, defaults to `self.resize_mode`):
+        `"pad"` fits the whole image inside `size` (longer side resized) and pads the rest with black;
+        `"crop"` covers `size` (shorter side resized) and centre-crops the overflow.
+    window (`tuple[float, float]`, *optional*, defaults to `self.window`):
+        Lower and upper percentiles of an image's intensities mapped to 0 and 1 when the image is not 8-bit.
+    num_channels (`int`, *optional*, defaults to `self.num_channels`):
+        Number of identical channels the grayscale output is replicated to (1 or 3).
+    """
+
+    resize_mode: str | None
+    window: tuple[float | int, float | int] | list[float | int] | None
+    num_channels: int | None
+
+
+def _validate_sista_image_kwargs(
+    size: SizeDict | None = None,
+    resize_mode: str | None = None,
+    window: tuple[float, float] | None = None,
+    num_channels: int | None = None,
+    image_mean: float | tuple[float, ...] | None = None,
+    image_std: float | tuple[float, ...] | None = None,
+    **kwargs,
+) -> None:
+    """Check the arguments that the base class does not know or does not check."""
+    if size is not None and not (size.height and size.width and size.height > 0 and size.width > 0):
+        raise ValueError(f"`size` must give a positive height and width, got {dict(size)}.")
+    if resize_mode is not None and resize_mode not in _RESIZE_MODES:
+        raise ValueError(f"`resize_mode` must be one of {_RESIZE_MODES}, got {resize_mode!r}.")
+    if window is not None and not (len(window) == 2 and 0 <= window[0] < window[1] <= 100):
+        raise ValueError(f"`window` must be two percentiles (low, high) with 0 <= low < high <= 100, got {window}.")
+    if num_channels is not None and num_channels not in (1, 3):
+        raise ValueError(f"`num_channels` must be 1 or 3, got {num_channels}.")
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        if isinstance(value, tuple) and len(value) not in (1, num_channels):
+            raise ValueError(f"`{name}` must have 1 or `num_channels`={num_channels} values, got {len(value)}.")
+    if image_std is not None and np.any(np.asarray(image_std) <= 0):
+        raise ValueError(f"`image_std` must be positive, got {image_std}.")
+
+
+def _to_channels_last_array(image: ImageInput, input_data_format: ChannelDimension | str | None) -> np.ndarray:
+    """Return the raw intensities of a PIL image, numpy array or torch tensor as an (H, W) or (H, W, C) array."""
+    if is_pil_image(image):
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        elif image.mode not in _PIL_MODES_AS_ARRAYS and not image.mode.startswith("I;16"):
+            image = image.convert("RGB")
+        return np.array(image)
+    array = image if isinstance(image, np.ndarray) else image.numpy(force=True)
+    if array.ndim == 2:
+        return array
+    if array.ndim != 3:
+        raise ValueError(f"`images` must be (H, W), (H, W, C) or (C, H, W) arrays, got shape {array.shape}.")
+    if input_data_format is None:
+        try:
+            input_data_format = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
+        except ValueError as error:
+            raise ValueError(
+                f"`images` holds an array of shape {array.shape} whose channel axis (1 to 4 channels, first or last) "
+                "cannot be found; pass `input_data_format`."
+            ) from error
+    return np.moveaxis(array, 0, -1) if ChannelDimension(input_data_format) == ChannelDimension.FIRST else array
+
+
+def _to_luminance(array: np.ndarray) -> np.ndarray:
+    """Reduce (H, W[, C]) intensities to (H, W) float64: gray channels as they are, colour to luma, alpha dropped."""
+    if array.ndim == 2:
+        return array.astype(np.float64)
+    num_channels = array.shape[-1]
+    if num_channels in (1, 2):
+        return array[..., 0].astype(np.float64)
+    if num_channels in (3, 4):
+        return array[..., :3].astype(np.float64) @ _LUMA_WEIGHTS
+    raise ValueError(f"`images` must have 1 (L), 2 (LA), 3 (RGB) or 4 (RGBA) channels, got {num_channels}.")
+
+
+def window_intensities(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """
+    Map the `window` percentiles of `image` to 0 and 1 and clip, as radiology viewers window a high-bit-depth image.
+
+    Args:
+        image (`np.ndarray`):
+            Intensities of any numeric dtype.
+        window (`tuple[float, float]`):
+            Lower and upper percentiles (0 to 100) mapped to 0 and 1.
+
+    Returns:
+        `np.ndarray`: float intensities in [0, 1]. When the percentiles coincide (an almost constant image) the
+        min-max range is used instead, and a constant image becomes all zeros rather than NaN.
+    """
+    low, high = np.percentile(image, window)
+    if high <= low:
+        low, high = image.min(), image.max()
+    if high <= low:
+        return np.zeros_like(image)
+    windowed = (image - low) / (high - low)
+    return np.clip(windowed, 0.0, 1.0, out=windowed)
+
+
+def _rescale_intensities(
+    luminance: np.ndarray, dtype: np.dtype, rescale_factor: float, window: tuple[float, float]
+) -> np.ndarray:
+    """Bring intensities to [0, 1] according to the bit depth of the source `dtype`."""
+    if dtype == np.uint8:
+        return luminance * rescale_factor
+    if dtype == np.bool_:
+        return luminance
+    if np.issubdtype(dtype, np.floating) and luminance.min() >= 0.0 and luminance.max() <= 1.0:
+        # Float images already in [0, 1] are taken as display intensities, not as raw detector values.
+        return luminance
+    return window_intensities(luminance, window)
+
+
+def _resized_shape(height: int, width: int, size: SizeDict, resize_mode: str) -> tuple[int, int]:
+    """Aspect-preserving target shape: inside `size` for "pad", covering `size` for "crop"."""
+    scale_to_size = (size.height / height, size.width / width)
+    scale = min(scale_to_size) if resize_mode == "pad" else max(scale_to_size)
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    if resize_mode == "pad":
+        return min(new_height, size.height), min(new_width, size.width)
+    return max(new_height, size.height), max(new_width, size.width)
+
+
+def _pad_centred(image: np.ndarray, size: SizeDict) -> np.ndarray:
+    """Pad a (1, H, W) image with zeros (black) to `size`, the content in the centre."""
+    height, width = image.shape[-2:]
+    if height > size.height or width > size.width:
+        raise ValueError(
+            f"Cannot pad an image of size {(height, width)} to `size`={dict(size)}; set `do_resize=True`."
+        )
+    top, left = (size.height - height) // 2, (size.width - width) // 2
+    padding = ((0, 0), (top, size.height - height - top), (left, size.width - width - left))
+    return np.pad(image, padding, mode="constant", constant_values=0.0)
+
+
+class SistaImageProcessor(PilBackend):
+    r"""
+    Chest X-ray image processor (PIL/NumPy, no torchvision).
+
+    Every image becomes a float grayscale image in [0, 1]: 8-bit images are divided by 255, 16-bit and 32-bit
+    integer images (and float images outside [0, 1]) are windowed between two intensity percentiles, colour images
+    are reduced to luma (ITU-R 601-2) and alpha is dropped. The image is then resized without distortion, padded
+    or cropped to `size`, replicated to `num_channels` and normalised.
+
+    Args:
+        do_resize (`bool`, *optional*, defaults to `True`):
+            Whether to resize the image, keeping its aspect ratio (see `resize_mode`).
+        size (`dict[str, int]` or `int`, *optional*, defaults to `{"height": 224, "width": 224}`):
+            Output size; an int means a square.
+        resize_mode (`str`, *optional*, defaults to `"pad"`):
+            `"pad"` resizes the longer side to fit `size` and pads the rest with black, centred, so nothing of the
+            chest is lost; `"crop"` resizes the shorter side and centre-crops the overflow.
+        do_pad (`bool`, *optional*, defaults to `True`):
+            Whether to pad to `size` in `"pad"` mode. Without padding, images keep their aspect ratio and a batch
+            can only be stacked into a tensor when all images share one shape.
+        resample (`PILImageResampling`, *optional*, defaults to `PILImageResampling.BILINEAR`):
+            Resampling filter used on the float image (PIL mode "F", so no 8-bit rounding).
+        do_center_crop (`bool`, *optional*, defaults to `False`):
+            Whether to centre-crop to `crop_size` after resizing.
+        crop_size (`dict[str, int]`, *optional*, defaults to `None`):
+            Output size of the centre crop when `do_center_crop=True`.
+        do_rescale (`bool`, *optional*, defaults to `True`):
+            Whether to bring intensities to [0, 1] (8-bit by `rescale_factor`, other bit depths by `window`).
+            Without it the raw intensities are kept.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Factor applied to 8-bit images.
+        window (`tuple[float, float]`, *optional*, defaults to `(0.5, 99.5)`):
+            Percentiles of each high-bit-depth image mapped to 0 and 1 (values outside are clipped). The 0.5/99.5
+            default ignores burnt-in text, markers and collimator edges that would otherwise compress the lung
+            contrast; `(0, 100)` is a plain min-max window.
+        num_channels (`int`, *optional*, defaults to 3):
+            Number of identical channels in the output, 3 for backbones pre-trained on RGB images, 1 otherwise. It
+            must match the vision config's `num_channels`.
+        do_normalize (`bool`, *optional*, defaults to `True`):
+            Whether to normalise with `image_mean` and `image_std`.
+        image_mean (`float` or `list[float]`, *optional*, defaults to 0.5 per channel):
+            Mean subtracted per channel. 0.5/0.5 maps [0, 1] to [-1, 1], the convention of the default ViT backbone
+            (`IMAGENET_STANDARD_MEAN`); use the statistics of a backbone's own pre-training when they differ.
+        image_std (`float` or `list[float]`, *optional*, defaults to 0.5 per channel):
+            Standard deviation divided out per channel.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from processing_sista import SistaImageProcessor
+
+    >>> image_processor = SistaImageProcessor(size=64)
+    >>> xray = np.random.default_rng(0).integers(0, 4096, size=(300, 240), dtype=np.uint16)
+    >>> image_processor(xray, return_tensors="pt")["pixel_values"].shape
+    torch.Size([1, 3, 64, 64])
+
+    ```
+    """
+
+    valid_kwargs = SistaImageProcessorKwargs
+    model_input_names = ["pixel_values"]
+
+    do_resize = True
+    size = {"height": 224, "width": 224}
+    resize_mode = "pad"
+    do_pad = True
+    resample = PILImageResampling.BILINEAR
+    do_center_crop = False
+    do_rescale = True
+    rescale_factor = 1 / 255
+    window = (0.5, 99.5)
+    num_channels = 3
+    do_normalize = True
+
+    def __init__(self, **kwargs: Unpack[SistaImageProcessorKwargs]):
+        # The per-channel default follows `num_channels`, so a 1-channel processor gets a 1-value mean.
+        num_channels = kwargs.get("num_channels") or self.num_channels
+        if kwargs.get("image_mean") is None:
+            kwargs["image_mean"] = [IMAGENET_STANDARD_MEAN[0]] * num_channels
+        if kwargs.get("image_std") is None:
+            kwargs["image_std"] = [IMAGENET_STANDARD_STD[0]] * num_channels
+        super().__init__(**kwargs)
+        _validate_sista_image_kwargs(**{name: getattr(self, name) for name in self._valid_kwargs_names})
+
+    def _standardize_kwargs(self, window: tuple[float, float] | list[float] | None = None, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        # JSON stores the window as a list; a tuple keeps a reloaded config identical to the saved one.
+        kwargs["window"] = tuple(window) if window is not None else None
+        return kwargs
+
+    def _validate_preprocess_kwargs(self, **kwargs) -> None:
+        super()._validate_preprocess_kwargs(**kwargs)
+        _validate_sista_image_kwargs(**kwargs)
+
+    def fetch_images(self, image_url_or_urls):
+        """Load image paths and URLs; unlike the base class, local files keep their bit depth instead of 8-bit RGB."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike)) and os.path.isfile(image_url_or_urls):
+            image = Image.open(image_url_or_urls)
+            image.load()
+            return ImageOps.exif_transpose(image)
+        return super().fetch_images(image_url_or_urls)
+
+    def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
+        """Flatten `images` into a list; unlike the base class, 2-D grayscale arrays count as single images."""
+        images = self.fetch_images(images)
+        if isinstance(images, (list, tuple)):
+            images = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
+        elif is_valid_image(images) and not is_pil_image(images) and images.ndim == 4:
+            images = list(images)
+        else:
+            images = [images]
+        if not images or not all(is_valid_image(image) for image in images):
+            raise ValueError(
+                "`images` must be a PIL image, numpy array or torch tensor, or a non-empty list of them, got "
+                f"{[type(image).__name__ for image in images]}."
+            )
+        return images
+
+    def process_image(
+        self,
+        image: ImageInput,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        window: tuple[float, float] | None = None,
+        input_data_format: ChannelDimension | str | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Turn one raw image into a (1, H, W) float32 grayscale array, in [0, 1] when `do_rescale`."""
+        array = _to_channels_last_array(image, input_data_format)
+        if array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(f"`images` must have a non-zero height and width, got an image of shape {array.shape}.")
+        luminance = _to_luminance(array)
+        if not np.all(np.isfinite(luminance)):
+            raise ValueError("`images` must hold finite values, got an image with NaN or infinite pixels.")
+        if do_rescale:
+            luminance = _rescale_intensities(luminance, array.dtype, rescale_factor, window)
+        return luminance.astype(np.float32)[None]
+
+    def resize(
+        self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | None = None, **kwargs
+    ) -> np.ndarray:
+        """Resize a (1, H, W) float image to `(size.height, size.width)` in PIL's float mode, without rounding."""
+        resized = Image.fromarray(image[0]).resize((size.width, size.height), resample=resample)
+        return np.asarray(resized, dtype=np.float32)[None]
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size: SizeDict,
+        resize_mode: str,
+        do_pad: bool,
+        resample: PILImageResampling | None,
+        do_center_crop: bool,
+        crop_size: SizeDict | None,
+        num_channels: int,
+        do_normalize: bool,
+        image_mean: float | tuple[float, ...],
+        image_std: float | tuple[float, ...],
+        return_tensors: str | TensorType | None,
+        **kwargs,
+    ) -> BatchFeature:
+        processed_images = []
+        for image in images:
+            if do_resize:
+                shape = _resized_shape(image.shape[-2], image.shape[-1], size, resize_mode)
+                image = self.resize(image, SizeDict(height=shape[0], width=shape[1]), resample=resample)
+            if resize_mode == "crop":
+                image = self.center_crop(image, size)
+            elif do_pad:
+                image = _pad_centred(image, size)
+            if do_center_crop:
+                image = self.center_crop(image, crop_size)
+            image = np.repeat(image, num_channels, axis=0)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed_images.append(image)
+        return BatchFeature(data={"pixel_values": processed_images}, tensor_type=return_tensors)
+
+
+# ---------------------------------------------------------------------------
+# Processor
+# ---------------------------------------------------------------------------
+
+
+class SistaProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`SistaImageProcessor`] and any tokenizer into one processor for SISTA.
+
+    Args:
+        image_processor ([`SistaImageProcessor`], *optional*, defaults to `SistaImageProcessor()`):
+            The image processor for the chest X-rays.
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The tokenizer of the text backbone (any `AutoTokenizer`); required.
+
+    Example:
+
+    ```python
+    >>> import numpy as np
+    >>> from transformers import BertTokenizer
+    >>> from processing_sista import SistaImageProcessor, SistaProcessor
+
+    >>> tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "acute", "process", "."]
+    >>> tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
+    >>> processor = SistaProcessor(SistaImageProcessor(size=64), tokenizer)
+    >>> xray = np.zeros((300, 240), dtype=np.uint16)
+    >>> inputs = processor(text=["No acute process."], images=[xray], return_tensors="pt")
+    >>> sorted(inputs.keys())
+    ['attention_mask', 'input_ids', 'pixel_values', 'token_type_ids']
+
+    ```
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if tokenizer is None:
+            raise ValueError("`tokenizer` must be a tokenizer (e.g. from `AutoTokenizer.from_pretrained`), got None.")
+        image_processor = SistaImageProcessor() if image_processor is None else image_processor
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def __call__(
+        self,
+        text: str | list[str] | None = None,
+        images: ImageInput | None = None,
+        return_tensors: str | TensorType | None = None,
+        padding: bool | str = True,
+        truncation: bool | str = True,
+        max_length: int | None = None,
+        **kwargs,
+    ) -> BatchEncoding | BatchFeature:
+        """
+        Tokenize `text` and process `images` for [`SistaModel`].
+
+        Args:
+            text (`str` or `list[str]`, *optional*):
+                Report(s) to tokenize; clean raw reports with [`clean_report`] first.
+            images (`ImageInput`, *optional*):
+                Chest X-ray(s): PIL images, numpy arrays or torch tensors, or a list of them.
+            return_tensors (`str` or [`~utils.TensorType`], *optional*):
+                `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists.
+            padding (`bool` or `str`, *optional*, defaults to `True`):
+                Tokenizer padding (`True` pads to the longest report of the batch).
+            truncation (`bool` or `str`, *optional*, defaults to `True`):
+                Tokenizer truncation, to `max_length` or the tokenizer's maximum length.
+            max_length (`int`, *optional*):
+                Maximum number of tokens.
+            kwargs (`dict[str, Any]`, *optional*):
+                Arguments of [`SistaImageProcessor`] (e.g. `size`) go to the image processor, the rest to the
+                tokenizer.
+
+        Returns:
+            [`BatchEncoding`] with `input_ids`, `attention_mask` (and `token_type_ids` when the tokenizer makes
+            them) for `text`, plus `pixel_values` for `images`; a [`BatchFeature`] with `pixel_values` for images
+            alone.
+        """
+        if text is None and images is None:
+            raise ValueError("`text` and `images` are both None; pass reports, images or both.")
+        image_kwarg_names = self.image_processor.valid_kwargs.__annotations__
+        image_kwargs = {name: value for name, value in kwargs.items() if name in image_kwarg_names}
+        text_kwargs = {name: value for name, value in kwargs.items() if name not in image_kwarg_names}
+
+        image_features = None
+        if images is not None:
+            image_features = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
+        if text is None:
+            return image_features
+        encoding = self.tokenizer(
+            text,
+            return_tensors=return_tensors,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            **text_kwargs,
+        )
+        if image_features is not None:
+            encoding["pixel_values"] = image_features["pixel_values"]
+        return encoding
+
+
+SistaImageProcessor.register_for_auto_class("AutoImageProcessor")
+SistaProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CleanedReport",
+    "SistaImageProcessor",
+    "SistaProcessor",
+    "clean_report",
+    "clean_reports",
+    "window_intensities",
+]
