@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
+from transformers import AutoTokenizer
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
 from transformers.image_utils import (
@@ -592,6 +593,23 @@ class SistaProcessor(ProcessorMixin):
             raise ValueError("`tokenizer` must be a tokenizer (e.g. from `AutoTokenizer.from_pretrained`), got None.")
         image_processor = SistaImageProcessor() if image_processor is None else image_processor
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""
+        Loads the image processor and the tokenizer saved in `pretrained_model_name_or_path`.
+
+        The base class looks the image processor up through `AutoImageProcessor`, which refuses a class outside
+        transformers without `trust_remote_code=True`; this class knows its image processor, so it loads it directly
+        and runs no code from the checkpoint. With `trust_remote_code=True` (the `AutoProcessor` path) the base
+        class's loading is kept.
+        """
+        if kwargs.get("trust_remote_code"):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        kwargs.pop("trust_remote_code", None)
+        image_processor = SistaImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=False, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
 
     def __call__(
         self,

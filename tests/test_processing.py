@@ -613,3 +613,13 @@ def test_auto_classes_load_the_saved_processor_in_a_fresh_process(processor, xra
     np.testing.assert_array_equal(reloaded["pixel_values"], expected["pixel_values"])
     np.testing.assert_array_equal(reloaded["image_processor_pixel_values"], expected["pixel_values"])
     np.testing.assert_array_equal(reloaded["tokenizer_input_ids"], expected["input_ids"])
+
+
+def test_processor_class_loads_its_checkpoint_without_remote_code(processor, xrays, tmp_path):
+    processor.save_pretrained(tmp_path)
+    reloaded = SistaProcessor.from_pretrained(tmp_path)
+    assert type(reloaded.image_processor) is SistaImageProcessor
+    expected = processor(text=REPORTS, images=xrays, return_tensors="np")
+    got = reloaded(text=REPORTS, images=xrays, return_tensors="np")
+    np.testing.assert_array_equal(got["input_ids"], expected["input_ids"])
+    np.testing.assert_array_equal(got["pixel_values"], expected["pixel_values"])
