@@ -1,0 +1,338 @@
+"""Tests of `examples/pretrain.py` and `examples/sista_trainer.py`: data pipeline, launch modes, gradient cache,
+resume, bad input. Tiny configs (hidden 32, 32-pixel SynthCXR), a few optimizer steps each."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoProcessor, TrainerCallback
+
+import pretrain
+from conftest import tiny_batch, tiny_sista_config
+from modeling_sista import SistaModel
+from processing_sista import SistaImageProcessor
+from sista_trainer import (
+    PretrainingDataset,
+    SistaDataCollator,
+    XRayAugmentation,
+    gradient_cache_backward,
+    train_report_tokenizer,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_ARGS = [
+    "--model_preset", "tiny", "--objective", "sista", "--logging_steps", "1", "--report_to", "none",
+    "--seed", "1", "--disable_tqdm", "True", "--dataloader_num_workers", "0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset_path(tmp_path_factory) -> str:
+    """32-pixel SynthCXR with `report_embeds` in groups of near-duplicates, so SIA flags false negatives."""
+    from synthcxr import generate_synthcxr
+
+    dataset = generate_synthcxr(num_pretrain=48, num_train=0, num_validation=16, num_test=0, image_size=32, seed=0)
+    rng = np.random.default_rng(0)
+    for split in ("pretrain", "validation"):
+        embeds = rng.normal(size=(len(dataset[split]), 16))
+        embeds[1::4] = embeds[0::4][: len(embeds[1::4])]
+        embeds /= np.linalg.norm(embeds, axis=1, keepdims=True)
+        dataset[split] = dataset[split].add_column("report_embeds", embeds.tolist())
+    path = tmp_path_factory.mktemp("data") / "tiny_synthcxr"
+    dataset.save_to_disk(str(path))
+    return str(path)
+
+
+def logged_losses(output_dir) -> list[tuple[float, float, float]]:
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    return [(entry["loss"], entry["loss_sia"], entry["loss_sta"]) for entry in history if "loss" in entry]
+
+
+def launch(arguments: list[str], tmp_path: Path, launcher: list[str] | None = None) -> None:
+    """Runs pretrain.py in fresh processes: plain python, or `accelerate launch` with `launcher` arguments."""
+    script = str(REPO_ROOT / "examples" / "pretrain.py")
+    command = [sys.executable, script]
+    if launcher is not None:
+        command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--main_process_port", "0", script]
+    # `--cpu --num_processes 2` would start ONE process; ACCELERATE_USE_CPU with --multi_gpu starts two
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command + arguments, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data pipeline
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_augmentation_identity_and_no_flip():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1)))  # bright on the right
+    identity = XRayAugmentation(crop_scale=(1, 1), crop_ratio=(1, 1), rotation_degrees=0, translate=0)
+    np.testing.assert_allclose(np.asarray(identity.geometric(image, rng), float), np.asarray(image, float), atol=1)
+
+    default = XRayAugmentation()
+    for _ in range(20):  # no horizontal flip: the right side stays the bright one
+        warped = np.asarray(default.geometric(image, rng), float)
+        assert warped.shape == (64, 64)
+        assert warped[:, 40:56].mean() > warped[:, 8:24].mean() + 50
+
+    pixel_values = torch.rand(3, 8, 8) * 2 - 1
+    jitter_free = XRayAugmentation(brightness=0, contrast=0)
+    torch.testing.assert_close(jitter_free.photometric(pixel_values, [0.5] * 3, [0.5] * 3, rng), pixel_values)
+    jittered = XRayAugmentation(brightness=0.3, contrast=0.3).photometric(pixel_values, [0.5] * 3, [0.5] * 3, rng)
+    assert jittered.min() >= -1 and jittered.max() <= 1 and not torch.allclose(jittered, pixel_values)
+
+    with pytest.raises(ValueError, match="crop_scale"):
+        XRayAugmentation(crop_scale=(0.5, 1.2))
+
+
+def test_pretraining_dataset_and_collator(tiny_tokenizer):
+    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+
+    images = [Image.fromarray(np.full((40, 40), value, dtype=np.uint8)) for value in (0, 255)]
+    reports = ["No acute cardiopulmonary process.", "Small left pleural effusion."]
+    features = Features({"image": ImageFeature(), "report": Value("string"), "report_embeds": List(Value("float32"))})
+    raw = Dataset.from_dict({"image": images, "report": reports, "report_embeds": [[1, 0], [0, 1]]}, features=features)
+    dataset = PretrainingDataset(raw, SistaImageProcessor(size=32))
+    rows = dataset.__getitems__([0, 1])
+    assert set(rows[0]) == {"pixel_values", "report", "report_embeds"}
+    torch.testing.assert_close(rows[0]["pixel_values"], torch.full((3, 32, 32), -1.0))
+    torch.testing.assert_close(rows[1]["pixel_values"], torch.full((3, 32, 32), 1.0))
+
+    batch = SistaDataCollator(tiny_tokenizer, max_length=6)(rows)
+    assert batch["return_loss"] is True
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(batch["report_embeds"], torch.eye(2))
+    assert batch["input_ids"].shape == (2, 6)  # truncated to max_length
+    assert tiny_tokenizer.convert_ids_to_tokens(batch["input_ids"][1].tolist()) == [
+        "[CLS]", "small", "left", "pleural", "effusion", "[SEP]",
+    ]  # fmt: skip
+
+
+def test_augmentation_seeded_per_sample_and_epoch():
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)) for _ in range(3)]
+    raw = Dataset.from_dict({"image": images, "report": ["a", "b", "c"]})
+    dataset = PretrainingDataset(raw, SistaImageProcessor(size=32), XRayAugmentation(), seed=7)
+    first = torch.stack([row["pixel_values"] for row in dataset.__getitems__([0, 1, 2])])
+    # another order and batching: the same draws per sample
+    torch.testing.assert_close(dataset[2]["pixel_values"], first[2])
+    torch.testing.assert_close(dataset.__getitems__([1, 0])[1]["pixel_values"], first[0])
+    dataset.set_epoch(1)  # a new epoch: new draws
+    assert not torch.allclose(dataset[0]["pixel_values"], first[0])
+
+
+def test_report_tokenizer_is_deterministic(tmp_path):
+    reports = ["No acute cardiopulmonary process.", "Small LEFT pleural effusion.", "No acute process."] * 5
+    first = train_report_tokenizer(reports, vocab_size=300, save_directory=tmp_path / "a")
+    second = train_report_tokenizer(list(reversed(reports)), vocab_size=300, save_directory=tmp_path / "b")
+    assert first.get_vocab() == second.get_vocab()
+    assert first.tokenize("Small left pleural effusion, xyz.") == [
+        "small", "left", "pleural", "effusion", ",", "x", "##y", "##z", ".",
+    ]  # fmt: skip
+    assert first.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    "objective, sia_threshold, sta_weight",
+    [("clip", 2.0, 0.0), ("sia", 0.44, 0.0), ("sta", 2.0, 1.0), ("sista", 0.44, 1.0)],
+)
+def test_objectives(objective, sia_threshold, sta_weight):
+    config = pretrain.objective_config(pretrain.ModelArguments(objective=objective))
+    assert (config["sia_threshold"], config["sta_weight"], config["sia_weight"]) == (sia_threshold, sta_weight, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gradient cache
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config_kwargs, dropout, chunk_size",
+    [
+        ({"sia_threshold": 0.5}, 0.0, 3),  # uneven chunks: 3 + 3 + 2
+        ({"sta_weight": 0.0}, 0.0, 3),
+        ({"sia_weight": 0.0}, 0.0, 3),
+        # one chunk with dropout: equal only if the second pass replays the first pass's dropout masks
+        ({"sia_threshold": 0.5}, 0.3, 8),
+    ],
+)
+def test_gradient_cache_equals_full_batch(config_kwargs, dropout, chunk_size):
+    torch.manual_seed(0)
+    model = SistaModel(tiny_sista_config(**config_kwargs)).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+    batch = tiny_batch(batch_size=8, seed=1)
+    batch["report_embeds"][4:] = batch["report_embeds"][:4]  # false-negative pairs for SIA
+
+    torch.manual_seed(1)
+    outputs = model(**batch, return_loss=True)
+    outputs.loss.backward()
+    # without SIA the logit scale gets no gradient; the gradient cache gives it an explicit zero
+    expected = {
+        name: torch.zeros_like(parameter) if parameter.grad is None else parameter.grad.clone()
+        for name, parameter in model.named_parameters()
+    }
+    model.zero_grad()
+
+    torch.manual_seed(1)
+    losses = gradient_cache_backward(model, batch, chunk_size=chunk_size)
+    torch.testing.assert_close(losses["loss"], outputs.loss.detach(), rtol=1e-5, atol=1e-6)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launch modes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_two_processes_log_the_losses_of_one(tiny_dataset_path, tmp_path):
+    """1 process x 8 samples vs 2 processes x 4 (gloo) under DDP, DDP with a gradient cache (chunks of 2) and FSDP2:
+    the same global batches give the same logged losses step by step, and the same final weights."""
+    # augmentations stay on: they are seeded per sample, so the launch mode does not change them
+    common = TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--max_steps", "3", "--save_strategy", "no"]
+    half = ["--per_device_train_batch_size", "4"]
+    ddp = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no"]  # fmt: skip
+    fsdp = ["--config_file", str(REPO_ROOT / "examples" / "accelerate_configs" / "fsdp.yaml"),
+            "--mixed_precision", "no"]  # fmt: skip
+    launch(common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], tmp_path)
+    launch(common + ["--output_dir", str(tmp_path / "ddp"), *half], tmp_path, ddp)
+    cache = ["--gradient_cache_chunk_size", "2"]
+    launch(common + ["--output_dir", str(tmp_path / "cache"), *half, *cache], tmp_path, ddp)
+    launch(common + ["--output_dir", str(tmp_path / "fsdp"), *half], tmp_path, fsdp)
+
+    one = logged_losses(tmp_path / "one")
+    assert len(one) == 3 and one[-1][0] < one[0][0]
+    for run in ("ddp", "cache", "fsdp"):
+        np.testing.assert_allclose(logged_losses(tmp_path / run), one, atol=1e-4, err_msg=run)
+    final = SistaModel.from_pretrained(tmp_path / "one").state_dict()
+    for run in ("ddp", "fsdp"):
+        weights = SistaModel.from_pretrained(tmp_path / run).state_dict()
+        for name, tensor in final.items():
+            torch.testing.assert_close(weights[name], tensor, rtol=0, atol=1e-5, msg=f"{run}: {name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints, resume, loading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class StopAfter(TrainerCallback):
+    """Simulates a run killed after `step` optimizer steps (its checkpoint at that step is written first)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(tiny_dataset_path, tmp_path_factory):
+    """An uninterrupted 6-step run, and one stopped after step 3 then resumed from its checkpoint-3."""
+    root = tmp_path_factory.mktemp("resume")
+    common = TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--max_steps", "6", "--save_steps", "3",
+                          "--per_device_train_batch_size", "8", "--do_eval"]  # fmt: skip
+    pretrain.main(common + ["--output_dir", str(root / "full")])
+
+    class InterruptedTrainer(pretrain.SistaTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(StopAfter(3))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrain, "SistaTrainer", InterruptedTrainer)
+        pretrain.main(common + ["--output_dir", str(root / "interrupted")])
+    pretrain.main(
+        common + ["--output_dir", str(root / "interrupted"), "--resume_from_checkpoint",
+                  str(root / "interrupted" / "checkpoint-3")]
+    )  # fmt: skip
+    return root
+
+
+def test_resume_reaches_the_weights_of_an_uninterrupted_run(resumed_runs):
+    full = load_file(resumed_runs / "full" / "model.safetensors")
+    resumed = load_file(resumed_runs / "interrupted" / "model.safetensors")
+    checkpoint = load_file(resumed_runs / "interrupted" / "checkpoint-3" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    assert any(not torch.equal(full[name], checkpoint[name]) for name in full)  # steps 4-6 did train
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-6, msg=name)
+    np.testing.assert_allclose(
+        logged_losses(resumed_runs / "interrupted")[-3:], logged_losses(resumed_runs / "full")[-3:], atol=1e-5
+    )
+
+
+def test_output_dir_loads_with_auto_classes(resumed_runs):
+    output_dir = resumed_runs / "full"
+    assert (output_dir / "loss_curve.png").stat().st_size > 0
+    assert json.loads((output_dir / "eval_results.json").read_text())["eval_loss_sia"] > 0
+    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)
+    reference = SistaModel.from_pretrained(output_dir).eval()
+    inputs = processor(
+        text=["No acute cardiopulmonary process."], images=[np.zeros((32, 32), np.uint8)], return_tensors="pt"
+    )
+    assert processor.tokenizer.unk_token_id not in inputs["input_ids"][0].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits_per_image, reference(**inputs).logits_per_image)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: a clear error before training
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_dataset_without_report_column(tiny_dataset_path, tmp_path):
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(tiny_dataset_path)
+    dataset["pretrain"] = dataset["pretrain"].remove_columns("report")
+    dataset.save_to_disk(str(tmp_path / "no_report"))
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['report'\].*found \["):
+        pretrain.main(TINY_ARGS + ["--dataset_path", str(tmp_path / "no_report"), "--output_dir", str(tmp_path / "o")])
+
+
+def test_output_dir_not_writable(tiny_dataset_path, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="is not writable"):
+        pretrain.main(TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--output_dir", str(blocker / "out")])
+
+
+def test_resume_from_checkpoint_of_another_model(resumed_runs, tiny_dataset_path, tmp_path):
+    checkpoint = resumed_runs / "full" / "checkpoint-3"
+    with pytest.raises(ValueError, match=r"different model.*projection_dim: checkpoint 16 vs this run 8"):
+        pretrain.main(
+            TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--output_dir", str(tmp_path / "o"), "--projection_dim",
+                         "8", "--resume_from_checkpoint", str(checkpoint), "--max_steps", "6"]
+        )  # fmt: skip
+
+
+def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
+    pytest.importorskip("report_embeddings", reason="examples/report_embeddings.py is not there yet")
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(tiny_dataset_path)
+    dataset["pretrain"] = dataset["pretrain"].remove_columns("report_embeds")
+    dataset.save_to_disk(str(tmp_path / "no_embeds"))
+    pretrain.main(
+        TINY_ARGS + ["--dataset_path", str(tmp_path / "no_embeds"), "--output_dir", str(tmp_path / "o"),
+                     "--max_steps", "2", "--save_strategy", "no"]
+    )  # fmt: skip
+    assert len(logged_losses(tmp_path / "o")) == 2
