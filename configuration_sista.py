@@ -9,6 +9,7 @@ SIA_MODES = ("eliminate", "soft")
 SIA_SOFT_TARGETS = ("uniform", "similarity")
 SIA_SIMILARITY_SOURCES = ("report_embeds", "text_embeds")
 POOLING_MODES = ("cls", "mean")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
 # sub-configs or use `SistaModel.from_vision_text_pretrained`.
@@ -72,6 +73,36 @@ class SistaConfig(PretrainedConfig):
         sta_ignore_token_ids (`list[int]`, *optional*):
             Token ids that STA does not align (the tokenizer's special tokens, e.g. `tokenizer.all_special_ids`).
             Padding is always ignored through the attention mask.
+        freeze_encoder (`bool`, *optional*, defaults to `False`):
+            Task heads only: keep the vision backbone frozen (no gradient, eval mode, e.g. linear probing) and train
+            the head alone; `False` fine-tunes the backbone too.
+        classifier_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the pooled image feature before the linear classifier of [`SistaForImageClassification`].
+        decoder_hidden_size (`int`, *optional*, defaults to 256):
+            Channels of the convolutional decoder of [`SistaForSemanticSegmentation`] and of the dense head of
+            [`SistaForObjectDetection`].
+        segmentation_dice_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the soft Dice loss in the segmentation loss.
+        segmentation_ce_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the (binary) cross-entropy in the segmentation loss.
+        semantic_loss_ignore_index (`int`, *optional*, defaults to -100):
+            Segmentation label value that the loss ignores (e.g. unlabelled pixels). Not 255, so that a binary mask
+            stored as 0/255 is an error rather than a mask whose lesions are all ignored.
+        detection_upsample_factor (`int`, *optional*, defaults to 2):
+            Power of 2 by which [`SistaForObjectDetection`] upsamples the patch grid; the output stride is
+            `patch_size / detection_upsample_factor` pixels.
+        detection_size_loss_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the L1 box-size loss (sizes in output cells), as in CenterNet.
+        detection_offset_loss_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the L1 centre sub-cell offset loss.
+        detection_max_detections (`int`, *optional*, defaults to 100):
+            Maximum number of boxes per image kept by the detection post-processing.
+        detection_nms_iou_threshold (`float`, *optional*, defaults to 0.5):
+            Boxes of the same class overlapping a higher-scoring one by more than this IoU are suppressed; 1 turns
+            box NMS off (the heatmap peak extraction still applies).
+
+        Task heads also read the standard `num_labels`, `id2label`, `label2id` and `problem_type` (`None`,
+        `"single_label_classification"`, `"multi_label_classification"` or `"regression"`).
 
     Example:
 
@@ -105,6 +136,17 @@ class SistaConfig(PretrainedConfig):
     sta_sparsity_threshold: float | None = None
     sta_temperature: float = 0.1
     sta_ignore_token_ids: list[int] | None = None
+    freeze_encoder: bool = False
+    classifier_dropout: float = 0.0
+    decoder_hidden_size: int = 256
+    segmentation_dice_weight: float = 1.0
+    segmentation_ce_weight: float = 1.0
+    semantic_loss_ignore_index: int = -100
+    detection_upsample_factor: int = 2
+    detection_size_loss_weight: float = 0.1
+    detection_offset_loss_weight: float = 1.0
+    detection_max_detections: int = 100
+    detection_nms_iou_threshold: float = 0.5
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -142,6 +184,36 @@ class SistaConfig(PretrainedConfig):
             isinstance(token_id, int) for token_id in self.sta_ignore_token_ids
         ):
             raise ValueError(f"`sta_ignore_token_ids` must be a list of ints, got {self.sta_ignore_token_ids!r}.")
+        self.validate_task_head_fields()
+
+    def validate_task_head_fields(self):
+        """Raises a `ValueError` naming the first task-head field whose value cannot be used."""
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"`problem_type` must be None or one of {PROBLEM_TYPES}, got {self.problem_type!r}.")
+        if not 0 <= self.classifier_dropout < 1:
+            raise ValueError(f"`classifier_dropout` must lie in [0, 1), got {self.classifier_dropout}.")
+        for name in ("decoder_hidden_size", "detection_max_detections"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)!r}.")
+        for name in (
+            "segmentation_dice_weight",
+            "segmentation_ce_weight",
+            "detection_size_loss_weight",
+            "detection_offset_loss_weight",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.segmentation_dice_weight == 0 and self.segmentation_ce_weight == 0:
+            raise ValueError(
+                "`segmentation_dice_weight` and `segmentation_ce_weight` are both 0: there is no segmentation loss."
+            )
+        factor = self.detection_upsample_factor
+        if not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
+            raise ValueError(f"`detection_upsample_factor` must be a power of 2 (1, 2, 4, ...), got {factor!r}.")
+        if not 0 < self.detection_nms_iou_threshold <= 1:
+            raise ValueError(
+                f"`detection_nms_iou_threshold` must lie in (0, 1], got {self.detection_nms_iou_threshold}."
+            )
 
     @classmethod
     def from_vision_text_configs(cls, vision_config: PretrainedConfig, text_config: PretrainedConfig, **kwargs):

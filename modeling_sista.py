@@ -3,10 +3,12 @@
 alignment (STA).
 
 Read top to bottom: the loss functions (small, pure, module-level), the distributed gather, the output dataclass,
-then the models.
+then the models; then the task heads (classification, segmentation, detection) with their own losses and box
+utilities.
 """
 
 import inspect
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -15,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.utils import ModelOutput, logging
 
 
 try:
-    from .configuration_sista import SistaConfig
+    from .configuration_sista import PROBLEM_TYPES, SistaConfig
 except ImportError:  # a flat checkout imported without a package
-    from configuration_sista import SistaConfig
+    from configuration_sista import PROBLEM_TYPES, SistaConfig
 
 
 logger = logging.get_logger(__name__)
@@ -234,6 +237,7 @@ def gather_global_batch(
     with warnings.catch_warnings():
         # the autograd-aware collective is the one that carries gradients on every backend, gloo included
         warnings.simplefilter("ignore", category=UserWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
         from torch.distributed.nn.functional import all_gather
 
         all_image_embeds = torch.cat(all_gather(image_embeds), dim=0)
@@ -310,6 +314,51 @@ def backbone_from_config(config) -> PreTrainedModel:
     return AutoModel.from_config(config, **kwargs)
 
 
+def split_vision_states(
+    hidden_states: torch.Tensor, pixel_values: torch.Tensor, patch_size: int | None, pooling: str
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    r"""
+    Splits a vision backbone's last hidden states into the pooled feature and the patch features.
+
+    Args:
+        hidden_states (`torch.Tensor`): `(batch_size, sequence_length, hidden_size)` of a ViT-like backbone, whose
+            patch tokens follow its prefix tokens ([CLS], distillation or register tokens), or `(batch_size,
+            hidden_size, height, width)` of a convolutional one.
+        pixel_values (`torch.Tensor`): the input images, whose size gives the patch grid of a ViT-like backbone.
+        patch_size (`int`, *optional*): the backbone's patch size (needed for a token sequence).
+        pooling (`str`): `"cls"` takes the first token, `"mean"` averages the patch features.
+
+    Returns:
+        `(pooled, patch_states, grid_size)`: `(batch_size, hidden_size)`, `(batch_size, num_patches, hidden_size)`
+        and the `(height, width)` of the patch grid.
+    """
+    if hidden_states.dim() == 4:
+        grid_size = tuple(hidden_states.shape[-2:])
+        patch_states = hidden_states.flatten(2).transpose(1, 2)
+        num_prefix_tokens = 0
+    else:
+        if not isinstance(patch_size, int):
+            raise ValueError(
+                f"A token-sequence vision backbone needs an int `patch_size` in its config to find its patch tokens, "
+                f"got {patch_size!r}."
+            )
+        grid_size = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
+        num_prefix_tokens = hidden_states.shape[1] - grid_size[0] * grid_size[1]
+        if num_prefix_tokens < 0:
+            raise ValueError(
+                f"The vision backbone returned {hidden_states.shape[1]} tokens, fewer than the {grid_size} patch grid "
+                f"of {tuple(pixel_values.shape[-2:])} images with patch size {patch_size}."
+            )
+        patch_states = hidden_states[:, num_prefix_tokens:]
+    if pooling == "cls":
+        if num_prefix_tokens == 0:
+            raise ValueError("`vision_pooling='cls'` needs a backbone with a class token; use vision_pooling='mean'.")
+        pooled = hidden_states[:, 0]
+    else:
+        pooled = patch_states.mean(dim=1)
+    return pooled, patch_states, grid_size
+
+
 class SistaPreTrainedModel(PreTrainedModel):
     config_class = SistaConfig
     base_model_prefix = "sista"
@@ -319,11 +368,64 @@ class SistaPreTrainedModel(PreTrainedModel):
     _no_split_modules = []
     _supports_sdpa = True
 
+    def __init__(self, config: SistaConfig, *inputs, **kwargs):
+        # by model_type, not isinstance: remote code may load the config module under another package name
+        if getattr(config, "model_type", None) != SistaConfig.model_type:
+            raise TypeError(f"`config` must be a SistaConfig, got {type(config).__name__}.")
+        super().__init__(config, *inputs, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, SistaModel):
             nn.init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        r"""
+        [`PreTrainedModel.from_pretrained`] that first checks that the checkpoint is a SISTA one (a SistaModel or a
+        SISTA task head): a checkpoint of another architecture would otherwise load as a SISTA config with default
+        backbones, leaving the weights silently random.
+        """
+        if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
+            hub_kwargs = {
+                name: kwargs[name]
+                for name in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+                if name in kwargs
+            }
+            config_dict, _ = SistaConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            model_type = config_dict.get("model_type")
+            if model_type != SistaConfig.model_type:
+                raise ValueError(
+                    f"{str(pretrained_model_name_or_path)!r} is not a SISTA checkpoint: its config has model_type "
+                    f"{model_type!r}, expected {SistaConfig.model_type!r} (a folder saved by SistaModel or a SISTA "
+                    f"task head)."
+                )
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @property
+    def patch_size(self) -> int | None:
+        patch_size = getattr(self.config.vision_config, "patch_size", None)
+        return patch_size if isinstance(patch_size, int) else None
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None):
+        if pixel_values is None:
+            raise ValueError(
+                "`pixel_values` is required: a float tensor of shape (batch_size, channels, height, width)."
+            )
+        if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a float tensor, got {type(pixel_values).__name__}.")
+        expected_channels = getattr(self.config.vision_config, "num_channels", None)
+        if pixel_values.dim() != 4 or (expected_channels is not None and pixel_values.shape[1] != expected_channels):
+            raise ValueError(
+                f"`pixel_values` must have shape (batch_size, {expected_channels}, height, width) for this vision "
+                f"config, got {tuple(pixel_values.shape)}."
+            )
+        if self.patch_size is not None and min(pixel_values.shape[-2:]) < self.patch_size:
+            raise ValueError(
+                f"`pixel_values` of size {tuple(pixel_values.shape[-2:])} is smaller than one patch "
+                f"({self.patch_size} pixels): images must be at least {self.patch_size}×{self.patch_size}."
+            )
 
 
 class SistaModel(SistaPreTrainedModel):
@@ -353,9 +455,6 @@ class SistaModel(SistaPreTrainedModel):
         vision_model: PreTrainedModel | None = None,
         text_model: PreTrainedModel | None = None,
     ):
-        # by model_type, not isinstance: remote code may load the config module under another package name
-        if getattr(config, "model_type", None) != SistaConfig.model_type:
-            raise TypeError(f"`config` must be a SistaConfig, got {type(config).__name__}.")
         super().__init__(config)
         self.vision_model = vision_model if vision_model is not None else backbone_from_config(config.vision_config)
         self.text_model = text_model if text_model is not None else backbone_from_config(config.text_config)
@@ -414,16 +513,6 @@ class SistaModel(SistaPreTrainedModel):
 
     # -- encoders -----------------------------------------------------------------------------------------------------
 
-    def _check_pixel_values(self, pixel_values: torch.Tensor | None):
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required: a float tensor of shape (batch_size, channels, height, width).")
-        expected_channels = getattr(self.config.vision_config, "num_channels", None)
-        if pixel_values.dim() != 4 or (expected_channels is not None and pixel_values.shape[1] != expected_channels):
-            raise ValueError(
-                f"`pixel_values` must have shape (batch_size, {expected_channels}, height, width) for this vision "
-                f"config, got {tuple(pixel_values.shape)}."
-            )
-
     def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
         r"""
         Returns `(vision_outputs, image_features, patch_features)`: the backbone output, the projected global feature
@@ -432,29 +521,10 @@ class SistaModel(SistaPreTrainedModel):
         """
         self._check_pixel_values(pixel_values)
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        hidden_states = vision_outputs.last_hidden_state
-        if hidden_states.dim() == 4:  # convolutional backbones: (batch, channels, height, width)
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        num_prefix_tokens = self.num_prefix_tokens(pixel_values, hidden_states.shape[1])
-        patch_states = hidden_states[:, num_prefix_tokens:]
-        if self.config.vision_pooling == "cls":
-            if num_prefix_tokens == 0:
-                raise ValueError(
-                    f"`vision_pooling='cls'` needs a backbone with a class token; "
-                    f"{type(self.vision_model).__name__} has none: use vision_pooling='mean'."
-                )
-            pooled = hidden_states[:, 0]
-        else:
-            pooled = patch_states.mean(dim=1)
+        pooled, patch_states, _ = split_vision_states(
+            vision_outputs.last_hidden_state, pixel_values, self.patch_size, self.config.vision_pooling
+        )
         return vision_outputs, self.visual_projection(pooled), self.visual_projection(patch_states)
-
-    def num_prefix_tokens(self, pixel_values: torch.Tensor, sequence_length: int) -> int:
-        """Tokens before the patch tokens ([CLS], distillation or register tokens), from the patch grid size."""
-        patch_size = getattr(self.config.vision_config, "patch_size", None)
-        if not isinstance(patch_size, int):
-            return 0
-        num_patches = (pixel_values.shape[-2] // patch_size) * (pixel_values.shape[-1] // patch_size)
-        return max(sequence_length - num_patches, 0)
 
     def encode_text(
         self,
@@ -589,7 +659,8 @@ class SistaModel(SistaPreTrainedModel):
             report_embeds (`torch.FloatTensor` of shape `(batch_size, dim)`, *optional*): precomputed
                 report-similarity embeddings `e_i` for SIA (see `config.sia_similarity_source`).
             return_loss (`bool`, *optional*): compute `loss`, `loss_sia` and `loss_sta` (needs paired batches).
-            output_token_patch_weights (`bool`, *optional*): return the STA grounding map `token_patch_weights`.
+            output_token_patch_weights (`bool`, *optional*): return the STA grounding map `token_patch_weights`
+                (and `loss_sta`, which comes with it at no extra cost, also without `return_loss`).
 
         Image and text batch sizes may differ when neither a loss nor the grounding map is asked (zero-shot: images
         × prompts). Edge cases with a documented finite value: batch size 1 gives `loss_sia = 0` (no negative); a
@@ -671,14 +742,776 @@ class SistaModel(SistaPreTrainedModel):
 
 SistaModel.register_for_auto_class("AutoModel")
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Task heads: losses and box utilities (small, pure, module-level)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, problem_type: str) -> torch.Tensor:
+    r"""
+    The loss of [`SistaForImageClassification`]: mean squared error (`"regression"`), cross-entropy
+    (`"single_label_classification"`, `labels` are class indices) or binary cross-entropy with logits averaged over
+    samples and classes (`"multi_label_classification"`, `labels` are multi-hot).
+    """
+    logits = upcast(logits)
+    if problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).squeeze(-1))
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits, labels.long())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    raise ValueError(f"`problem_type` must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+
+
+def soft_dice_loss(probabilities: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    r"""
+    `1 - (2 sum(p g) + smooth) / (sum(p) + sum(g) + smooth)` per class over all pixels of the batch, averaged over
+    classes. Pooling the batch keeps the loss defined for images without any lesion.
+
+    Args:
+        probabilities (`torch.Tensor` of shape `(num_classes, num_pixels)`): predicted foreground probabilities.
+        targets (`torch.Tensor` of shape `(num_classes, num_pixels)`): 0/1 ground truth (0 for ignored pixels, whose
+            probabilities must be zeroed by the caller too).
+    """
+    intersection = (probabilities * targets).sum(dim=1)
+    dice = (2 * intersection + smooth) / (probabilities.sum(dim=1) + targets.sum(dim=1) + smooth)
+    return (1 - dice).mean()
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int = -100,
+    dice_weight: float = 1.0,
+    ce_weight: float = 1.0,
+) -> torch.Tensor:
+    r"""
+    `ce_weight * CE + dice_weight * Dice` over the pixels whose label is not `ignore_index`.
+
+    One channel (`num_labels=1`): binary cross-entropy with logits and the Dice of `sigmoid(logits)` against labels in
+    {0, 1}. Several channels: cross-entropy and the class-averaged Dice of `softmax(logits)` against one-hot labels.
+
+    Args:
+        logits (`torch.Tensor` of shape `(batch_size, num_labels, height, width)`).
+        labels (`torch.LongTensor` of shape `(batch_size, height, width)`).
+    """
+    logits = upcast(logits)
+    valid = labels != ignore_index
+    safe_labels = labels.masked_fill(~valid, 0)
+    if logits.shape[1] == 1:
+        logits = logits[:, 0]
+        targets = safe_labels.to(logits.dtype)
+        cross_entropy = (F.binary_cross_entropy_with_logits(logits, targets, reduction="none") * valid).sum()
+        cross_entropy = cross_entropy / valid.sum().clamp_min(1)
+        probabilities = (logits.sigmoid() * valid).reshape(1, -1)
+        targets = (targets * valid).reshape(1, -1)
+    else:
+        # cross_entropy averages over no pixel as NaN; an all-ignored batch contributes 0 instead
+        cross_entropy = (
+            F.cross_entropy(logits, labels.long(), ignore_index=ignore_index) if valid.any() else logits.sum() * 0
+        )
+        num_classes = logits.shape[1]
+        probabilities = (logits.softmax(dim=1) * valid[:, None]).transpose(0, 1).reshape(num_classes, -1)
+        targets = (F.one_hot(safe_labels.long(), num_classes).permute(3, 0, 1, 2) * valid).reshape(num_classes, -1)
+        targets = targets.to(logits.dtype)
+    return ce_weight * cross_entropy + dice_weight * soft_dice_loss(probabilities, targets)
+
+
+def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """`(center_x, center_y, width, height)` → `(x_min, y_min, x_max, y_max)`."""
+    center_x, center_y, width, height = boxes.unbind(-1)
+    return torch.stack([center_x - width / 2, center_y - height / 2, center_x + width / 2, center_y + height / 2], -1)
+
+
+def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of `(N, 4)` and `(M, 4)` corner boxes `(x_min, y_min, x_max, y_max)`: shape `(N, M)`."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp_min(0) * (boxes1[:, 3] - boxes1[:, 1]).clamp_min(0)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp_min(0) * (boxes2[:, 3] - boxes2[:, 1]).clamp_min(0)
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    intersection = (bottom_right - top_left).clamp_min(0).prod(dim=-1)
+    union = area1[:, None] + area2[None, :] - intersection
+    return intersection / union.clamp_min(torch.finfo(intersection.dtype).tiny)
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    r"""
+    Greedy non-maximum suppression within each class (torchvision's `batched_nms` semantics): a box is dropped when it
+    overlaps a kept, higher-scoring box of the same class by IoU > `iou_threshold`.
+
+    Args:
+        boxes (`torch.Tensor` of shape `(N, 4)`): corner boxes. scores (`(N,)`). classes (`(N,)` integers).
+
+    Returns:
+        `torch.LongTensor`: indices of the kept boxes, by decreasing score.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True, stable=True)
+    overlaps = box_iou(boxes[order], boxes[order])
+    suppressible = (overlaps > iou_threshold) & (classes[order][:, None] == classes[order][None, :])
+    keep = torch.ones(order.numel(), dtype=torch.bool, device=boxes.device)
+    # greedy by construction; at most `detection_max_detections` boxes per image, so the loop is short
+    for index in range(order.numel()):
+        if keep[index]:
+            keep[index + 1 :] &= ~suppressible[index, index + 1 :]
+    return order[keep]
+
+
+def focal_heatmap_loss(
+    heatmap_logits: torch.Tensor, target_heatmap: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    r"""
+    CenterNet's penalty-reduced pixel-wise focal loss, summed over cells and divided by the number of objects (the
+    cells where the target is 1, at least 1):
+    `-1/N sum [ (1-p)^a log p if y=1 else (1-y)^b p^a log(1-p) ]`.
+    """
+    heatmap_logits = upcast(heatmap_logits)
+    log_probability = F.logsigmoid(heatmap_logits)
+    log_complement = F.logsigmoid(-heatmap_logits)
+    probability = heatmap_logits.sigmoid()
+    is_center = target_heatmap.eq(1).to(heatmap_logits.dtype)
+    positive = -((1 - probability) ** alpha) * log_probability * is_center
+    negative = -((1 - target_heatmap) ** beta) * probability**alpha * log_complement * (1 - is_center)
+    return (positive.sum() + negative.sum()) / is_center.sum().clamp_min(1)
+
+
+def encode_detection_targets(
+    labels: list[dict], num_classes: int, grid_height: int, grid_width: int, gaussian_scale: float = 0.54
+) -> dict[str, torch.Tensor]:
+    r"""
+    CenterNet targets on a `grid_height` × `grid_width` output grid.
+
+    Each box (normalised `(center_x, center_y, width, height)`, DETR convention) puts a peak of 1 on its class's
+    heatmap at the cell holding its centre, spread by an elliptical Gaussian of standard deviations
+    `gaussian_scale * box side / 6` (TTFNet), and regression targets at that cell: its size in cells and the sub-cell
+    offset of its centre.
+
+    Returns:
+        dict with `heatmap` `(batch_size, num_classes, grid_height, grid_width)`, `sizes` and `offsets`
+        `(batch_size, 2, grid_height, grid_width)` and `regression_mask` `(batch_size, grid_height, grid_width)`.
+    """
+    batch_size = len(labels)
+    device = labels[0]["boxes"].device if batch_size else torch.device("cpu")
+    heatmap = torch.zeros(batch_size, num_classes, grid_height, grid_width, device=device)
+    sizes = torch.zeros(batch_size, 2, grid_height, grid_width, device=device)
+    offsets = torch.zeros(batch_size, 2, grid_height, grid_width, device=device)
+    regression_mask = torch.zeros(batch_size, grid_height, grid_width, dtype=torch.bool, device=device)
+    rows = torch.arange(grid_height, device=device, dtype=torch.float32)[:, None]
+    columns = torch.arange(grid_width, device=device, dtype=torch.float32)[None, :]
+    scale = torch.tensor([grid_width, grid_height, grid_width, grid_height], device=device, dtype=torch.float32)
+    for image_index, target in enumerate(labels):
+        boxes = target["boxes"].float() * scale
+        for (center_x, center_y, width, height), class_label in zip(boxes.tolist(), target["class_labels"].tolist()):
+            column = min(max(int(center_x), 0), grid_width - 1)
+            row = min(max(int(center_y), 0), grid_height - 1)
+            sigma_x = max(gaussian_scale * width / 6, 1e-3)
+            sigma_y = max(gaussian_scale * height / 6, 1e-3)
+            gaussian = torch.exp(
+                -((columns - column) ** 2) / (2 * sigma_x**2) - (rows - row) ** 2 / (2 * sigma_y**2)
+            )
+            heatmap[image_index, class_label] = torch.maximum(heatmap[image_index, class_label], gaussian)
+            sizes[image_index, :, row, column] = torch.tensor([width, height], device=device)
+            offsets[image_index, :, row, column] = torch.tensor([center_x - column, center_y - row], device=device)
+            regression_mask[image_index, row, column] = True
+    return {"heatmap": heatmap, "sizes": sizes, "offsets": offsets, "regression_mask": regression_mask}
+
+
+def decode_detections(
+    heatmap_logits: torch.Tensor, box_sizes: torch.Tensor, box_offsets: torch.Tensor, max_detections: int = 100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""
+    CenterNet decoding: the heatmap's local maxima (3×3) are the detections; the `max_detections` best per image are
+    returned with their boxes rebuilt from the cell, the predicted offset and the predicted size.
+
+    Returns:
+        `(scores, class_labels, boxes)` of shapes `(batch_size, K)`, `(batch_size, K)` and `(batch_size, K, 4)`, boxes
+        normalised `(center_x, center_y, width, height)`, by decreasing score; `K = min(max_detections, cells ×
+        classes)`.
+    """
+    batch_size, num_classes, grid_height, grid_width = heatmap_logits.shape
+    probabilities = heatmap_logits.detach().float().sigmoid()
+    is_peak = probabilities == F.max_pool2d(probabilities, kernel_size=3, stride=1, padding=1)
+    peak_scores = (probabilities * is_peak).flatten(1)
+    num_detections = min(max_detections, peak_scores.shape[1])
+    scores, flat_index = peak_scores.topk(num_detections, dim=1)
+    class_labels = flat_index // (grid_height * grid_width)
+    cell = flat_index % (grid_height * grid_width)
+    rows, columns = cell // grid_width, cell % grid_width
+    offsets = box_offsets.detach().float().flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))
+    sizes = box_sizes.detach().float().flatten(2).gather(2, cell[:, None].expand(-1, 2, -1)).clamp_min(0)
+    boxes = torch.stack(
+        [
+            (columns + offsets[:, 0]) / grid_width,
+            (rows + offsets[:, 1]) / grid_height,
+            sizes[:, 0] / grid_width,
+            sizes[:, 1] / grid_height,
+        ],
+        dim=-1,
+    )
+    return scores, class_labels, boxes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Task heads: outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SistaObjectDetectionOutput(ModelOutput):
+    r"""
+    Output of [`SistaForObjectDetection`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+            `loss_heatmap + detection_size_loss_weight * loss_size + detection_offset_loss_weight * loss_offset`.
+        loss_dict (`dict[str, torch.FloatTensor]`, *optional*): the unweighted `loss_heatmap`, `loss_size`,
+            `loss_offset`.
+        heatmap_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
+            Per-class centre heatmap logits on the output grid (stride `patch_size / detection_upsample_factor`).
+        box_sizes (`torch.FloatTensor` of shape `(batch_size, 2, grid_height, grid_width)`): predicted box width and
+            height, in output cells.
+        box_offsets (`torch.FloatTensor` of shape `(batch_size, 2, grid_height, grid_width)`): predicted sub-cell
+            offset of the box centre.
+        scores (`torch.FloatTensor` of shape `(batch_size, num_detections)`): scores of the decoded detections.
+        pred_class_labels (`torch.LongTensor` of shape `(batch_size, num_detections)`): their classes.
+        pred_boxes (`torch.FloatTensor` of shape `(batch_size, num_detections, 4)`): their boxes, normalised
+            `(center_x, center_y, width, height)` (DETR convention). Use `post_process_object_detection` for
+            thresholded, NMS-filtered absolute boxes.
+        hidden_states, attentions: the vision backbone's, when asked.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    heatmap_logits: torch.FloatTensor | None = None
+    box_sizes: torch.FloatTensor | None = None
+    box_offsets: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    pred_class_labels: torch.LongTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Task heads: models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class SistaVisionHeadModel(SistaPreTrainedModel):
+    r"""
+    Base of the task heads: SISTA's vision backbone alone, under the attribute name it has in [`SistaModel`]
+    (`vision_model`, as `CLIPForImageClassification` does), so a pre-trained SISTA checkpoint loads into it with
+    `from_pretrained` key for key; the text tower, the projections and the logit scale of the checkpoint are left
+    out. With `config.freeze_encoder` the backbone gets no gradient and stays in eval mode.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _keys_to_ignore_on_load_unexpected = [
+        r"^text_model\.",
+        r"^text_projection\.",
+        r"^visual_projection\.",
+        r"^logit_scale$",
+    ]
+
+    def __init__(self, config: SistaConfig):
+        super().__init__(config)
+        self.vision_model = backbone_from_config(config.vision_config)
+        self.vision_model.config = self.config.vision_config
+        if config.freeze_encoder:
+            self.vision_model.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # loading replaces the parameters that `__init__` froze
+        model.vision_model.requires_grad_(not model.config.freeze_encoder)
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # a config inherited from a pre-trained SistaModel maps AutoModel to SistaModel, which would load this
+        # checkpoint (no text tower) with a random text tower
+        auto_map = getattr(self.config, "auto_map", None) or {}
+        self.config.auto_map = {
+            name: target
+            for name, target in auto_map.items()
+            if name not in ("AutoModel", "AutoModelForZeroShotImageClassification")
+        }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.vision_model.eval()  # a frozen encoder is a fixed feature extractor: no dropout, fixed norms
+        return self
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+    ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
+        r"""
+        Returns `(vision_outputs, pooled, patch_grid)`: the backbone output, the pooled feature `(batch_size,
+        hidden_size)` (per `config.vision_pooling`) and the patch features as a map `(batch_size, hidden_size,
+        height // patch_size, width // patch_size)`.
+        """
+        self._check_pixel_values(pixel_values)
+        backbone_kwargs = {
+            "output_attentions": output_attentions,
+            "output_hidden_states": output_hidden_states,
+            "interpolate_pos_encoding": interpolate_pos_encoding,
+        }
+        backbone_kwargs = {key: value for key, value in backbone_kwargs.items() if value is not None}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **backbone_kwargs)
+        pooled, patch_states, (grid_height, grid_width) = split_vision_states(
+            vision_outputs.last_hidden_state, pixel_values, self.patch_size, self.config.vision_pooling
+        )
+        patch_grid = patch_states.transpose(1, 2).reshape(patch_states.shape[0], -1, grid_height, grid_width)
+        return vision_outputs, pooled, patch_grid
+
+
+def _conv_norm_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    # GroupNorm, not BatchNorm: fine-tuning batches of a few chest X-rays are too small for batch statistics
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.GroupNorm(math.gcd(32, out_channels), out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SistaForImageClassification(SistaVisionHeadModel):
+    r"""
+    SISTA's vision encoder with a linear classifier on the pooled image feature (`config.vision_pooling`): a linear
+    probe with `config.freeze_encoder=True`, full fine-tuning otherwise. `config.problem_type` selects the loss:
+    `"multi_label_classification"` (BCE, `labels` multi-hot `(batch_size, num_labels)`),
+    `"single_label_classification"` (CE, `labels` class indices `(batch_size,)`) or `"regression"` (MSE); `None`
+    infers it from the labels as transformers does.
+
+    Example:
+
+    ```python
+    >>> from modeling_sista import SistaForImageClassification
+
+    >>> model = SistaForImageClassification.from_pretrained(
+    ...     "path/to/sista", num_labels=11, problem_type="multi_label_classification", freeze_encoder=True
+    ... )
+    >>> logits = model(pixel_values).logits  # (batch_size, 11)
+    ```"""
+
+    def __init__(self, config: SistaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.vision_config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _problem_type(self, labels: torch.Tensor) -> str:
+        if self.config.problem_type is not None:
+            return self.config.problem_type
+        if self.num_labels == 1:
+            return "regression"
+        if labels.dtype in (torch.long, torch.int):
+            return "single_label_classification"
+        return "multi_label_classification"
+
+    def _check_labels(self, labels: torch.Tensor, problem_type: str, batch_size: int):
+        if problem_type == "single_label_classification":
+            if labels.shape != (batch_size,) or labels.is_floating_point():
+                raise ValueError(
+                    f"single-label `labels` must be class indices of shape ({batch_size},), got "
+                    f"{labels.dtype} of shape {tuple(labels.shape)}."
+                )
+            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
+                raise ValueError(
+                    f"`labels` must lie in [0, {self.num_labels - 1}] (num_labels={self.num_labels}), got values "
+                    f"from {labels.min().item()} to {labels.max().item()}."
+                )
+        elif problem_type == "multi_label_classification":
+            if labels.shape != (batch_size, self.num_labels):
+                raise ValueError(
+                    f"multi-label `labels` must be multi-hot of shape ({batch_size}, {self.num_labels}), got "
+                    f"{tuple(labels.shape)}."
+                )
+            if labels.numel() and (labels.min() < 0 or labels.max() > 1):
+                raise ValueError(
+                    f"multi-label `labels` must lie in [0, 1], got values from {labels.min().item()} to "
+                    f"{labels.max().item()}."
+                )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | ImageClassifierOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): images.
+            labels (`torch.Tensor`, *optional*): `(batch_size,)` class indices (single-label), `(batch_size,
+                num_labels)` multi-hot (multi-label) or targets (regression).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        vision_outputs, pooled, _ = self.encode(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
+        )
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            problem_type = self._problem_type(labels)
+            self._check_labels(labels, problem_type, logits.shape[0])
+            loss = classification_loss(logits, labels, problem_type)
+        output = ImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=vision_outputs.get("hidden_states"),
+            attentions=vision_outputs.get("attentions"),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SistaSegmentationDecoder(nn.Module):
+    r"""
+    Progressive-upsampling decoder on the patch grid (SETR-PUP style): `log2(patch_size)` stages of 3×3 conv +
+    GroupNorm + ReLU + 2× bilinear upsampling, halving the channels from `decoder_hidden_size` (at least 32), then a
+    1×1 classifier and a last resize to the exact input size.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, num_labels: int, patch_size: int | None):
+        super().__init__()
+        num_stages = max(math.ceil(math.log2(patch_size)), 1) if patch_size else 2
+        channels = [in_channels] + [max(hidden_size // 2**stage, 32) for stage in range(num_stages)]
+        self.stages = nn.ModuleList(_conv_norm_relu(channels[i], channels[i + 1]) for i in range(num_stages))
+        self.classifier = nn.Conv2d(channels[-1], num_labels, kernel_size=1)
+
+    def forward(self, patch_grid: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
+        hidden = patch_grid
+        for stage in self.stages:
+            hidden = F.interpolate(stage(hidden), scale_factor=2, mode="bilinear", align_corners=False)
+        logits = self.classifier(hidden)
+        if logits.shape[-2:] != tuple(output_size):
+            logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class SistaForSemanticSegmentation(SistaVisionHeadModel):
+    r"""
+    SISTA's vision encoder with a light progressive-upsampling decoder on the patch grid ([`SistaSegmentationDecoder`])
+    giving mask logits at the input resolution. `num_labels=1` is binary segmentation (BCE + Dice on the sigmoid,
+    `labels` in {0, 1}); `num_labels>1` is multi-class (CE + Dice on the softmax, `labels` class indices). Pixels
+    labelled `config.semantic_loss_ignore_index` are ignored.
+
+    Example:
+
+    ```python
+    >>> from modeling_sista import SistaForSemanticSegmentation
+
+    >>> model = SistaForSemanticSegmentation.from_pretrained("path/to/sista", num_labels=1)
+    >>> outputs = model(pixel_values, labels=masks)  # masks: (batch_size, height, width) in {0, 1}
+    >>> predicted_masks = outputs.logits[:, 0] > 0
+    ```"""
+
+    def __init__(self, config: SistaConfig):
+        super().__init__(config)
+        self.decoder = SistaSegmentationDecoder(
+            config.vision_config.hidden_size, config.decoder_hidden_size, config.num_labels, self.patch_size
+        )
+        self.post_init()
+
+    def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor):
+        expected_shape = (logits.shape[0], *logits.shape[-2:])
+        if labels.shape != expected_shape or labels.is_floating_point():
+            raise ValueError(
+                f"`labels` must be an integer mask of shape {expected_shape} (batch_size, height, width of "
+                f"`pixel_values`), got {labels.dtype} of shape {tuple(labels.shape)}."
+            )
+        num_classes = max(self.config.num_labels, 2)  # one logit channel still means classes {0, 1}
+        valid = labels[labels != self.config.semantic_loss_ignore_index]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+            raise ValueError(
+                f"`labels` must lie in [0, {num_classes - 1}] (or be {self.config.semantic_loss_ignore_index} to "
+                f"ignore a pixel), got values from {valid.min().item()} to {valid.max().item()}; binary masks stored "
+                "as 0/255 must be divided by 255."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | SemanticSegmenterOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): images.
+            labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*): ground-truth masks.
+
+        Returns:
+            [`SemanticSegmenterOutput`] with `logits` of shape `(batch_size, num_labels, height, width)`, the input
+            resolution (transformers' SegFormer returns a quarter; here no resize is needed before the metric).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        vision_outputs, _, patch_grid = self.encode(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
+        )
+        logits = self.decoder(patch_grid, tuple(pixel_values.shape[-2:]))
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, logits)
+            loss = segmentation_loss(
+                logits,
+                labels,
+                ignore_index=self.config.semantic_loss_ignore_index,
+                dice_weight=self.config.segmentation_dice_weight,
+                ce_weight=self.config.segmentation_ce_weight,
+            )
+        output = SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=vision_outputs.get("hidden_states"),
+            attentions=vision_outputs.get("attentions"),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class SistaHeatmapPredictor(nn.Conv2d):
+    """The last 1×1 conv of the heatmap branch; its own class so that `_init_weights` can give it the focal prior."""
+
+
+class SistaDetectionHead(nn.Module):
+    r"""
+    CenterNet-style dense head: a 3×3 conv on the patch grid, `log2(detection_upsample_factor)` stages of 2×
+    upsampling + 3×3 conv, then three branches (class heatmap, box size, centre offset) of 3×3 conv + ReLU + 1×1
+    conv.
+    """
+
+    def __init__(self, in_channels: int, hidden_size: int, num_labels: int, upsample_factor: int):
+        super().__init__()
+        self.stem = _conv_norm_relu(in_channels, hidden_size)
+        self.upsample_stages = nn.ModuleList(
+            _conv_norm_relu(hidden_size, hidden_size) for _ in range(int(math.log2(upsample_factor)))
+        )
+
+        def branch(out_channels, output_class=nn.Conv2d):
+            return nn.Sequential(
+                nn.Conv2d(hidden_size, hidden_size, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                output_class(hidden_size, out_channels, kernel_size=1),
+            )
+
+        self.heatmap = branch(num_labels, SistaHeatmapPredictor)
+        self.size = branch(2)
+        self.offset = branch(2)
+
+    def forward(self, patch_grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = self.stem(patch_grid)
+        for stage in self.upsample_stages:
+            hidden = stage(F.interpolate(hidden, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.heatmap(hidden), self.size(hidden), self.offset(hidden)
+
+
+class SistaForObjectDetection(SistaVisionHeadModel):
+    r"""
+    SISTA's vision encoder with an anchor-free CenterNet head on the patch grid, upsampled
+    `config.detection_upsample_factor` times: per-class centre heatmaps (focal loss), box sizes and centre offsets
+    (L1). `config.num_labels` is the number of object classes (no background class).
+
+    `labels` follow the DETR convention of transformers: a list (one per image) of dicts with `class_labels`
+    (`torch.LongTensor` of shape `(num_boxes,)`) and `boxes` (`torch.FloatTensor` of shape `(num_boxes, 4)`,
+    normalised `(center_x, center_y, width, height)` in [0, 1]). `post_process_object_detection` turns the outputs
+    into transformers' detection results (absolute `(x_min, y_min, x_max, y_max)` boxes).
+
+    Example:
+
+    ```python
+    >>> from modeling_sista import SistaForObjectDetection
+
+    >>> model = SistaForObjectDetection.from_pretrained("path/to/sista", num_labels=5)
+    >>> outputs = model(pixel_values)
+    >>> results = model.post_process_object_detection(outputs, threshold=0.3, target_sizes=[(1024, 1024)])
+    >>> results[0]["scores"], results[0]["labels"], results[0]["boxes"]
+    ```"""
+
+    def __init__(self, config: SistaConfig):
+        super().__init__(config)
+        self.detection_head = SistaDetectionHead(
+            config.vision_config.hidden_size,
+            config.decoder_hidden_size,
+            config.num_labels,
+            config.detection_upsample_factor,
+        )
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, SistaHeatmapPredictor) and module.bias is not None:
+            # focal-loss prior: every cell starts at probability 0.01, so the many negatives do not swamp training
+            init.constant_(module.bias, -math.log((1 - 0.01) / 0.01))
+
+    def _check_labels(self, labels, batch_size: int):
+        if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
+            raise ValueError(
+                f"`labels` must be a list of {batch_size} dicts (one per image) with `class_labels` and `boxes`, got "
+                f"{type(labels).__name__}{f' of length {len(labels)}' if isinstance(labels, (list, tuple)) else ''}."
+            )
+        for index, target in enumerate(labels):
+            if not isinstance(target, dict) or not {"class_labels", "boxes"} <= set(target):
+                raise ValueError(f"`labels[{index}]` must be a dict with `class_labels` and `boxes`, got {target!r}.")
+            class_labels, boxes = target["class_labels"], target["boxes"]
+            if boxes.dim() != 2 or boxes.shape[1] != 4 or class_labels.shape != (boxes.shape[0],):
+                raise ValueError(
+                    f"`labels[{index}]` must hold `boxes` of shape (num_boxes, 4) and `class_labels` of shape "
+                    f"(num_boxes,), got {tuple(boxes.shape)} and {tuple(class_labels.shape)}."
+                )
+            if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= self.config.num_labels):
+                raise ValueError(
+                    f"`labels[{index}]['class_labels']` must lie in [0, {self.config.num_labels - 1}] "
+                    f"(num_labels={self.config.num_labels}), got {class_labels.tolist()}."
+                )
+            if boxes.numel() and (
+                boxes.min() < 0 or boxes[:, :2].max() > 1 or (boxes[:, 2:] <= 0).any() or boxes[:, 2:].max() > 1
+            ):
+                raise ValueError(
+                    f"`labels[{index}]['boxes']` must be normalised (center_x, center_y, width, height) in [0, 1] with "
+                    f"positive sizes (DETR convention), got {boxes.tolist()}."
+                )
+
+    def compute_loss(self, heatmap_logits, box_sizes, box_offsets, labels) -> tuple[torch.Tensor, dict]:
+        """Focal heatmap loss + weighted L1 on sizes and offsets at the object centres, each per object."""
+        targets = encode_detection_targets(labels, self.config.num_labels, *heatmap_logits.shape[-2:])
+        mask = targets["regression_mask"][:, None].to(box_sizes.dtype)
+        num_objects = targets["regression_mask"].sum().clamp_min(1)
+        loss_dict = {
+            "loss_heatmap": focal_heatmap_loss(heatmap_logits, targets["heatmap"]),
+            "loss_size": (F.l1_loss(upcast(box_sizes), targets["sizes"], reduction="none") * mask).sum() / num_objects,
+            "loss_offset": (F.l1_loss(upcast(box_offsets), targets["offsets"], reduction="none") * mask).sum()
+            / num_objects,
+        }
+        loss = (
+            loss_dict["loss_heatmap"]
+            + self.config.detection_size_loss_weight * loss_dict["loss_size"]
+            + self.config.detection_offset_loss_weight * loss_dict["loss_offset"]
+        )
+        return loss, loss_dict
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        labels: list[dict] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> tuple | SistaObjectDetectionOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): images.
+            labels (`list[dict]`, *optional*): per image, `class_labels` `(num_boxes,)` and `boxes` `(num_boxes, 4)`
+                normalised `(center_x, center_y, width, height)`; an image without objects has empty tensors.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        vision_outputs, _, patch_grid = self.encode(
+            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
+        )
+        heatmap_logits, box_sizes, box_offsets = self.detection_head(patch_grid)
+        loss = loss_dict = None
+        if labels is not None:
+            self._check_labels(labels, pixel_values.shape[0])
+            loss, loss_dict = self.compute_loss(heatmap_logits, box_sizes, box_offsets, labels)
+        scores, pred_class_labels, pred_boxes = decode_detections(
+            heatmap_logits, box_sizes, box_offsets, self.config.detection_max_detections
+        )
+        output = SistaObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            heatmap_logits=heatmap_logits,
+            box_sizes=box_sizes,
+            box_offsets=box_offsets,
+            scores=scores,
+            pred_class_labels=pred_class_labels,
+            pred_boxes=pred_boxes,
+            hidden_states=vision_outputs.get("hidden_states"),
+            attentions=vision_outputs.get("attentions"),
+        )
+        return output if return_dict else output.to_tuple()
+
+    def post_process_object_detection(
+        self,
+        outputs: SistaObjectDetectionOutput,
+        threshold: float = 0.5,
+        target_sizes: torch.Tensor | list[tuple[int, int]] | None = None,
+        nms_iou_threshold: float | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        r"""
+        Thresholds, rescales and NMS-filters the decoded detections (transformers' object-detection convention).
+
+        Args:
+            outputs ([`SistaObjectDetectionOutput`]): the model's output.
+            threshold (`float`, *optional*, defaults to 0.5): minimum score of a kept box.
+            target_sizes (`torch.Tensor` of shape `(batch_size, 2)` or `list[tuple[int, int]]`, *optional*):
+                `(height, width)` of each original image; boxes stay normalised to [0, 1] when `None`.
+            nms_iou_threshold (`float`, *optional*): defaults to `config.detection_nms_iou_threshold`; 1 disables NMS.
+
+        Returns:
+            `list[dict]`, one per image, with `scores` `(num_kept,)`, `labels` `(num_kept,)` and `boxes` `(num_kept,
+            4)` as absolute `(x_min, y_min, x_max, y_max)`, by decreasing score.
+        """
+        nms_iou_threshold = self.config.detection_nms_iou_threshold if nms_iou_threshold is None else nms_iou_threshold
+        batch_size = outputs.scores.shape[0]
+        if target_sizes is not None and len(target_sizes) != batch_size:
+            raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
+        results = []
+        for index in range(batch_size):
+            keep = outputs.scores[index] > threshold
+            scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
+            boxes = center_to_corners(outputs.pred_boxes[index][keep])
+            if target_sizes is not None:
+                height, width = (float(size) for size in target_sizes[index])
+                boxes = boxes * torch.tensor([width, height, width, height], device=boxes.device)
+            if nms_iou_threshold < 1:
+                kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
+                scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
+            results.append({"scores": scores, "labels": labels, "boxes": boxes})
+        return results
+
+
+SistaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+SistaForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+SistaForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+
 __all__ = [
+    "SistaForImageClassification",
+    "SistaForObjectDetection",
+    "SistaForSemanticSegmentation",
     "SistaModel",
+    "SistaObjectDetectionOutput",
     "SistaOutput",
     "SistaPreTrainedModel",
+    "SistaVisionHeadModel",
+    "batched_nms",
+    "box_iou",
+    "center_to_corners",
+    "classification_loss",
+    "decode_detections",
+    "encode_detection_targets",
     "false_negative_mask",
+    "focal_heatmap_loss",
     "gather_global_batch",
+    "segmentation_loss",
     "semantic_aware_contrastive_loss",
     "sia_loss",
+    "soft_dice_loss",
     "sparse_token_patch_weights",
     "sta_loss",
 ]

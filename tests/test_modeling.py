@@ -342,3 +342,13 @@ def test_two_process_sia_equals_one_process(tmp_path, sia_mode):
     torch.testing.assert_close(distributed["loss"], outputs.loss.detach(), rtol=1e-5, atol=1e-6)
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(distributed["grads"][name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_loading_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="not a SISTA checkpoint.*'bert'"):
+        SistaModel.from_pretrained(tmp_path)

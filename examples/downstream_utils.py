@@ -1,0 +1,456 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Shared pieces of the fine-tuning scripts (`finetune_classification.py`, `finetune_segmentation.py`,
+`finetune_detection.py`): arguments, the dataset (SynthCXR generated when absent), nested label fractions, loading a
+pre-trained SISTA encoder into a task head (checked, not silently re-initialised), image/mask/box preprocessing,
+mild augmentation without flips, the test-split prediction loop and the results files.
+"""
+
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import DatasetDict, load_from_disk
+from tqdm.auto import tqdm
+from transformers import BertConfig, ViTConfig
+from transformers.image_utils import PILImageResampling
+
+from configuration_sista import SistaConfig
+from processing_sista import SistaImageProcessor
+
+
+logger = logging.getLogger(__name__)
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+LABEL_FRACTIONS = (0.01, 0.1, 1.0)
+PREPARED_METADATA_FILE = "sista_dataset.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    """Which encoder to fine-tune and how."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A pre-trained SISTA folder (output of examples/pretrain.py or a saved SISTA head)."},
+    )
+    from_scratch: bool = field(
+        default=False, metadata={"help": "Train a small randomly initialised ViT instead (baseline, tests)."}
+    )
+    scratch_image_size: int = field(default=128, metadata={"help": "Image side of the --from_scratch encoder."})
+    scratch_patch_size: int = field(default=16, metadata={"help": "Patch size of the --from_scratch encoder."})
+    scratch_hidden_size: int = field(default=192, metadata={"help": "Hidden size of the --from_scratch encoder."})
+    scratch_num_layers: int = field(default=4, metadata={"help": "Layers of the --from_scratch encoder."})
+    freeze_encoder: bool = field(
+        default=False, metadata={"help": "Freeze the encoder and train the head only (linear probing)."}
+    )
+    decoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "Channels of the segmentation decoder / detection head (config default)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which data to fine-tune and test on."""
+
+    dataset_dir: str = field(
+        default="data/synthcxr",
+        metadata={"help": "A DatasetDict saved with `save_to_disk` with train and test splits (SynthCXR or a dataset "
+                          "prepared by examples/prepare_datasets.py). Generated there as SynthCXR if absent."},
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
+    test_split: str = field(default="test", metadata={"help": "Split the metrics are computed on."})
+    label_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Fraction of the training split with labels, e.g. 0.01, 0.1 or 1.0. Subsets are "
+                          "deterministic and nested (the 1% rows are among the 10% rows)."},
+    )
+    label_fraction_seed: int = field(default=0, metadata={"help": "Seed of the label-fraction order."})
+    min_train_samples: int = field(
+        default=8, metadata={"help": "Smallest training subset, whatever the fraction (a 1% subset of 100 images "
+                                     "would otherwise be one image)."}
+    )
+    max_test_samples: int | None = field(default=None, metadata={"help": "Test only the first N rows (quick runs)."})
+    augment: bool = field(default=True, metadata={"help": "Mild training augmentation (no flips: sides matter)."})
+    scale_range: float = field(default=0.05, metadata={"help": "Largest relative zoom of the augmentation."})
+    translate: float = field(default=0.04, metadata={"help": "Largest shift, fraction of the image side."})
+    intensity_jitter: float = field(default=0.1, metadata={"help": "Largest brightness/contrast change."})
+    synthcxr_image_size: int = field(default=128, metadata={"help": "Image side of a generated SynthCXR."})
+    synthcxr_num_pretrain: int = field(default=0, metadata={"help": "Pre-training studies of a generated SynthCXR."})
+    synthcxr_num_train: int = field(default=1000, metadata={"help": "Train studies of a generated SynthCXR."})
+    synthcxr_num_validation: int = field(default=250, metadata={"help": "Validation studies of a generated SynthCXR."})
+    synthcxr_num_test: int = field(default=500, metadata={"help": "Test studies of a generated SynthCXR."})
+    synthcxr_seed: int = field(default=0, metadata={"help": "Seed of a generated SynthCXR."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for generation."})
+
+
+def setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+    )
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Clear errors for argument combinations that cannot run, before anything is loaded."""
+    if not 0 < data_args.label_fraction <= 1:
+        raise ValueError(f"--label_fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {data_args.label_fraction}.")
+    if data_args.min_train_samples < 1:
+        raise ValueError(f"--min_train_samples must be >= 1, got {data_args.min_train_samples}.")
+    if model_args.from_scratch == (model_args.model_name_or_path is not None):
+        raise ValueError("Pass exactly one of --model_name_or_path (a pre-trained SISTA folder) and --from_scratch.")
+    # the transforms add columns the model needs and Trainer would otherwise drop
+    training_args.remove_unused_columns = False
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_or_generate_dataset(data_args: DataArguments, training_args) -> DatasetDict:
+    """`load_from_disk(dataset_dir)`; SynthCXR is generated and saved there first when the folder does not exist."""
+    path = Path(data_args.dataset_dir)
+    with training_args.main_process_first(desc="SynthCXR generation"):
+        if not path.exists() and training_args.process_index == 0:
+            from synthcxr import generate_synthcxr, save_synthcxr
+
+            logger.warning(
+                f"{path} does not exist: generating SynthCXR there ({data_args.synthcxr_num_train} train, "
+                f"{data_args.synthcxr_num_test} test studies, {data_args.synthcxr_image_size} px). Later runs reuse it."
+            )
+            dataset = generate_synthcxr(
+                num_pretrain=data_args.synthcxr_num_pretrain,
+                num_train=data_args.synthcxr_num_train,
+                num_validation=data_args.synthcxr_num_validation,
+                num_test=data_args.synthcxr_num_test,
+                image_size=data_args.synthcxr_image_size,
+                seed=data_args.synthcxr_seed,
+                num_proc=data_args.preprocessing_num_workers,
+            )
+            save_synthcxr(dataset, str(path))
+    dataset = load_from_disk(str(path))
+    if not isinstance(dataset, DatasetDict):
+        raise ValueError(
+            f"{path} holds a single Dataset; fine-tuning needs a DatasetDict with {data_args.train_split!r} and "
+            f"{data_args.test_split!r} splits."
+        )
+    return dataset
+
+
+def select_splits(dataset: DatasetDict, data_args: DataArguments, required_columns: list[str], task: str):
+    """The training subset (label fraction) and the test split; clear errors for missing or empty ones."""
+    for split in (data_args.train_split, data_args.test_split):
+        if split not in dataset:
+            raise ValueError(f"Split {split!r} is not in {data_args.dataset_dir}; its splits are {sorted(dataset)}.")
+        missing = [column for column in required_columns if column not in dataset[split].column_names]
+        if missing:
+            raise ValueError(
+                f"{task} needs the column(s) {missing}, which split {split!r} of {data_args.dataset_dir} lacks "
+                f"(columns: {dataset[split].column_names})."
+            )
+        if len(dataset[split]) == 0:
+            raise ValueError(
+                f"Split {split!r} of {data_args.dataset_dir} is empty: there is nothing to "
+                f"{'train on' if split == data_args.train_split else 'test (a metric over no sample is undefined)'}."
+            )
+    train = label_fraction_subset(
+        dataset[data_args.train_split],
+        data_args.label_fraction,
+        data_args.label_fraction_seed,
+        data_args.min_train_samples,
+    )
+    test = dataset[data_args.test_split]
+    if data_args.max_test_samples is not None:
+        test = test.select(range(min(data_args.max_test_samples, len(test))))
+    logger.info(f"{task}: {len(train)} training rows ({data_args.label_fraction:g} of {data_args.train_split}), "
+                f"{len(test)} test rows.")
+    return train, test
+
+
+def label_fraction_subset(dataset, fraction: float, seed: int = 0, min_samples: int = 8):
+    """
+    The first `max(ceil(fraction * N), min_samples)` rows (at most N) of a seeded order of the rows, kept in their
+    original order. The order is the dataset's `label_fraction_rank` column when it has one (datasets prepared by
+    examples/prepare_datasets.py), otherwise a seeded hash of each row's `study_id` (or its index), so subsets are
+    deterministic and nested: the 1% rows are among the 10% rows, which are among the 100%.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must lie in (0, 1], got {fraction}.")
+    num_rows = len(dataset)
+    if "label_fraction_rank" in dataset.column_names:
+        ranks = np.asarray(list(dataset["label_fraction_rank"]))
+    else:
+        from prepare_utils import label_fraction_ranks
+
+        keys = list(dataset["study_id"]) if "study_id" in dataset.column_names else [str(i) for i in range(num_rows)]
+        ranks = np.asarray(label_fraction_ranks(keys, seed))
+    num_kept = min(num_rows, max(math.ceil(fraction * num_rows), min_samples))
+    return dataset.select(np.sort(np.argsort(ranks, kind="stable")[:num_kept]))
+
+
+def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str = "class_names") -> list[str]:
+    """Class names from the prepared dataset's metadata, SynthCXR's CLASS_NAMES, or generic names."""
+    metadata_path = Path(data_args.dataset_dir) / PREPARED_METADATA_FILE
+    if metadata_path.is_file():
+        names = json.loads(metadata_path.read_text()).get(kind)
+        if names and len(names) == num_labels:
+            return list(names)
+    import synthcxr
+
+    if len(synthcxr.CLASS_NAMES) == num_labels and "findings" in dataset.column_names:
+        return list(synthcxr.CLASS_NAMES)
+    return [f"LABEL_{index}" for index in range(num_labels)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def scratch_config(model_args: ModelArguments, **head_kwargs) -> SistaConfig:
+    """A small ViT SISTA config (the text tower is never built by a head)."""
+    vision_config = ViTConfig(
+        hidden_size=model_args.scratch_hidden_size,
+        num_hidden_layers=model_args.scratch_num_layers,
+        num_attention_heads=max(model_args.scratch_hidden_size // 64, 1),
+        intermediate_size=4 * model_args.scratch_hidden_size,
+        image_size=model_args.scratch_image_size,
+        patch_size=model_args.scratch_patch_size,
+    )
+    text_config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    return SistaConfig.from_vision_text_configs(vision_config, text_config, **head_kwargs)
+
+
+def load_head(model_class, model_args: ModelArguments, **head_kwargs):
+    """
+    The task head with a pre-trained SISTA encoder (`--model_name_or_path`) or a random one (`--from_scratch`).
+
+    A checkpoint of another architecture is refused, and every encoder weight must come from the checkpoint: a
+    missing `vision_model.*` key is an error, not a silently random encoder.
+    """
+    head_kwargs["freeze_encoder"] = model_args.freeze_encoder
+    if model_args.decoder_hidden_size is not None:
+        head_kwargs["decoder_hidden_size"] = model_args.decoder_hidden_size
+    if model_args.from_scratch:
+        return model_class(scratch_config(model_args, **head_kwargs))
+
+    path = Path(model_args.model_name_or_path)
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"--model_name_or_path {str(path)!r} holds no config.json: pass a saved SISTA folder.")
+    model_type = json.loads(config_path.read_text()).get("model_type")
+    if model_type != SistaConfig.model_type:
+        raise ValueError(
+            f"--model_name_or_path {str(path)!r} is a {model_type!r} checkpoint, not a SISTA one (model_type "
+            f"'sista'): pass the output folder of examples/pretrain.py, or use --from_scratch."
+        )
+    model, loading_info = model_class.from_pretrained(
+        str(path), output_loading_info=True, ignore_mismatched_sizes=True, **head_kwargs
+    )
+    missing_encoder = sorted(key for key in loading_info["missing_keys"] if key.startswith("vision_model."))
+    if missing_encoder:
+        raise ValueError(
+            f"{str(path)!r} lacks {len(missing_encoder)} vision encoder weights (e.g. {missing_encoder[:3]}): the "
+            "encoder would be random. Is it a SISTA checkpoint with a vision tower?"
+        )
+    logger.info(f"Loaded the SISTA encoder from {path}; new head weights: {sorted(loading_info['missing_keys'])}")
+    return model
+
+
+def load_image_processor(model_args: ModelArguments, config: SistaConfig) -> SistaImageProcessor:
+    """The checkpoint's image processor when it saved one, at the encoder's input size; a default one otherwise."""
+    vision_config = config.vision_config
+    size = {"height": vision_config.image_size, "width": vision_config.image_size}
+    path = Path(model_args.model_name_or_path) if model_args.model_name_or_path else None
+    saved_names = ("processor_config.json", "preprocessor_config.json")
+    if path is not None and any((path / name).is_file() for name in saved_names):
+        image_processor = SistaImageProcessor.from_pretrained(str(path))
+        image_processor.size = size
+        return image_processor
+    if path is not None:
+        logger.warning(f"{path} holds no image processor: using SistaImageProcessor defaults at {size['height']} px.")
+    return SistaImageProcessor(size=size, num_channels=vision_config.num_channels)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Preprocessing and augmentation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def process_images(image_processor: SistaImageProcessor, images) -> torch.Tensor:
+    return image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def process_masks(image_processor: SistaImageProcessor, masks) -> torch.Tensor:
+    """Masks through the same geometry as the images (nearest neighbour), as `(batch, height, width)` 0/1 longs."""
+    processed = image_processor(
+        [mask.convert("L") for mask in masks],
+        return_tensors="pt",
+        do_normalize=False,
+        num_channels=1,
+        image_mean=[0.0],  # unused without normalisation, but validated against num_channels
+        image_std=[1.0],
+        resample=PILImageResampling.NEAREST,
+    )["pixel_values"]
+    return (processed[:, 0] > 0.5).long()
+
+
+def boxes_to_model_frame(boxes_xywh, image_width: int, image_height: int, image_processor: SistaImageProcessor):
+    """
+    COCO `[x_min, y_min, width, height]` pixel boxes of a source image → normalised `(center_x, center_y, width,
+    height)` boxes of the processed image, following the processor's aspect-preserving resize and its centred pad
+    ("pad") or centre crop ("crop"). Boxes cut away entirely are dropped; returns `(boxes, kept_indices)`.
+    """
+    size = image_processor.size
+    if isinstance(size, dict):
+        target_height, target_width = size["height"], size["width"]
+    else:
+        target_height, target_width = size.height, size.width
+    resize_mode = getattr(image_processor, "resize_mode", "pad")
+    scales = (target_height / image_height, target_width / image_width)
+    scale = min(scales) if resize_mode == "pad" else max(scales)
+    new_height, new_width = image_height * scale, image_width * scale
+    top, left = (target_height - new_height) / 2, (target_width - new_width) / 2
+    boxes, kept = [], []
+    for index, (x_min, y_min, width, height) in enumerate(boxes_xywh):
+        corners = np.array([x_min * scale + left, y_min * scale + top, (x_min + width) * scale + left,
+                            (y_min + height) * scale + top])
+        corners = np.clip(corners, 0, [target_width, target_height, target_width, target_height])
+        if corners[2] - corners[0] <= 0 or corners[3] - corners[1] <= 0:
+            continue
+        boxes.append([(corners[0] + corners[2]) / 2 / target_width, (corners[1] + corners[3]) / 2 / target_height,
+                      (corners[2] - corners[0]) / target_width, (corners[3] - corners[1]) / target_height])
+        kept.append(index)
+    return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), kept
+
+
+def random_affine_parameters(batch_size: int, data_args: DataArguments, generator=None):
+    """Per image: zoom `z` and shift `(t_x, t_y)` in fractions of the side. No rotation keeps boxes exact."""
+    uniform = lambda low, high: low + (high - low) * torch.rand(batch_size, generator=generator)  # noqa: E731
+    zoom = uniform(1 - data_args.scale_range, 1 + data_args.scale_range)
+    shift = torch.stack([uniform(-data_args.translate, data_args.translate) for _ in range(2)], dim=1)
+    return zoom, shift
+
+
+def apply_affine(images: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, mode: str = "bilinear"):
+    """Zoom about the centre then shift: a point at `u` (in [0, 1]) moves to `(u - 0.5) * zoom + 0.5 + shift`."""
+    theta = torch.zeros(images.shape[0], 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    theta[:, :, 2] = -2 * shift / zoom[:, None]
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border" if mode == "bilinear" else "zeros",
+                         align_corners=False)
+
+
+def augment_batch(pixel_values, data_args: DataArguments, masks=None, boxes=None):
+    """
+    Mild augmentation shared by the three tasks: small zoom and shift (masks and boxes follow) and intensity
+    jitter. No flips and no rotation: the patient's side is part of several labels.
+    """
+    zoom, shift = random_affine_parameters(pixel_values.shape[0], data_args)
+    pixel_values = apply_affine(pixel_values, zoom, shift)
+    contrast = 1 + (2 * torch.rand(pixel_values.shape[0], 1, 1, 1) - 1) * data_args.intensity_jitter
+    brightness = (2 * torch.rand(pixel_values.shape[0], 1, 1, 1) - 1) * data_args.intensity_jitter
+    pixel_values = pixel_values * contrast + brightness
+    if masks is not None:
+        masks = apply_affine(masks[:, None].float(), zoom, shift, mode="nearest")[:, 0].long()
+    if boxes is not None:
+        moved = []
+        for image_boxes, image_zoom, image_shift in zip(boxes, zoom, shift):
+            center = (image_boxes[:, :2] - 0.5) * image_zoom + 0.5 + image_shift
+            size = image_boxes[:, 2:] * image_zoom
+            corners = torch.cat([center - size / 2, center + size / 2], dim=1).clamp(0, 1)
+            moved.append(torch.cat([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], dim=1))
+        boxes = moved
+    return pixel_values, masks, boxes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test-split predictions and results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model, dataset, collate, batch_size: int, step, desc: str = "Testing"):
+    """
+    Runs `step(model, batch)` over the whole `dataset` in eval mode with a progress bar and returns the results. A
+    plain DataLoader, not Trainer's: under multi-process training each process would see a shard of the test split,
+    so the scripts test on the main process only, on every row.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    dataloader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    results = []
+    for batch in tqdm(dataloader, desc=desc):
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        results.append(step(model, batch))
+    return results
+
+
+def load_metric(name: str, config_name: str | None = None):
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / f"{name}.py"), config_name)
+
+
+def markdown_table(headers, rows) -> str:
+    def cell(value):
+        return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(output_dir, task: str, results: dict, headline: dict, arguments: list) -> Path:
+    """Writes `{task}_results.json` (metrics, run description, arguments) and `{task}_results.md` into `output_dir`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**results, "arguments": {}}
+    for argument in arguments:
+        payload["arguments"].update({key: value for key, value in asdict(argument).items() if _is_json(value)})
+    json_path = output_dir / f"{task}_results.json"
+    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    markdown = f"# SISTA {task}\n\n" + markdown_table(list(headline), [list(headline.values())])
+    (output_dir / f"{task}_results.md").write_text(markdown)
+    logger.info(f"Wrote {json_path} and {output_dir / f'{task}_results.md'}:\n{markdown}")
+    return json_path
+
+
+def _is_json(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def run_description(
+    model_args: ModelArguments, data_args: DataArguments, num_train: int, num_test: int, script: str, argv
+) -> dict:
+    """What the results describe (read by examples/model_card.py): encoder, data, split, fraction, the command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": shlex.join(["python", f"examples/{script}", *argv]),
+        "encoder": "scratch" if model_args.from_scratch else os.fspath(model_args.model_name_or_path),
+        "split": data_args.test_split,
+        "freeze_encoder": model_args.freeze_encoder,
+        "dataset_dir": data_args.dataset_dir,
+        "label_fraction": data_args.label_fraction,
+        "num_train_samples": num_train,
+        "num_test_samples": num_test,
+    }

@@ -1,0 +1,157 @@
+#!/usr/bin/env python
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Fine-tune (or linearly probe) a pre-trained SISTA encoder for chest X-ray classification and report AUROC and
+accuracy on the test split.
+
+    python examples/finetune_classification.py --model_name_or_path outputs/sista-pretrain \
+        --dataset_dir data/synthcxr --label_fraction 0.1 --freeze_encoder \
+        --output_dir outputs/cls-linear-10pct --num_train_epochs 20 --learning_rate 1e-3 --report_to none
+
+`labels` of the dataset are multi-hot lists (SynthCXR, CheXpert): multi-label with a BCE loss and macro AUROC. With
+`--problem_type single_label_classification` each row must have exactly one positive (COVIDx, RSNA as classes):
+cross-entropy, one-vs-rest AUROC and accuracy. Results go to `{output_dir}/classification_results.{json,md}`.
+"""
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+import downstream_utils as utils
+from modeling_sista import SistaForImageClassification
+
+
+logger = logging.getLogger(__name__)
+TASK = "classification"
+PROBLEM_TYPES = ("multi_label_classification", "single_label_classification")
+
+
+@dataclass
+class ClassificationArguments:
+    problem_type: str = field(
+        default="multi_label_classification",
+        metadata={"help": "multi_label_classification (multi-hot labels) or single_label_classification.",
+                  "choices": PROBLEM_TYPES},
+    )
+
+
+def labels_tensor(labels: list, problem_type: str) -> torch.Tensor:
+    """Multi-hot rows as floats (multi-label) or the index of the single positive (single-label)."""
+    multi_hot = torch.tensor(labels, dtype=torch.long)
+    if problem_type == "multi_label_classification":
+        return multi_hot.float()
+    positives = multi_hot.sum(dim=1)
+    if (positives != 1).any():
+        row = int((positives != 1).nonzero()[0])
+        raise ValueError(
+            f"single_label_classification needs exactly one positive label per row; a row has {int(positives[row])} "
+            f"({labels[row]}). Use --problem_type multi_label_classification."
+        )
+    return multi_hot.argmax(dim=1)
+
+
+def check_labels(dataset, num_labels: int, problem_type: str) -> None:
+    """Every row has `num_labels` entries in {0, 1} (a clear error before training, not a failed step)."""
+    labels = list(dataset["labels"])
+    lengths = {len(row) for row in labels}
+    if lengths != {num_labels}:
+        raise ValueError(f"`labels` rows must all have {num_labels} entries, got lengths {sorted(lengths)}.")
+    values = set(np.unique(np.asarray(labels)).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"`labels` must be multi-hot (0/1 per class), got values {sorted(values)}.")
+    labels_tensor(labels, problem_type)
+
+
+def main(args: list[str] | None = None):
+    parser = HfArgumentParser(
+        (utils.ModelArguments, utils.DataArguments, ClassificationArguments, TrainingArguments)
+    )
+    model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
+    utils.setup_logging(training_args)
+    utils.check_arguments(model_args, data_args, training_args)
+
+    dataset = utils.load_or_generate_dataset(data_args, training_args)
+    train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "labels"], "Classification")
+    num_labels = len(train_dataset[0]["labels"])
+    for split in (train_dataset, test_dataset):
+        check_labels(split, num_labels, task_args.problem_type)
+    class_names = utils.class_names_of(train_dataset, data_args, num_labels)
+
+    model = utils.load_head(
+        SistaForImageClassification,
+        model_args,
+        num_labels=num_labels,
+        problem_type=task_args.problem_type,
+        id2label=dict(enumerate(class_names)),
+        label2id={name: index for index, name in enumerate(class_names)},
+    )
+    image_processor = utils.load_image_processor(model_args, model.config)
+
+    def transform(batch):
+        return {
+            "pixel_values": utils.process_images(image_processor, batch["image"]),
+            "labels": labels_tensor(batch["labels"], task_args.problem_type),
+        }
+
+    def collate(examples, augment):
+        pixel_values = torch.stack([example["pixel_values"] for example in examples])
+        if augment:
+            pixel_values, _, _ = utils.augment_batch(pixel_values, data_args)
+        return {"pixel_values": pixel_values, "labels": torch.stack([example["labels"] for example in examples])}
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset.with_transform(transform),
+        data_collator=lambda examples: collate(examples, data_args.augment),
+    )
+    trainer.train()
+    trainer.save_model()
+    image_processor.save_pretrained(training_args.output_dir)
+
+    if not trainer.is_world_process_zero():
+        return None
+    outputs = utils.predict(
+        trainer.model,
+        test_dataset.with_transform(transform),
+        lambda examples: collate(examples, False),
+        training_args.per_device_eval_batch_size,
+        lambda model, batch: (model(pixel_values=batch["pixel_values"]).logits.float().cpu(), batch["labels"].cpu()),
+    )
+    logits = torch.cat([logit for logit, _ in outputs])
+    references = torch.cat([label for _, label in outputs])
+    if task_args.problem_type == "multi_label_classification":
+        metric = utils.load_metric("multilabel_auroc", "multilabel")
+        metrics = metric.compute(
+            predictions=logits.sigmoid().tolist(), references=references.long().tolist(), threshold=0.5
+        )
+    else:
+        metric = utils.load_metric("multilabel_auroc", "multiclass")
+        metrics = metric.compute(predictions=logits.softmax(dim=1).tolist(), references=references.tolist())
+    per_class = dict(zip(class_names, metrics["per_class_auroc"]))
+    results = {
+        "task": TASK,
+        **utils.run_description(
+            model_args, data_args, len(train_dataset), len(test_dataset), "finetune_classification.py", args
+        ),
+        "problem_type": task_args.problem_type,
+        "metrics": {**metrics, "per_class_auroc": per_class},
+    }
+    headline = {
+        "label fraction": data_args.label_fraction,
+        "encoder": "frozen (linear probe)" if model_args.freeze_encoder else "fine-tuned",
+        "train samples": len(train_dataset),
+        "test samples": len(test_dataset),
+        "AUROC (macro)": metrics["auroc"],
+        "accuracy": metrics["accuracy"],
+    }
+    utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args, task_args])
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
