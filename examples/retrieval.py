@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Image-report retrieval with a SISTA checkpoint: Recall@K in both directions on one split.
+
+Every image of the split queries all of the split's reports (image→report), and every report queries all images
+(report→image), ranked by the cosine similarity of the global embeddings. Two rules say what counts as a hit:
+
+* **paired**: the retrieved item is the query's own pair (the usual protocol);
+* **semantic** (the false-negative-aware view, as SIA sees the data): the retrieved item is the query's pair OR has
+  a label vector identical to the query's (`labels` column, all classes equal; so two normal studies match each
+  other, and so do two studies with exactly the same findings).
+
+Recall@K is the fraction of queries with a hit among their top K. Ranking is a stable sort by decreasing similarity:
+ties keep the gallery order (lower index first), so the result is deterministic.
+
+Usage:
+
+    python examples/retrieval.py --model_name_or_path outputs/sista --dataset_dir data/synthcxr \
+        --output_dir outputs/evaluation
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from transformers import HfArgumentParser
+
+from eval_utils import (
+    EvaluationArguments,
+    LazyColumn,
+    arguments_dict,
+    command_line,
+    embed_images,
+    embed_texts,
+    load_evaluation_split,
+    load_sista,
+    markdown_table,
+    report_texts,
+    require_columns,
+    setup_logging,
+    write_results,
+)
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalArguments:
+    """
+    Arguments of the retrieval evaluation.
+
+    Args:
+        recall_at (`str`, *optional*, defaults to `"1,5,10"`):
+            Comma-separated K of Recall@K.
+        semantic_positives (`bool`, *optional*, defaults to `True`):
+            Also report the semantic view (identical label vectors count as hits); needs a `labels` column.
+    """
+
+    recall_at: str = field(default="1,5,10", metadata={"help": "Comma-separated K of Recall@K."})
+    semantic_positives: bool = field(
+        default=True, metadata={"help": "Also count items with an identical label vector as hits (needs labels)."}
+    )
+
+    def __post_init__(self):
+        try:
+            self.ks = sorted({int(k) for k in self.recall_at.split(",") if k.strip()})
+        except ValueError:
+            raise ValueError(f"`recall_at` must be comma-separated integers, got {self.recall_at!r}.") from None
+        if not self.ks or self.ks[0] < 1:
+            raise ValueError(f"`recall_at` must list integers >= 1, got {self.recall_at!r}.")
+
+
+def retrieval_positives(num_items: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """
+    `(num_items, num_items)` boolean matrix of hits for paired queries and galleries: the diagonal (each query's own
+    pair), plus, when `labels` is given, every pair of items with identical label vectors. Symmetric, so it serves
+    both directions.
+    """
+    positives = np.eye(num_items, dtype=bool)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape[0] != num_items:
+            raise ValueError(f"`labels` must have {num_items} rows, got {labels.shape[0]}.")
+        positives |= (labels[:, None, :] == labels[None, :, :]).all(axis=-1)
+    return positives
+
+
+def first_hit_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """0-based rank of each query's best-ranked hit (stable descending sort; `inf` for a query with no hit)."""
+    similarity, positives = np.asarray(similarity), np.asarray(positives, dtype=bool)
+    if similarity.ndim != 2 or similarity.shape != positives.shape:
+        raise ValueError(
+            f"`similarity` and `positives` must be 2-D of one shape, got {similarity.shape} and {positives.shape}."
+        )
+    if similarity.size == 0:
+        raise ValueError(f"Retrieval needs at least one query and one gallery item, got shape {similarity.shape}.")
+    if not np.isfinite(similarity).all():
+        raise ValueError("`similarity` holds NaN or infinite values.")
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    ranked_hits = np.take_along_axis(positives, order, axis=1)
+    return np.where(ranked_hits.any(axis=1), ranked_hits.argmax(axis=1), np.inf)
+
+
+def recall_at_k(similarity: np.ndarray, positives: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """`{"R@k": fraction of queries with a hit among their top k}` (k larger than the gallery means all of it)."""
+    ranks = first_hit_ranks(similarity, positives)
+    return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+def retrieval_metrics(
+    image_embeds: np.ndarray, text_embeds: np.ndarray, ks: list[int], labels: np.ndarray | None = None
+) -> dict:
+    """Recall@K image→report and report→image, paired and (with `labels`) semantic, from normalised embeddings."""
+    similarity = np.asarray(image_embeds) @ np.asarray(text_embeds).T
+    views = {"paired": retrieval_positives(len(similarity))}
+    if labels is not None:
+        views["semantic"] = retrieval_positives(len(similarity), labels)
+    return {
+        view: {
+            "image_to_report": recall_at_k(similarity, positives, ks),
+            "report_to_image": recall_at_k(similarity.T, positives.T, ks),
+        }
+        for view, positives in views.items()
+    }
+
+
+def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int) -> str:
+    rows = [
+        (view, direction.replace("_", "→").replace("→to→", " → "), *(scores[f"R@{k}"] for k in ks))
+        for view, directions in metrics.items()
+        for direction, scores in directions.items()
+    ]
+    header = f"## Retrieval: {source['dataset']} / {source['split']} ({num_pairs} image-report pairs)\n\n"
+    footer = (
+        "\npaired: a hit is the query's own pair. semantic: a hit is the own pair or any item whose label vector "
+        "equals the query's.\n"
+    )
+    return header + markdown_table(["hits", "direction", *(f"R@{k}" for k in ks)], rows) + footer
+
+
+def main(cli_args: list[str] | None = None) -> dict:
+    setup_logging()
+    parser = HfArgumentParser((EvaluationArguments, RetrievalArguments))
+    eval_args, retrieval_args = parser.parse_args_into_dataclasses(args=cli_args)
+
+    model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
+    dataset, source = load_evaluation_split(eval_args, processor)
+    require_columns(dataset, ["image", "report"], "Retrieval")
+    if retrieval_args.semantic_positives:
+        require_columns(dataset, ["labels"], "Retrieval with semantic positives (--semantic_positives, the default)")
+
+    texts = report_texts(dataset["report"], eval_args.clean_reports)
+    empty = [index for index, text in enumerate(texts) if not text.strip()]
+    if empty:
+        logger.warning("Skipping %d studies whose report has no usable text (first: row %d).", len(empty), empty[0])
+        keep = sorted(set(range(len(texts))) - set(empty))
+        dataset, texts = dataset.select(keep), [texts[index] for index in keep]
+    if len(dataset) == 0:
+        raise ValueError("No study with a usable report is left: retrieval has nothing to rank.")
+
+    image_embeds = embed_images(model, processor, LazyColumn(dataset, "image"), eval_args.batch_size).numpy()
+    text_embeds = embed_texts(model, processor, texts, eval_args.batch_size, eval_args.max_length).numpy()
+    labels = np.asarray(dataset["labels"]) if retrieval_args.semantic_positives else None
+    metrics = retrieval_metrics(image_embeds, text_embeds, retrieval_args.ks, labels)
+    for view, directions in metrics.items():
+        for direction, scores in directions.items():
+            logger.info("%s %s: %s", view, direction, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+    results = {
+        "task": "retrieval",
+        "command": command_line("retrieval.py", cli_args),
+        "model": eval_args.model_name_or_path,
+        "dataset": source["dataset"],
+        "split": source["split"],
+        "num_pairs": len(dataset),
+        "num_skipped_empty_reports": len(empty),
+        "hit_rules": {
+            "paired": "the retrieved item is the query's own pair",
+            "semantic": "the retrieved item is the query's own pair or has a label vector identical to the query's",
+        },
+        "ranking": "stable sort by decreasing cosine similarity; ties keep the gallery order",
+        **metrics,
+        "arguments": arguments_dict(eval_args, retrieval_args),
+    }
+    markdown = results_markdown(metrics, retrieval_args.ks, source, len(dataset))
+    write_results(eval_args.output_dir, "retrieval", results, markdown)
+    return results
+
+
+if __name__ == "__main__":
+    main()

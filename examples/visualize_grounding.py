@@ -1,0 +1,605 @@
+#!/usr/bin/env python
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Word-to-region grounding with a SISTA checkpoint: per-word STA heatmaps and the pointing game.
+
+The grounding map of a token is its row of the STA weights `token_patch_weights` (sparse, sums to 1 over the
+patches; `SistaModel.forward(..., output_token_patch_weights=True)`), reshaped to the patch grid and upsampled
+bilinearly to the model's input image.
+
+Words: tokens are grouped into words by the fast tokenizer's `word_ids` (WordPiece "pneumo ##thorax" is one word);
+a word's map is the mean of its sub-tokens' maps (`--subword_reduce sum` adds them instead), so a word map is again
+a distribution over patches. A *content word* is a word that is not a special token, not a stop word
+(`STOP_WORDS`: function words and the section headers "findings"/"impression"), holds a letter or digit, and has a
+grounding map (tokens STA ignores, e.g. `[UNK]`, have none).
+
+Pointing game (SynthCXR): for every finding of a report with a mask, the finding's heatmap is the mean of the maps of
+its *finding and location words* -- the words of the sentence describing it (`findings[i].mention`) that are one of
+SynthCXR's synonyms of the finding or of its side or zone (`FINDING_SYNONYMS`, `SIDE_WORDS`, `ZONE_WORDS`); when the
+sentence has none, all its content words. A hit is the heatmap's peak (first maximum of the upsampled map, values
+within a relative 1e-5 of it counting as ties) falling
+inside the finding's mask (the union of its objects' masks, brought into the model's input frame by the image
+processor's own resize/pad). Accuracy is reported overall and per finding, beside the random-point baseline: the
+fraction of the image the mask covers, i.e. the chance that a uniformly random peak is a hit.
+
+Datasets without SynthCXR's `findings` metadata but with a union `mask` column are scored with one target per image:
+the mean map of all content words of the report, or of `--grounding_text` (e.g. "pneumothorax" for SIIM-ACR) for
+datasets without reports, on the images whose mask is not empty.
+
+Usage:
+
+    # pointing game and figures on a split
+    python examples/visualize_grounding.py --model_name_or_path outputs/sista --dataset_dir data/synthcxr \
+        --output_dir outputs/evaluation --num_figures 4
+    # one figure for any image and report
+    python examples/visualize_grounding.py --model_name_or_path outputs/sista --image_path xray.png \
+        --report "Small left apical pneumothorax." --output_dir outputs/evaluation
+"""
+
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+import synthcxr
+from eval_utils import (
+    EvaluationArguments,
+    arguments_dict,
+    command_line,
+    batch_ranges,
+    load_evaluation_split,
+    load_sista,
+    markdown_table,
+    report_texts,
+    require_columns,
+    setup_logging,
+    text_max_length,
+    write_results,
+)
+
+
+logger = logging.getLogger(__name__)
+
+# Function words of English radiology reports and the section headers: they describe no region.
+STOP_WORDS = frozenset(
+    """a an the of and or but nor no not without with within is are was were be been being there this that these
+    those it its to in on at by for from as into onto than then also both either any some all each other another
+    has have had do does did may might can could should would will shall seen noted present identified again
+    findings finding impression""".split()
+)
+SUBWORD_REDUCTIONS = ("mean", "sum")
+
+
+@dataclass
+class GroundingArguments:
+    """
+    Arguments of the grounding evaluation.
+
+    Args:
+        image_path (`str`, *optional*):
+            Draw the heatmaps of one image file with `--report` instead of evaluating a split.
+        report (`str`, *optional*):
+            The report of `--image_path`.
+        num_figures (`int`, *optional*, defaults to 4):
+            Figures drawn from the split (the first studies with a finding), written to `output_dir/grounding/`.
+        subword_reduce (`str`, *optional*, defaults to `"mean"`):
+            How the maps of a word's sub-tokens are merged: `"mean"` or `"sum"`.
+        grounding_text (`str`, *optional*):
+            For datasets with a `mask` but no reports: the text whose content words are pointed with (e.g.
+            "pneumothorax").
+        max_panels (`int`, *optional*, defaults to 24):
+            At most this many word panels per figure (the first content words).
+    """
+
+    image_path: str | None = field(default=None, metadata={"help": "Draw one image's heatmaps (with --report)."})
+    report: str | None = field(default=None, metadata={"help": "The report of --image_path."})
+    num_figures: int = field(default=4, metadata={"help": "Figures drawn from the split into output_dir/grounding/."})
+    subword_reduce: str = field(default="mean", metadata={"help": "Merge sub-token maps by 'mean' or 'sum'."})
+    grounding_text: str | None = field(
+        default=None, metadata={"help": "Text pointed with on datasets with a mask but no reports."}
+    )
+    max_panels: int = field(default=24, metadata={"help": "At most this many word panels per figure."})
+
+    def __post_init__(self):
+        if self.subword_reduce not in SUBWORD_REDUCTIONS:
+            raise ValueError(f"`subword_reduce` must be one of {SUBWORD_REDUCTIONS}, got {self.subword_reduce!r}.")
+        if (self.image_path is None) != (self.report is None):
+            raise ValueError("`image_path` and `report` go together: pass both to draw one image, or neither.")
+        if self.num_figures < 0 or self.max_panels < 1:
+            raise ValueError(
+                f"`num_figures` must be >= 0 and `max_panels` >= 1, got {self.num_figures}, {self.max_panels}."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Words and their maps
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def merge_subword_maps(
+    word_ids: Sequence[int | None], token_maps: np.ndarray, reduce: str = "mean"
+) -> tuple[list[int], np.ndarray]:
+    """
+    Merges the maps of the sub-tokens of each word.
+
+    Args:
+        word_ids (`Sequence[int | None]`): the word of each token (a fast tokenizer's `encoding.word_ids()`),
+            `None` for special tokens and padding, which are dropped.
+        token_maps (`np.ndarray` of shape `(num_tokens, num_patches)`): the tokens' grounding maps.
+        reduce (`str`): `"mean"` or `"sum"` of the sub-token maps.
+
+    Returns:
+        `(words, word_maps)`: the word ids in order of first appearance and their maps `(num_words, num_patches)`.
+    """
+    token_maps = np.asarray(token_maps)
+    if len(word_ids) != token_maps.shape[0]:
+        raise ValueError(f"{len(word_ids)} word ids for {token_maps.shape[0]} token maps.")
+    if reduce not in SUBWORD_REDUCTIONS:
+        raise ValueError(f"`reduce` must be one of {SUBWORD_REDUCTIONS}, got {reduce!r}.")
+    tokens_of_word = defaultdict(list)
+    for token_index, word_id in enumerate(word_ids):
+        if word_id is not None:
+            tokens_of_word[word_id].append(token_index)
+    words = list(tokens_of_word)
+    if not words:
+        return [], np.zeros((0, token_maps.shape[1]), dtype=token_maps.dtype)
+    reducer = np.mean if reduce == "mean" else np.sum
+    return words, np.stack([reducer(token_maps[tokens_of_word[word]], axis=0) for word in words])
+
+
+def word_spans(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None]) -> dict[int, tuple[int, int]]:
+    """Character span `(start, end)` of each word in the text, from the tokens' offsets."""
+    spans = {}
+    for (start, end), word_id in zip(offsets, word_ids):
+        if word_id is None:
+            continue
+        previous = spans.get(word_id)
+        spans[word_id] = (start, end) if previous is None else (min(previous[0], start), max(previous[1], end))
+    return spans
+
+
+def is_content_word(word: str) -> bool:
+    return word.lower() not in STOP_WORDS and any(character.isalnum() for character in word)
+
+
+@dataclass
+class WordMaps:
+    """The words of one text with their spans and grounding maps (`(num_words, num_patches)`)."""
+
+    text: str
+    words: list[str]
+    spans: list[tuple[int, int]]
+    maps: np.ndarray
+
+    def content_indices(self) -> list[int]:
+        """Words that are content words and have a grounding map (not only STA-ignored tokens)."""
+        return [index for index, word in enumerate(self.words) if is_content_word(word) and self.maps[index].sum() > 0]
+
+
+def word_maps_from_encoding(text: str, encoding, token_maps: np.ndarray, reduce: str = "mean") -> WordMaps:
+    """`WordMaps` of one text from its fast-tokenizer encoding (`encoding.word_ids()`, `encoding.offsets`)."""
+    word_ids = encoding.word_ids
+    word_ids = word_ids() if callable(word_ids) else word_ids
+    words, maps = merge_subword_maps(word_ids, token_maps[: len(word_ids)], reduce)
+    spans = word_spans(encoding.offsets, word_ids)
+    return WordMaps(text, [text[slice(*spans[word])] for word in words], [spans[word] for word in words], maps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Heatmaps and the pointing game
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def patch_grid(num_patches: int, image_height: int, image_width: int, patch_size: int | None) -> tuple[int, int]:
+    """`(rows, columns)` of the patch grid of an input image."""
+    if patch_size:
+        rows, columns = image_height // patch_size, image_width // patch_size
+        if rows * columns == num_patches:
+            return rows, columns
+    side = int(round(num_patches**0.5))
+    if side * side != num_patches:
+        raise ValueError(f"Cannot lay {num_patches} patches on a grid for a {image_height}x{image_width} image.")
+    return side, side
+
+
+def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """`(num_maps, num_patches)` patch maps -> `(num_maps, height, width)` images, bilinear (align_corners=False)."""
+    maps = torch.as_tensor(np.asarray(maps, dtype=np.float32)).reshape(-1, 1, *grid)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+PEAK_RELATIVE_TOLERANCE = 1e-5
+
+
+def pointing_game_hit(heatmap: np.ndarray, mask: np.ndarray) -> tuple[bool, tuple[int, int]]:
+    """
+    Whether the heatmap's peak lies in `mask`; returns `(hit, (row, col))`.
+
+    The peak is the first pixel in row-major order within `PEAK_RELATIVE_TOLERANCE` of the maximum: bilinear
+    upsampling makes plateaus (a whole border band shares the edge patch's value) whose pixels differ only by float
+    noise, which would otherwise make the peak depend on batch padding.
+    """
+    heatmap, mask = np.asarray(heatmap), np.asarray(mask, dtype=bool)
+    if heatmap.shape != mask.shape:
+        raise ValueError(f"`heatmap` {heatmap.shape} and `mask` {mask.shape} must have one shape.")
+    maximum = float(heatmap.max())
+    near_maximum = heatmap >= maximum - PEAK_RELATIVE_TOLERANCE * abs(maximum)
+    peak = np.unravel_index(int(np.argmax(near_maximum)), heatmap.shape)
+    return bool(mask[peak]), (int(peak[0]), int(peak[1]))
+
+
+def random_point_baseline(mask: np.ndarray) -> float:
+    """Chance that a uniformly random point of the image lies in `mask`: the fraction of the image it covers."""
+    return float(np.asarray(mask, dtype=bool).mean())
+
+
+def pointing_game_summary(records: list[dict]) -> dict:
+    """Accuracy and random-point baseline of `records`, overall and per finding."""
+    if not records:
+        raise ValueError("The pointing game has no finding to score: no finding with a mask and words was found.")
+
+    def summarise(group):
+        return {
+            "accuracy": float(np.mean([record["hit"] for record in group])),
+            "random_baseline": float(np.mean([record["mask_fraction"] for record in group])),
+            "num_findings": len(group),
+        }
+
+    by_finding = defaultdict(list)
+    for record in records:
+        by_finding[record["finding"]].append(record)
+    return {
+        "overall": summarise(records),
+        "per_finding": {name: summarise(by_finding[name]) for name in sorted(by_finding)},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Targets: which words point at which mask
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _vocabulary(*phrase_groups) -> set[str]:
+    return {word for group in phrase_groups for phrase in group for word in phrase.lower().split()}
+
+
+def finding_words(finding: dict) -> set[str]:
+    """SynthCXR's words for a finding and its side and zone ("left", "apical", "pneumothorax", ...)."""
+    side = finding.get("side", "none")
+    sides = ("left", "right") if side == "bilateral" else (side,)
+    return _vocabulary(
+        synthcxr.FINDING_SYNONYMS.get(finding["name"], (finding["name"],)),
+        *(synthcxr.SIDE_WORDS.get(name, ()) for name in (*sides, side)),
+        synthcxr.ZONE_WORDS.get(finding.get("zone", "none"), ()),
+    )
+
+
+def locate_mention(text: str, mention: str) -> tuple[int, int] | None:
+    """Span of `mention` in `text` (exact, else case- and whitespace-insensitive); `None` when absent."""
+    if not mention:
+        return None
+    start = text.find(mention)
+    if start >= 0:
+        return start, start + len(mention)
+    pattern = r"\s+".join(re.escape(part) for part in mention.split())
+    match = re.search(pattern, text, flags=re.IGNORECASE)
+    return match.span() if match else None
+
+
+def synthcxr_finding_masks(example: dict, height: int, width: int) -> dict[int, np.ndarray]:
+    """Union mask of each finding index of a SynthCXR example (its objects' masks), original image frame."""
+    masks = {}
+    objects = example["objects"]
+    for rle, finding_index in zip(objects["mask"], objects["finding"]):
+        mask = synthcxr.decode_mask(rle, height, width)
+        masks[finding_index] = masks[finding_index] | mask if finding_index in masks else mask
+    return masks
+
+
+def finding_targets(example: dict, word_maps: WordMaps, skipped: Counter) -> list[dict]:
+    """`[{"finding", "word_indices", "mask", "fallback"}]`: the findings of a SynthCXR example that can be scored."""
+    width, height = example["image"].size
+    masks = synthcxr_finding_masks(example, height, width)
+    targets = []
+    for finding_index, finding in enumerate(example["findings"]):
+        if finding_index not in masks or not masks[finding_index].any():
+            skipped["finding without a mask"] += 1
+            continue
+        span = locate_mention(word_maps.text, finding.get("mention", ""))
+        if span is None:
+            skipped["mention not found in the model's text (truncated or cleaned away)"] += 1
+            continue
+        content = [
+            index
+            for index in word_maps.content_indices()
+            if span[0] <= word_maps.spans[index][0] and word_maps.spans[index][1] <= span[1]
+        ]
+        vocabulary = finding_words(finding)
+        chosen = [index for index in content if word_maps.words[index].lower() in vocabulary]
+        if not content:
+            skipped["mention has no content word with a grounding map"] += 1
+            continue
+        targets.append(
+            {
+                "finding": finding["name"],
+                "word_indices": chosen or content,
+                "mask": masks[finding_index],
+                "fallback": not chosen,
+            }
+        )
+    return targets
+
+
+def whole_text_target(example: dict, word_maps: WordMaps, skipped: Counter, name: str = "lesion") -> list[dict]:
+    """One target per image for datasets with a union `mask` only: all content words of the text."""
+    mask = np.asarray(example["mask"]) > 0
+    if not mask.any():
+        skipped["empty mask (no lesion to point at)"] += 1
+        return []
+    content = word_maps.content_indices()
+    if not content:
+        skipped["text has no content word with a grounding map"] += 1
+        return []
+    return [{"finding": name, "word_indices": content, "mask": mask, "fallback": True}]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model passes
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def mask_to_model_frame(image_processor, mask: np.ndarray) -> np.ndarray:
+    """A boolean mask resized, padded or cropped exactly as the image processor treats its image."""
+    mask_image = np.asarray(mask, dtype=bool).astype(np.uint8) * 255
+    processed = image_processor(mask_image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
+    return processed >= 0.5
+
+
+def display_image(image_processor, image) -> np.ndarray:
+    """The image as the model sees it (resized, padded), in [0, 1], for drawing."""
+    return image_processor(image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
+
+
+@torch.no_grad()
+def grounding_maps(model, processor, images: list, texts: list[str], max_length: int = 128, reduce: str = "mean"):
+    """
+    One forward pass for a batch of image-report pairs.
+
+    Returns:
+        `(word_maps, grid)`: a `WordMaps` per pair and the `(rows, columns)` patch grid.
+    """
+    tokenizer = processor.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"Grounding needs a fast tokenizer (word ids and offsets), got {type(tokenizer).__name__}; save the "
+            "processor with a `PreTrainedTokenizerFast`."
+        )
+    encoding = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=text_max_length(model, max_length),
+        return_tensors="pt",
+        return_offsets_mapping=True,
+    )
+    encoding.pop("offset_mapping")
+    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    inputs = {name: tensor.to(model.device) for name, tensor in encoding.items()}
+    outputs = model(**inputs, pixel_values=pixel_values.to(model.device, model.dtype), output_token_patch_weights=True)
+    weights = outputs.token_patch_weights.float().cpu().numpy()
+    patch_size = getattr(model.config.vision_config, "patch_size", None)
+    grid = patch_grid(weights.shape[-1], pixel_values.shape[-2], pixel_values.shape[-1], patch_size)
+    word_maps = [
+        word_maps_from_encoding(text, encoding.encodings[index], weights[index], reduce)
+        for index, text in enumerate(texts)
+    ]
+    return word_maps, grid
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def plot_word_heatmaps(
+    image: np.ndarray,
+    word_maps: WordMaps,
+    grid: tuple[int, int],
+    output_path: str | Path,
+    title: str | None = None,
+    max_panels: int = 24,
+    mask: np.ndarray | None = None,
+    num_columns: int = 6,
+) -> list[str]:
+    """
+    Writes a PNG with one panel per content word: the word's upsampled map (scaled to its own maximum) over the
+    image, the optional `mask` outlined. The PNG's `Description` metadata holds the JSON list of panel words.
+
+    Returns:
+        `list[str]`: the words drawn, in order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    indices = word_maps.content_indices()[:max_panels]
+    words = [word_maps.words[index] for index in indices]
+    if not words:
+        raise ValueError(f"No content word with a grounding map in {word_maps.text!r}: nothing to draw.")
+    heatmaps = upsample_maps(word_maps.maps[indices], grid, image.shape[-2:])
+    num_columns = min(num_columns, len(words))
+    num_rows = -(-len(words) // num_columns)
+    figure, axes = plt.subplots(num_rows, num_columns, figsize=(2.4 * num_columns, 2.6 * num_rows), squeeze=False)
+    for axis in axes.flat[len(words) :]:
+        figure.delaxes(axis)
+    for axis, word, heatmap in zip(axes.flat, words, heatmaps):
+        axis.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
+        axis.imshow(heatmap / max(float(heatmap.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+        if mask is not None and mask.any():
+            axis.contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        axis.set_title(word, fontsize=10)
+        axis.axis("off")
+    if title:
+        import textwrap
+
+        figure.suptitle("\n".join(textwrap.wrap(title, 30 * num_columns)), fontsize=8)
+    figure.tight_layout()
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output_path, dpi=100, metadata={"Description": json.dumps(words)})
+    plt.close(figure)
+    return words
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_args, grounding_args) -> dict:
+    """Runs the pointing game over `dataset` (with `texts` as the model's reports) and draws the figures."""
+    use_findings = {"findings", "objects"} <= set(dataset.column_names)
+    image_processor = processor.image_processor
+    records, skipped, figures = [], Counter(), []
+    figure_dir = Path(eval_args.output_dir) / "grounding"
+    for start, stop in tqdm(list(batch_ranges(len(dataset), eval_args.batch_size)), desc="Pointing game"):
+        batch = dataset.select(range(start, stop))
+        examples = [batch[index] for index in range(len(batch))]
+        batch_texts = texts[start:stop]
+        usable = [index for index, text in enumerate(batch_texts) if text.strip()]
+        if len(usable) < len(examples):
+            skipped["empty report"] += len(examples) - len(usable)
+        if not usable:
+            continue
+        word_maps, grid = grounding_maps(
+            model,
+            processor,
+            [examples[index]["image"] for index in usable],
+            [batch_texts[index] for index in usable],
+            eval_args.max_length,
+            grounding_args.subword_reduce,
+        )
+        for index, maps in zip(usable, word_maps):
+            example = examples[index]
+            targets = (
+                finding_targets(example, maps, skipped) if use_findings else whole_text_target(example, maps, skipped)
+            )
+            if not targets:
+                continue
+            study_id = str(example.get("study_id", start + index))
+            framed_masks = [mask_to_model_frame(image_processor, target["mask"]) for target in targets]
+            for target, mask in zip(targets, framed_masks):
+                heatmap = upsample_maps(
+                    maps.maps[target["word_indices"]].mean(axis=0, keepdims=True), grid, mask.shape
+                )[0]
+                hit, peak = pointing_game_hit(heatmap, mask)
+                records.append(
+                    {
+                        "study_id": study_id,
+                        "finding": target["finding"],
+                        "words": [maps.words[word] for word in target["word_indices"]],
+                        "fallback_to_content_words": target["fallback"],
+                        "hit": hit,
+                        "peak": list(peak),
+                        "mask_fraction": random_point_baseline(mask),
+                    }
+                )
+            if len(figures) < grounding_args.num_figures:
+                image_frame = display_image(image_processor, example["image"])
+                union = np.logical_or.reduce(framed_masks)
+                path = figure_dir / f"{study_id}.png"
+                plot_word_heatmaps(image_frame, maps, grid, path, maps.text, grounding_args.max_panels, union)
+                figures.append(str(path))
+    if not records:
+        reasons = (
+            ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items())) or "the split has no finding"
+        )
+        raise ValueError(f"The pointing game has no finding to score in {len(dataset)} studies ({reasons}).")
+    summary = pointing_game_summary(records)
+    summary.update(skipped=dict(sorted(skipped.items())), figures=figures, records=records)
+    return summary
+
+
+def results_markdown(summary: dict, source: dict) -> str:
+    rows = [
+        (name, entry["accuracy"], entry["random_baseline"], entry["num_findings"])
+        for name, entry in [("**overall**", summary["overall"]), *summary["per_finding"].items()]
+    ]
+    header = f"## Pointing game: {source['dataset']} / {source['split']}\n\n"
+    table = markdown_table(["finding", "accuracy", "random-point baseline", "findings"], rows)
+    skipped = "".join(f"* skipped {count}: {reason}\n" for reason, count in summary["skipped"].items() if count)
+    return header + table + ("\n" + skipped if skipped else "")
+
+
+def draw_single(model, processor, eval_args, grounding_args) -> dict:
+    image = Image.open(grounding_args.image_path)
+    image.load()
+    text = report_texts([grounding_args.report], eval_args.clean_reports)[0]
+    if not text.strip():
+        raise ValueError(f"`report` has no usable text after cleaning: {grounding_args.report!r}.")
+    (word_maps,), grid = grounding_maps(
+        model, processor, [image], [text], eval_args.max_length, grounding_args.subword_reduce
+    )
+    path = Path(eval_args.output_dir) / "grounding" / f"{Path(grounding_args.image_path).stem}.png"
+    frame = display_image(processor.image_processor, image)
+    words = plot_word_heatmaps(frame, word_maps, grid, path, text, grounding_args.max_panels)
+    logger.info("Wrote %s (%d word panels).", path, len(words))
+    return {"figure": str(path), "words": words, "text": text}
+
+
+def main(cli_args: list[str] | None = None) -> dict:
+    setup_logging()
+    parser = HfArgumentParser((EvaluationArguments, GroundingArguments))
+    eval_args, grounding_args = parser.parse_args_into_dataclasses(args=cli_args)
+    model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
+    if grounding_args.image_path:
+        return draw_single(model, processor, eval_args, grounding_args)
+
+    dataset, source = load_evaluation_split(eval_args, processor)
+    task = "The pointing game"
+    require_columns(dataset, ["image"], task)
+    if not {"findings", "objects"} <= set(dataset.column_names):
+        require_columns(dataset, ["mask"], f"{task} (without SynthCXR's per-finding `findings`/`objects` columns)")
+    if grounding_args.grounding_text:
+        texts = [grounding_args.grounding_text] * len(dataset)
+    else:
+        require_columns(dataset, ["report"], f"{task} (or pass --grounding_text)")
+        texts = report_texts(dataset["report"], eval_args.clean_reports)
+
+    summary = evaluate_pointing_game(model, processor, dataset, texts, eval_args, grounding_args)
+    overall = summary["overall"]
+    logger.info(
+        "Pointing game: accuracy %.4f over %d findings (random-point baseline %.4f).",
+        overall["accuracy"],
+        overall["num_findings"],
+        overall["random_baseline"],
+    )
+    results = {
+        "task": "grounding",
+        "command": command_line("visualize_grounding.py", cli_args),
+        "model": eval_args.model_name_or_path,
+        "dataset": source["dataset"],
+        "split": source["split"],
+        "num_studies": len(dataset),
+        "rule": "hit = peak of the mean upsampled STA map of the finding's finding/location words lies in its mask; "
+        "baseline = mask area / image area",
+        **summary,
+        "arguments": arguments_dict(eval_args, grounding_args),
+    }
+    write_results(eval_args.output_dir, "grounding", results, results_markdown(summary, source))
+    return results
+
+
+if __name__ == "__main__":
+    main()

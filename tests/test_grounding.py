@@ -1,0 +1,296 @@
+"""Grounding: the pointing game on synthetic heatmaps and masks with known answers, word merging on known
+tokenisations, the per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import DatasetDict
+from PIL import Image
+from transformers import BertTokenizer
+
+import synthcxr
+import visualize_grounding as grounding
+from eval_test_utils import read_results, save_tiny_sista, save_tiny_synthcxr, tiny_synthcxr_test_split
+from eval_utils import load_sista
+from processing_sista import SistaImageProcessor
+
+
+@pytest.fixture(scope="module")
+def sista_dir(tmp_path_factory):
+    return save_tiny_sista(tmp_path_factory.mktemp("sista"))
+
+
+@pytest.fixture(scope="module")
+def synthcxr_dir(tmp_path_factory):
+    return save_tiny_synthcxr(tmp_path_factory.mktemp("data") / "synthcxr")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pointing game
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_pointing_game_on_a_synthetic_heatmap_with_a_known_peak():
+    rows, columns = np.mgrid[0:20, 0:30]
+    heatmap = np.exp(-((rows - 5) ** 2 + (columns - 21) ** 2) / 8.0)
+    inside = np.zeros((20, 30), bool)
+    inside[3:8, 18:25] = True
+    assert grounding.pointing_game_hit(heatmap, inside) == (True, (5, 21))
+    assert grounding.pointing_game_hit(heatmap, ~inside) == (False, (5, 21))
+    assert grounding.random_point_baseline(inside) == pytest.approx(35 / 600)
+    with pytest.raises(ValueError, match="one shape"):
+        grounding.pointing_game_hit(heatmap, inside[:10])
+    # float noise on a plateau does not move the peak: the first of the tied pixels wins
+    plateau = np.zeros((4, 4))
+    plateau[2:, 1] = 1.0
+    plateau[3, 1] += 1e-9
+    assert grounding.pointing_game_hit(plateau, plateau > 0) == (True, (2, 1))
+
+
+def test_a_one_hot_patch_map_upsampled_peaks_inside_its_patch():
+    patch_map = np.zeros((1, 16))
+    patch_map[0, 1 * 4 + 2] = 1.0  # row 1, column 2 of a 4x4 grid
+    heatmap = grounding.upsample_maps(patch_map, (4, 4), (32, 32))[0]
+    assert heatmap.shape == (32, 32)
+    patch = np.zeros((32, 32), bool)
+    patch[8:16, 16:24] = True
+    hit, (row, column) = grounding.pointing_game_hit(heatmap, patch)
+    assert hit and 8 <= row < 16 and 16 <= column < 24
+    neighbour = np.roll(patch, 8, axis=1)  # the patch to its right
+    assert not grounding.pointing_game_hit(heatmap, neighbour)[0]
+    assert grounding.patch_grid(16, 32, 32, 8) == (4, 4) and grounding.patch_grid(12, 24, 32, 8) == (3, 4)
+
+
+def test_summary_counts_hits_overall_and_per_finding():
+    records = [
+        {"finding": "nodule", "hit": True, "mask_fraction": 0.1},
+        {"finding": "nodule", "hit": False, "mask_fraction": 0.3},
+        {"finding": "effusion", "hit": True, "mask_fraction": 0.2},
+    ]
+    summary = grounding.pointing_game_summary(records)
+    assert summary["overall"] == pytest.approx({"accuracy": 2 / 3, "random_baseline": 0.2, "num_findings": 3})
+    assert summary["per_finding"]["nodule"] == pytest.approx(
+        {"accuracy": 0.5, "random_baseline": 0.2, "num_findings": 2}
+    )
+    assert summary["per_finding"]["effusion"]["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="no finding"):
+        grounding.pointing_game_summary([])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Words
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_subword_maps_are_merged_by_mean_or_sum_and_special_tokens_dropped():
+    token_maps = np.array([[9, 9], [1, 0], [0.2, 0.8], [0.6, 0.4], [0, 1], [9, 9]], dtype=float)
+    word_ids = [None, 0, 1, 1, 2, None]
+    words, maps = grounding.merge_subword_maps(word_ids, token_maps)
+    assert words == [0, 1, 2]
+    assert np.allclose(maps, [[1, 0], [0.4, 0.6], [0, 1]])
+    _, summed = grounding.merge_subword_maps(word_ids, token_maps, reduce="sum")
+    assert np.allclose(summed[1], [0.8, 1.2])
+    with pytest.raises(ValueError, match="word ids"):
+        grounding.merge_subword_maps(word_ids[:-1], token_maps)
+
+
+def test_word_pieces_of_a_real_tokenizer_become_one_word():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "small", "left", "pneumo", "##thorax", "the", "."]
+    tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocab)}, do_lower_case=True)
+    text = "Small left pneumothorax, the."
+    encoding = tokenizer(text)
+    tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
+    assert tokens == ["[CLS]", "small", "left", "pneumo", "##thorax", "[UNK]", "the", ".", "[SEP]"]
+    token_maps = np.zeros((len(tokens), 4))
+    token_maps[1:8] = [
+        [1, 0, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 0, 0, 1],
+        [0, 0, 0, 0],
+        [0.5, 0.5, 0, 0],
+        [1, 0, 0, 0],
+    ]
+    word_maps = grounding.word_maps_from_encoding(text, encoding.encodings[0], token_maps)
+    assert word_maps.words == ["Small", "left", "pneumothorax", ",", "the", "."]
+    assert np.allclose(word_maps.maps[2], [0, 0, 0.5, 0.5])
+    assert word_maps.spans[2] == (11, 23)
+    # "," has no letters, "the" is a stop word, "." neither: three content words
+    assert [word_maps.words[index] for index in word_maps.content_indices()] == ["Small", "left", "pneumothorax"]
+    # a word whose tokens STA ignores ([UNK]) has an all-zero map and no panel
+    word_maps.maps[1] = 0
+    assert [word_maps.words[index] for index in word_maps.content_indices()] == ["Small", "pneumothorax"]
+
+
+def test_png_has_one_panel_per_content_word(tmp_path):
+    word_maps = grounding.WordMaps(
+        text="No left effusion; right apical pneumothorax.",
+        words=["No", "left", "effusion", ";", "right", "apical", "pneumothorax", "."],
+        spans=[(0, 2)] * 8,
+        maps=np.eye(8, 16),
+    )
+    path = tmp_path / "figure.png"
+    image = np.random.default_rng(0).random((32, 32))
+    words = grounding.plot_word_heatmaps(image, word_maps, (4, 4), path, title=word_maps.text, num_columns=3)
+    expected = ["left", "effusion", "right", "apical", "pneumothorax"]
+    assert words == expected
+    with Image.open(path) as png:
+        assert png.format == "PNG" and json.loads(png.text["Description"]) == expected
+        width, height = png.size
+    assert width > height  # 3 columns x 2 rows of panels
+    assert grounding.plot_word_heatmaps(image, word_maps, (4, 4), tmp_path / "two.png", max_panels=2) == expected[:2]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SynthCXR targets and the model frame
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_mask_follows_the_image_processor_geometry():
+    processor = SistaImageProcessor(size=32)
+    mask = np.zeros((32, 32), bool)
+    mask[4:10, 20:30] = True
+    assert np.array_equal(grounding.mask_to_model_frame(processor, mask), mask)
+    wide = np.zeros((16, 32), bool)  # padded to 32x32: 8 black rows above and below
+    wide[:, :16] = True
+    framed = grounding.mask_to_model_frame(processor, wide)
+    assert framed.shape == (32, 32) and not framed[:8].any() and not framed[24:].any()
+    assert framed[8:24, :16].all() and not framed[8:24, 16:].any()
+
+
+def test_finding_targets_use_the_finding_and_location_words_of_its_sentence(sista_dir):
+    dataset = tiny_synthcxr_test_split()["test"]
+    model, processor = load_sista(sista_dir, "cpu")
+    checked = 0
+    for example in dataset:
+        if not example["findings"]:
+            continue
+        (word_maps,), grid = grounding.grounding_maps(model, processor, [example["image"]], [example["report"]], 64)
+        assert grid == (4, 4)
+        skipped = grounding.Counter()
+        targets = grounding.finding_targets(example, word_maps, skipped)
+        masks = grounding.synthcxr_finding_masks(example, 32, 32)
+        for target in targets:
+            finding = next(f for f in example["findings"] if f["name"] == target["finding"])
+            start, end = finding["mention_start"], finding["mention_end"]
+            vocabulary = grounding.finding_words(finding)
+            for index in target["word_indices"]:
+                word_start, word_end = word_maps.spans[index]
+                assert start <= word_start and word_end <= end
+                assert target["fallback"] or word_maps.words[index].lower() in vocabulary
+            assert any(np.array_equal(target["mask"], mask) for mask in masks.values())
+            checked += 1
+    assert checked >= 5
+
+
+def test_finding_words_cover_side_zone_and_synonyms():
+    words = grounding.finding_words({"name": "pneumothorax", "side": "left", "zone": "upper"})
+    assert {"left", "pneumothorax", "apical", "upper"} <= words and "right" not in words
+    bilateral = grounding.finding_words({"name": "effusion", "side": "bilateral", "zone": "lower"})
+    assert {"left", "right", "bilateral", "effusions", "base"} <= bilateral
+    assert grounding.locate_mention("FINDINGS: Small  LEFT effusion.", "small left effusion.") == (10, 31)
+    assert grounding.locate_mention("abc", "xyz") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The script
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_script_scores_every_finding_and_writes_figures(sista_dir, synthcxr_dir, tmp_path):
+    results = grounding.main(
+        [
+            "--model_name_or_path",
+            str(sista_dir),
+            "--dataset_dir",
+            str(synthcxr_dir),
+            "--output_dir",
+            str(tmp_path),
+            "--batch_size",
+            "8",
+            "--num_figures",
+            "2",
+        ]
+    )
+    assert results == read_results(tmp_path, "grounding")
+    records = results["records"]
+    dataset = tiny_synthcxr_test_split()["test"]
+    num_findings = sum(len(findings) for findings in dataset["findings"])
+    assert len(records) + sum(results["skipped"].values()) == num_findings
+    assert results["overall"]["num_findings"] == len(records) >= 5
+    assert results["overall"]["accuracy"] == pytest.approx(np.mean([record["hit"] for record in records]))
+    assert results["overall"]["random_baseline"] == pytest.approx(np.mean([r["mask_fraction"] for r in records]))
+    assert sum(entry["num_findings"] for entry in results["per_finding"].values()) == len(records)
+    assert set(results["per_finding"]) <= set(synthcxr.FINDING_NAMES)
+    assert len(results["figures"]) == 2 and all(Image.open(path).format == "PNG" for path in results["figures"])
+
+    # one record recomputed from the model's own STA weights
+    record = records[0]
+    example = next(example for example in dataset if example["study_id"] == record["study_id"])
+    model, processor = load_sista(sista_dir, "cpu")
+    with torch.no_grad():
+        inputs = processor(text=[example["report"]], images=[example["image"]], return_tensors="pt", max_length=64)
+        weights = model(**inputs, output_token_patch_weights=True).token_patch_weights[0].numpy()
+    tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
+    finding = next(f for f in example["findings"] if f["name"] == record["finding"])
+    mention = processor.tokenizer(finding["mention"], add_special_tokens=False)["input_ids"]
+    ids = inputs["input_ids"][0].tolist()
+    start = next(i for i in range(len(ids)) if ids[i : i + len(mention)] == mention)
+    chosen = [i for i in range(start, start + len(mention)) if tokens[i] in [w.lower() for w in record["words"]]]
+    heatmap = grounding.upsample_maps(weights[chosen].mean(0, keepdims=True), (4, 4), (32, 32))[0]
+    masks = grounding.synthcxr_finding_masks(example, 32, 32)
+    mask = masks[example["findings"].index(finding)]
+    peak = np.unravel_index(np.argmax(heatmap >= heatmap.max() * (1 - 1e-5)), heatmap.shape)  # first near-maximum
+    assert record["hit"] == bool(mask[peak]) and record["peak"] == [int(peak[0]), int(peak[1])]
+    assert record["mask_fraction"] == pytest.approx(mask.mean())
+
+
+def test_single_image_mode_writes_one_panel_per_content_word(sista_dir, tmp_path):
+    image_path = tmp_path / "xray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 32), dtype=np.uint8)).save(image_path)
+    result = grounding.main(
+        [
+            "--model_name_or_path",
+            str(sista_dir),
+            "--image_path",
+            str(image_path),
+            "--report",
+            "Small left pleural effusion. No pneumothorax.",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert result["words"] == ["Small", "left", "pleural", "effusion", "pneumothorax"]
+    with Image.open(result["figure"]) as png:
+        assert json.loads(png.text["Description"]) == result["words"]
+
+
+def test_missing_mask_and_report_columns_are_named(sista_dir, tmp_path):
+    bare = DatasetDict({"test": tiny_synthcxr_test_split()["test"].remove_columns(["findings", "objects", "mask"])})
+    bare.save_to_disk(str(tmp_path / "bare"))
+    arguments = ["--model_name_or_path", str(sista_dir), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="pointing game.*needs the column 'mask'"):
+        grounding.main(arguments + ["--dataset_dir", str(tmp_path / "bare")])
+    masks_only = DatasetDict(
+        {"test": tiny_synthcxr_test_split()["test"].remove_columns(["findings", "objects", "report"])}
+    )
+    masks_only.save_to_disk(str(tmp_path / "masks_only"))
+    with pytest.raises(ValueError, match="needs the column 'report'"):
+        grounding.main(arguments + ["--dataset_dir", str(tmp_path / "masks_only")])
+    # with a text for every image (e.g. SIIM-ACR: "pneumothorax") the union mask is pointed at
+    results = grounding.main(
+        arguments
+        + [
+            "--dataset_dir",
+            str(tmp_path / "masks_only"),
+            "--grounding_text",
+            "left lung opacity",
+            "--num_figures",
+            "0",
+        ]
+    )
+    num_with_lesion = sum(np.asarray(mask).any() for mask in masks_only["test"]["mask"])
+    assert results["overall"]["num_findings"] == num_with_lesion
+    assert results["per_finding"].keys() == {"lesion"}
