@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-data/synthcxr}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/sista-small-demo}
 NUM_PRETRAIN=${NUM_PRETRAIN:-4000}
-NUM_EPOCHS=${NUM_EPOCHS:-2}
+NUM_EPOCHS=${NUM_EPOCHS:-5}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 # 1 compute thread + 1 loader worker = 2 cores. Two OpenMP threads beside a loader (or other jobs) on 2 cores
 # oversubscribe them, and the step time then grows several-fold (measured 6.4 s vs 2.2 s per step under load).
