@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from tqdm.auto import tqdm
 from transformers import BertConfig, ViTConfig
 from transformers.image_utils import PILImageResampling
 
 from configuration_sista import SistaConfig
 from processing_sista import SistaImageProcessor
+from synthcxr import load_or_generate_synthcxr
 
 
 logger = logging.getLogger(__name__)
@@ -124,25 +125,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
 def load_or_generate_dataset(data_args: DataArguments, training_args) -> DatasetDict:
     """`load_from_disk(dataset_dir)`; SynthCXR is generated and saved there first when the folder does not exist."""
     path = Path(data_args.dataset_dir)
-    with training_args.main_process_first(desc="SynthCXR generation"):
-        if not path.exists() and training_args.process_index == 0:
-            from synthcxr import generate_synthcxr, save_synthcxr
-
-            logger.warning(
-                f"{path} does not exist: generating SynthCXR there ({data_args.synthcxr_num_train} train, "
-                f"{data_args.synthcxr_num_test} test studies, {data_args.synthcxr_image_size} px). Later runs reuse it."
-            )
-            dataset = generate_synthcxr(
-                num_pretrain=data_args.synthcxr_num_pretrain,
-                num_train=data_args.synthcxr_num_train,
-                num_validation=data_args.synthcxr_num_validation,
-                num_test=data_args.synthcxr_num_test,
-                image_size=data_args.synthcxr_image_size,
-                seed=data_args.synthcxr_seed,
-                num_proc=data_args.preprocessing_num_workers,
-            )
-            save_synthcxr(dataset, str(path))
-    dataset = load_from_disk(str(path))
+    dataset = load_or_generate_synthcxr(
+        path,
+        training_args,
+        num_pretrain=data_args.synthcxr_num_pretrain,
+        num_train=data_args.synthcxr_num_train,
+        num_validation=data_args.synthcxr_num_validation,
+        num_test=data_args.synthcxr_num_test,
+        image_size=data_args.synthcxr_image_size,
+        seed=data_args.synthcxr_seed,
+        num_proc=data_args.preprocessing_num_workers,
+    )
     if not isinstance(dataset, DatasetDict):
         raise ValueError(
             f"{path} holds a single Dataset; fine-tuning needs a DatasetDict with {data_args.train_split!r} and "

@@ -30,13 +30,14 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from datasets import DatasetDict, load_from_disk
+from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, BertConfig, HfArgumentParser, ViTConfig, set_seed
 
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor, SistaProcessor
+from synthcxr import load_or_generate_synthcxr
 from sista_trainer import (
     PretrainingDataset,
     SistaDataCollator,
@@ -171,26 +172,17 @@ def check_output_dir_writable(output_dir: str) -> None:
 
 def load_or_generate_dataset(data_args: DataArguments, image_size: int, seed: int, training_args) -> DatasetDict:
     """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist."""
-    path = Path(data_args.dataset_path)
-    with training_args.main_process_first(desc="SynthCXR generation"):
-        if not path.exists() and training_args.process_index == 0:
-            from synthcxr import generate_synthcxr, save_synthcxr
-
-            logger.warning(
-                f"{path} does not exist: generating SynthCXR there ({data_args.synthcxr_num_pretrain} pre-training "
-                f"studies, {image_size}x{image_size} px). Later runs reuse it."
-            )
-            dataset = generate_synthcxr(
-                num_pretrain=data_args.synthcxr_num_pretrain,
-                num_train=data_args.synthcxr_num_train,
-                num_validation=data_args.synthcxr_num_validation,
-                num_test=data_args.synthcxr_num_test,
-                image_size=image_size,
-                seed=seed,
-                num_proc=data_args.preprocessing_num_workers,
-            )
-            save_synthcxr(dataset, str(path))
-    dataset = load_from_disk(str(path))
+    dataset = load_or_generate_synthcxr(
+        data_args.dataset_path,
+        training_args,
+        num_pretrain=data_args.synthcxr_num_pretrain,
+        num_train=data_args.synthcxr_num_train,
+        num_validation=data_args.synthcxr_num_validation,
+        num_test=data_args.synthcxr_num_test,
+        image_size=image_size,
+        seed=seed,
+        num_proc=data_args.preprocessing_num_workers,
+    )
     if not isinstance(dataset, DatasetDict):
         dataset = DatasetDict({data_args.train_split: dataset})
     return dataset

@@ -1030,6 +1030,21 @@ def save_synthcxr(dataset, output_dir: str, overwrite: bool = False):
     logger.info(f"Saved SynthCXR to {output_dir}.")
 
 
+def load_or_generate_synthcxr(path, training_args, **generate_kwargs):
+    """`datasets.load_from_disk(path)`; when `path` does not exist, SynthCXR is first generated with
+    `generate_synthcxr(**generate_kwargs)` and saved there, by the main process while the others wait (`training_args`
+    is the script's `TrainingArguments`)."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    with training_args.main_process_first(desc="SynthCXR generation"):
+        if not path.exists() and training_args.process_index == 0:
+            sizes = ", ".join(f"{name}={value}" for name, value in generate_kwargs.items())
+            logger.warning(f"{path} does not exist: generating SynthCXR there ({sizes}). Later runs reuse it.")
+            save_synthcxr(generate_synthcxr(**generate_kwargs), str(path))
+    return load_from_disk(str(path))
+
+
 # ---------------------------------------------------------------------------------------------
 # Visual check
 # ---------------------------------------------------------------------------------------------
