@@ -464,7 +464,11 @@ class SistaModel(SistaPreTrainedModel):
 
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # the temperature is trained by SIA alone; without SIA it would be a parameter without gradient, which DDP
+        # (find_unused_parameters=False) rejects
+        self.logit_scale = nn.Parameter(
+            torch.tensor(config.logit_scale_init_value), requires_grad=config.sia_weight > 0
+        )
         self.post_init()
 
     @classmethod

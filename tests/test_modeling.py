@@ -166,6 +166,16 @@ def test_every_parameter_gets_a_gradient():
     assert not missing, f"parameters without gradient (DDP would fail): {missing}"
 
 
+def test_without_sia_the_logit_scale_is_frozen_and_every_trainable_parameter_gets_a_gradient():
+    model = tiny_model(sia_weight=0.0).train()
+    outputs = model(**tiny_batch(), return_loss=True)
+    assert outputs.loss_sia is None
+    outputs.loss.backward()
+    assert not model.logit_scale.requires_grad
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
 def test_gradient_checkpointing_passes_through_to_the_backbones():
     batch = tiny_batch()
 
