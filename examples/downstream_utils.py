@@ -185,6 +185,13 @@ def label_fraction_subset(dataset, fraction: float, seed: int = 0, min_samples: 
         raise ValueError(f"`fraction` must lie in (0, 1], got {fraction}.")
     num_rows = len(dataset)
     if "label_fraction_rank" in dataset.column_names:
+        # the prepared dataset fixed its subsets (seeded at preparation time); re-ranking here would break the
+        # documented 1%/10%/100% subsets shared by every run
+        if seed != 0:
+            logger.warning(
+                f"`label_fraction_seed={seed}` is not used: the dataset's `label_fraction_rank` column fixes the "
+                "subsets (prepare the dataset again with another --seed for other subsets)."
+            )
         ranks = np.asarray(list(dataset["label_fraction_rank"]))
     else:
         from prepare_utils import label_fraction_ranks

@@ -111,10 +111,9 @@ def main(args: list[str] | None = None):
     )
     trainer.train()
     trainer.save_model()
-    image_processor.save_pretrained(training_args.output_dir)
-
     if not trainer.is_world_process_zero():
         return None
+    image_processor.save_pretrained(training_args.output_dir)
     outputs = utils.predict(
         trainer.model,
         test_dataset.with_transform(transform),

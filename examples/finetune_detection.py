@@ -135,10 +135,9 @@ def main(args: list[str] | None = None):
     )
     trainer.train()
     trainer.save_model()
-    image_processor.save_pretrained(training_args.output_dir)
-
     if not trainer.is_world_process_zero():
         return None
+    image_processor.save_pretrained(training_args.output_dir)
     metric = utils.load_metric("detection_map")
     scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=torch.float32)
 

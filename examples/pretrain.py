@@ -316,14 +316,15 @@ def retrieval_sanity(
     model.eval()
     image_embeds, text_embeds = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+        token_type_ids = batch.get("token_type_ids")
         outputs = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            token_type_ids=batch.get("token_type_ids"),
-            pixel_values=batch["pixel_values"],
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+            token_type_ids=None if token_type_ids is None else token_type_ids.to(model.device),
+            pixel_values=batch["pixel_values"].to(model.device, model.dtype),
         )
-        image_embeds.append(outputs.image_embeds)
-        text_embeds.append(outputs.text_embeds)
+        image_embeds.append(outputs.image_embeds.float().cpu())
+        text_embeds.append(outputs.text_embeds.float().cpu())
     top1 = (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).argmax(dim=1)
     results = {"retrieval_exact_top1": (top1 == torch.arange(len(top1))).float().mean().item()}
     if labels is not None:
