@@ -10,8 +10,6 @@ import json
 import logging
 import math
 import os
-import shlex
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,9 @@ from tqdm.auto import tqdm
 from transformers import BertConfig, ViTConfig
 from transformers.image_utils import PILImageResampling
 
+import eval_utils
 from configuration_sista import SistaConfig
+from eval_utils import command_line, markdown_table
 from processing_sista import SistaImageProcessor
 from synthcxr import load_or_generate_synthcxr
 
@@ -407,27 +407,14 @@ def load_metric(name: str, config_name: str | None = None):
     return evaluate.load(str(METRICS_DIR / f"{name}.py"), config_name)
 
 
-def markdown_table(headers, rows) -> str:
-    def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else ("—" if value is None else str(value))
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def write_results(output_dir, task: str, results: dict, headline: dict, arguments: list) -> Path:
     """Writes `{task}_results.json` (metrics, run description, arguments) and `{task}_results.md` into `output_dir`."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     payload = {**results, "arguments": {}}
     for argument in arguments:
         payload["arguments"].update({key: value for key, value in asdict(argument).items() if _is_json(value)})
-    json_path = output_dir / f"{task}_results.json"
-    json_path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     markdown = f"# SISTA {task}\n\n" + markdown_table(list(headline), [list(headline.values())])
-    (output_dir / f"{task}_results.md").write_text(markdown)
-    logger.info(f"Wrote {json_path} and {output_dir / f'{task}_results.md'}:\n{markdown}")
+    json_path, _ = eval_utils.write_results(output_dir, task, payload, markdown)
+    logger.info(f"{task} results:\n{markdown}")
     return json_path
 
 
@@ -443,9 +430,8 @@ def run_description(
     model_args: ModelArguments, data_args: DataArguments, num_train: int, num_test: int, script: str, argv
 ) -> dict:
     """What the results describe (read by examples/model_card.py): encoder, data, split, fraction, the command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     return {
-        "command": shlex.join(["python", f"examples/{script}", *argv]),
+        "command": command_line(script, argv),
         "encoder": "scratch" if model_args.from_scratch else os.fspath(model_args.model_name_or_path),
         "split": data_args.test_split,
         "freeze_encoder": model_args.freeze_encoder,
