@@ -1,0 +1,150 @@
+"""Fast tests of the reproduction-study tooling: aggregation, table, plots, arguments (no training)."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load("reproduce")
+
+
+def fake_records():
+    """Two objectives x 3 seeds of classification at two fractions, plus one label-free task."""
+    values = {
+        ("clip", 0.01): [0.60, 0.62, 0.64],
+        ("clip", 1.0): [0.80, 0.81, 0.85],
+        ("sista", 0.01): [0.70, 0.66, 0.68],
+        ("sista", 1.0): [0.90, 0.88, 0.86],
+    }
+    records = []
+    for (objective, fraction), aurocs in values.items():
+        for seed, auroc in enumerate(aurocs):
+            records.append({"objective": objective, "seed": seed, "task": "classification",
+                            "label_fraction": fraction, "metrics": {"auroc": auroc, "accuracy": 0.5}})
+    for objective, accuracies in {"clip": [0.10, 0.30], "sista": [0.40, 0.40]}.items():
+        for seed, accuracy in enumerate(accuracies):
+            records.append({"objective": objective, "seed": seed, "task": "grounding", "label_fraction": None,
+                            "metrics": {"pointing_accuracy": accuracy}})
+    records.append({"objective": "clip", "seed": 0, "task": "pretrain", "label_fraction": None, "wall_time_s": 1.0})
+    return records, values
+
+
+def test_summary_mean_std_equals_hand_computation():
+    records, values = fake_records()
+    summary = reproduce.summarize(records)
+    for (objective, fraction), aurocs in values.items():
+        entry = summary["classification"]["auroc"][f"{fraction:g}"][objective]
+        mean = sum(aurocs) / 3
+        std = math.sqrt(sum((value - mean) ** 2 for value in aurocs) / 2)  # sample std, ddof=1
+        assert entry["mean"] == pytest.approx(mean, abs=1e-12)
+        assert entry["std"] == pytest.approx(std, abs=1e-12)
+        assert entry["n"] == 3 and entry["seeds"] == [0, 1, 2]
+    grounding = summary["grounding"]["pointing_accuracy"]["-"]
+    assert grounding["clip"]["mean"] == pytest.approx(0.2) and grounding["clip"]["std"] == pytest.approx(math.sqrt(0.02))
+    assert grounding["sista"]["std"] == pytest.approx(0.0)
+    assert "pretrain" not in summary
+
+
+def test_markdown_table_cells():
+    records, _ = fake_records()
+    table = reproduce.markdown_table(reproduce.summarize(records), ["clip", "sista"])
+    lines = table.splitlines()
+    assert lines[0] == "| task | metric | labels | clip | sista |"
+    # clip 1%: mean 0.62, std 0.02; sista 100%: mean 0.88, std 0.02
+    assert "| classification | linear-probe AUROC | 1% | 0.620 ± 0.020 | 0.680 ± 0.020 |" in lines
+    assert "| classification | linear-probe AUROC | 100% | 0.820 ± 0.026 | 0.880 ± 0.020 |" in lines
+    assert "| grounding | pointing game | — | 0.200 ± 0.141 | 0.400 ± 0.000 |" in lines
+
+
+def test_single_seed_has_no_std():
+    assert reproduce.mean_std([0.5]) == (0.5, None)
+    assert reproduce.format_mean_std({"mean": 0.5, "std": None}) == "0.500 (n=1)"
+
+
+def test_plots_write_png(tmp_path):
+    records, _ = fake_records()
+    summary = reproduce.summarize(records)
+    curves = reproduce.plot_label_fraction_curves(summary, ["clip", "sista"], tmp_path / "curves.png")
+    bars = reproduce.plot_no_label_tasks(summary, ["clip", "sista"], tmp_path / "bars.png")
+    for path in (curves, bars):
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_aggregate_reads_records_and_writes_outputs(tmp_path):
+    records, _ = fake_records()
+    for index, record in enumerate(records):
+        path = tmp_path / "work" / "runs" / f"{record['objective']}-seed{record['seed']}" / "records" / f"{index}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    args = reproduce.parse_arguments(["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out")])
+    payload = reproduce.aggregate(args, "python benchmarks/reproduce.py")
+    assert payload["num_records"] == len(records)
+    assert (tmp_path / "out" / "reproduce_table.md").is_file()
+    assert (tmp_path / "out" / "reproduce_label_fractions.png").is_file()
+    saved = json.loads((tmp_path / "out" / "reproduce_results.json").read_text())
+    assert saved["summary"]["classification"]["auroc"]["0.01"]["clip"]["mean"] == pytest.approx(0.62)
+
+
+def test_quick_argument_parsing():
+    quick = reproduce.parse_arguments(["--quick"])
+    assert quick.quick and quick.seed_list == [0]
+    assert quick.fraction_list == [0.1, 1.0]
+    assert quick.task_list == ["classification", "zero_shot", "retrieval", "grounding"]
+    assert quick.num_pretrain < 1000 and quick.finetune_steps <= 20
+    full = reproduce.parse_arguments([])
+    assert full.seed_list == [0, 1, 2] and full.objective_list == ["clip", "sia", "sta", "sista"]
+    assert full.fraction_list == [0.01, 0.1, 1.0] and len(full.task_list) == 6
+    custom = reproduce.parse_arguments(["--quick", "--seeds", "3,4", "--objectives", "clip,sista", "--output_dir", "x"])
+    assert custom.seed_list == [3, 4] and custom.objective_list == ["clip", "sista"] and custom.output_dir == "x"
+
+
+@pytest.mark.parametrize("argv", [["--objectives", "clip,simclr"], ["--tasks", "vqa"], ["--label_fractions", "0,1"],
+                                  ["--seeds", "a"]])
+def test_bad_arguments_are_refused(argv):
+    with pytest.raises(ValueError):
+        reproduce.parse_arguments(argv)
+
+
+def test_in_batch_false_negative_flags_against_hand_count():
+    fn_analysis = _load("fn_analysis")
+    # 4 studies: 0 and 1 identical reports with the same labels, 2 similar to 0 but other labels, 3 orthogonal
+    embeddings = np.array([[1, 0, 0], [1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], dtype=np.float32)
+    label_ids = np.array([0, 0, 1, 2])
+    stats = fn_analysis.in_batch_flags(embeddings, label_ids, threshold=0.7, batch_size=4, num_batches=3)
+    # flagged ordered pairs: (0,1),(1,0),(0,2),(2,0),(1,2),(2,1) = 6 of 12; same-label: (0,1),(1,0)
+    assert stats["fraction_of_pairs_flagged_mean"] == pytest.approx(0.5)
+    assert stats["precision"] == pytest.approx(2 / 6) and stats["recall"] == pytest.approx(1.0)
+    assert stats["fraction_of_rows_with_a_flag"] == pytest.approx(0.75)
+
+
+def test_run_all_parsers():
+    run_all = _load("run_all")
+    core = run_all.parse_core(
+        "batch 64, demo encoders: CLIP 1.237 s/step, SISTA 1.254 s/step, ratio 1.014 (target <= 1.05)\n"
+        "| 256 | 128 | 196 | 128 | 429 | 0.51 |\n| 64 | 128 | 196 | 128 | 122 | 0.10 |\n"
+    )
+    assert core["sista_clip_ratio"] == 1.014 and [row["B"] for row in core["sta_memory"]] == [256, 64]
+    pretrain = run_all.parse_pretrain(
+        "demo model (small preset, 128 px, batch 32, 60 tokens): 0.360 s/step, 88.9 samples/s\n"
+        "data pipeline, one process (decode + augment + processor + collate): 600.0 images/s = 6.7x the model's"
+    )
+    assert pretrain["demo_samples_per_s"] == 88.9 and pretrain["pipeline_over_model"] == 6.7
+    table = run_all.readme_table({"core": {"returncode": 0, "parsed": core},
+                                  "pretrain": {"returncode": 0, "parsed": pretrain}})
+    assert "1.254 / 1.237 s = 1.014" in table and "88.9 samples/s" in table
