@@ -25,6 +25,7 @@ import eval_utils
 from configuration_sista import SistaConfig
 from eval_utils import command_line, markdown_table
 from processing_sista import SistaImageProcessor
+from push_to_hub import hub_push_request
 from synthcxr import load_or_generate_synthcxr
 
 
@@ -105,8 +106,11 @@ def setup_logging(training_args) -> None:
     )
 
 
-def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
-    """Clear errors for argument combinations that cannot run, before anything is loaded."""
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict | None:
+    """
+    Clear errors for argument combinations that cannot run, before anything is loaded. Returns what
+    `--push_to_hub` will push at the end (examples/push_to_hub.py's `hub_push_request`), or None.
+    """
     if not 0 < data_args.label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {data_args.label_fraction}.")
     if data_args.min_train_samples < 1:
@@ -115,6 +119,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise ValueError("Pass exactly one of --model_name_or_path (a pre-trained SISTA folder) and --from_scratch.")
     # the transforms add columns the model needs and Trainer would otherwise drop
     training_args.remove_unused_columns = False
+    return hub_push_request(training_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

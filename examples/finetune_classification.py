@@ -22,6 +22,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 import downstream_utils as utils
+from push_to_hub import push_after_training
 from modeling_sista import SistaForImageClassification
 
 
@@ -72,7 +73,7 @@ def main(args: list[str] | None = None):
     )
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
     utils.setup_logging(training_args)
-    utils.check_arguments(model_args, data_args, training_args)
+    hub_push = utils.check_arguments(model_args, data_args, training_args)
 
     dataset = utils.load_or_generate_dataset(data_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "labels"], "Classification")
@@ -146,9 +147,15 @@ def main(args: list[str] | None = None):
         "train samples": len(train_dataset),
         "test samples": len(test_dataset),
         "AUROC (macro)": metrics["auroc"],
-        "accuracy": metrics["accuracy"],
     }
+    if task_args.problem_type == "multi_label_classification":
+        # Exact-match accuracy at 0.5 is often the all-negative rate for an under-trained probe: give both views.
+        headline["exact-match accuracy (p >= 0.5)"] = metrics["accuracy"]
+        headline["per-label accuracy (p >= 0.5)"] = metrics["label_accuracy"]
+    else:
+        headline["accuracy (arg-max)"] = metrics["accuracy"]
     utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args, task_args])
+    push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 
 

@@ -23,6 +23,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 import downstream_utils as utils
+from push_to_hub import push_after_training
 from modeling_sista import SistaForObjectDetection, center_to_corners
 
 
@@ -78,7 +79,7 @@ def main(args: list[str] | None = None):
     parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, DetectionArguments, TrainingArguments))
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
     utils.setup_logging(training_args)
-    utils.check_arguments(model_args, data_args, training_args)
+    hub_push = utils.check_arguments(model_args, data_args, training_args)
 
     dataset = utils.load_or_generate_dataset(data_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "objects"], "Detection")
@@ -185,6 +186,7 @@ def main(args: list[str] | None = None):
         "AP50": metrics["map_50"],
     }
     utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args, task_args])
+    push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 
 

@@ -20,11 +20,12 @@ with `SistaModel.from_pretrained(output_dir)` and `AutoModel/AutoProcessor.from_
 trust_remote_code=True)`; plus TensorBoard logs under `runs/` and `loss_curve.png`.
 """
 
+import json
 import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
@@ -37,6 +38,7 @@ from transformers import AutoTokenizer, BertConfig, HfArgumentParser, ViTConfig,
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor, SistaProcessor
+from push_to_hub import hub_push_request, push_after_training
 from synthcxr import load_or_generate_synthcxr
 from sista_trainer import (
     PretrainingDataset,
@@ -361,6 +363,7 @@ def main(args: list[str] | None = None):
 
     # every bad input fails here, before any training
     check_output_dir_writable(training_args.output_dir)
+    hub_push = hub_push_request(training_args)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
     preset = MODEL_PRESETS[model_args.model_preset]
@@ -444,6 +447,9 @@ def main(args: list[str] | None = None):
 
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
+        # the script's own arguments beside the Trainer's training_args.bin (read by examples/model_card.py)
+        run_arguments = {"model": asdict(model_args), "data": asdict(data_args)}
+        (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"
         save_loss_curve(trainer.state.log_history, curve)
         first = next((entry for entry in trainer.state.log_history if "loss" in entry), {})
@@ -459,6 +465,7 @@ def main(args: list[str] | None = None):
             f"  metrics           : {output_dir}/*_results.json",
             flush=True,
         )
+        push_after_training(hub_push, output_dir)
     return trainer
 
 

@@ -17,6 +17,10 @@ Three steps, each usable alone:
    new one, and uploads the folder in one commit (`HfApi.upload_folder`); `--tag` then tags that commit, and the
    card's usage code pins that tag.
 
+The training scripts take the Trainer's `--push_to_hub` (with `--hub_model_id`, `--hub_revision`,
+`--hub_private_repo`, `--hub_token`): [`hub_push_request`] checks the token before training and turns off the
+Trainer's own upload, and [`push_after_training`] releases the output folder through these three steps.
+
 `--dry_run` (or `--output_dir` without `--repo_id`) stops after step 2. Pushing needs the network and a token
 (`hf auth login`, `HF_TOKEN` or `--token`); both are checked before any work, and a failure prints one line.
 """
@@ -413,6 +417,53 @@ def push_sista_to_hub(
     return commit
 
 
+def hub_push_request(training_args) -> dict | None:
+    """
+    What a training script run with `--push_to_hub` pushes when it ends, checked before training starts.
+
+    The Trainer's own upload would send the output folder with a generic card and without the clean-interpreter load
+    check; this turns it off (`training_args.push_to_hub = False`) and returns the arguments of
+    [`push_sista_to_hub`] instead: `hub_model_id` (default: the output folder's name under the token's account),
+    `hub_revision`, `hub_private_repo` and the token. `None` without `--push_to_hub`. A missing token or
+    `HF_HUB_OFFLINE` ends the script here with one line, before any training.
+    """
+    if not training_args.push_to_hub:
+        return None
+    try:
+        token = resolve_token(training_args.hub_token)
+    except ReleaseError as error:
+        raise SystemExit(f"--push_to_hub: {error}") from None
+    training_args.push_to_hub = False
+    return {
+        "repo_id": training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+        "revision": training_args.hub_revision,
+        "private": training_args.hub_private_repo,
+        "token": token,
+    }
+
+
+def push_after_training(request: dict | None, output_dir, encoder: str | None = None):
+    """
+    Releases a training script's `output_dir` as [`hub_push_request`] asked (nothing when `request` is None), with
+    the folder's results files in the card. `encoder` is what a head was fine-tuned from: a local pre-training
+    folder supplies the processor files the head's folder lacks; a Hub id becomes the card's `base_model`. Call it
+    on the main process only.
+    """
+    if request is None:
+        return None
+    is_folder = encoder is not None and Path(encoder).is_dir()
+    try:
+        return push_sista_to_hub(
+            output_dir,
+            **request,
+            card_results=[output_dir],
+            processor_dir=encoder if is_folder else None,
+            base_model=None if is_folder else encoder,
+        )
+    except ReleaseError as error:
+        raise SystemExit(f"--push_to_hub: {error}") from None
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------------------
@@ -520,6 +571,8 @@ __all__ = [
     "ReleaseError",
     "check_release_folder",
     "check_release_folders",
+    "hub_push_request",
+    "push_after_training",
     "prepare_release_folder",
     "push_sista_to_hub",
 ]

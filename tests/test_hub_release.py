@@ -536,3 +536,61 @@ def test_push_cli_offline_fails_with_one_line(tmp_path, base_run):
     lines = completed.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in completed.stderr, completed.stderr
     assert lines[0].startswith("push_to_hub.py: error: HF_HUB_OFFLINE")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --push_to_hub on the training scripts
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_training_flag_hands_the_push_to_the_release_path(monkeypatch, tmp_path, base_run, base_release):
+    import huggingface_hub
+    from transformers import TrainingArguments
+
+    from push_to_hub import hub_push_request, push_after_training
+
+    run_dir, _ = base_run
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(push_to_hub, "hub_offline", lambda: False)
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path / "sista-run"),
+        push_to_hub=True,
+        hub_model_id="me/sista",
+        hub_revision="dev",
+        hub_private_repo=True,
+        hub_token="hf_fake",
+        report_to="none",
+    )
+    request = hub_push_request(arguments)
+    # the Trainer's own upload (generic card, no load check) is off; ours runs after training
+    assert arguments.push_to_hub is False
+    assert request == {"repo_id": "me/sista", "revision": "dev", "private": True, "token": "hf_fake"}
+    assert push_after_training(None, run_dir) is None and FakeHfApi.calls == []
+    commit = push_after_training(request, run_dir)
+    assert commit.oid == "a" * 40
+    assert [call[0] for call in FakeHfApi.calls] == ["init", "create_repo", "create_branch", "upload_folder"]
+    _, repo_id, upload_kwargs, files = FakeHfApi.calls[3]
+    assert repo_id == "me/sista" and upload_kwargs["revision"] == "dev" and set(files) == BASE_FILES
+    for name in BASE_FILES - {"README.md"}:
+        assert files[name] == (base_release / name).read_bytes(), name
+
+
+@pytest.mark.parametrize(
+    "script, arguments",
+    [
+        ("pretrain", []),
+        ("finetune_classification", ["--from_scratch", "true"]),
+        ("finetune_segmentation", ["--from_scratch", "true"]),
+        ("finetune_detection", ["--from_scratch", "true"]),
+    ],
+)
+def test_training_scripts_with_push_to_hub_offline_stop_before_training(monkeypatch, tmp_path, script, arguments):
+    import importlib
+
+    module = importlib.import_module(script)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    output_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"^--push_to_hub: HF_HUB_OFFLINE is set"):
+        module.main([*arguments, "--output_dir", str(output_dir), "--push_to_hub", "true", "--report_to", "none"])
+    assert not any(output_dir.glob("*.safetensors"))
