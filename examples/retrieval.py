@@ -11,8 +11,9 @@ Every image of the split queries all of the split's reports (image→report), an
   a label vector identical to the query's (`labels` column, all classes equal; so two normal studies match each
   other, and so do two studies with exactly the same findings).
 
-Recall@K is the fraction of queries with a hit among their top K. Ranking is a stable sort by decreasing similarity:
-ties keep the gallery order (lower index first), so the result is deterministic.
+Recall@K is the fraction of queries with a hit among their top K, ranked by decreasing similarity. Ties count against
+the query: a hit tied with a non-hit ranks after it. So a model that gives every item the same similarity (a collapsed
+encoder) scores no better than its worst case, instead of whatever the gallery order happens to favour.
 
 Usage:
 
@@ -88,7 +89,10 @@ def retrieval_positives(num_items: int, labels: np.ndarray | None = None) -> np.
 
 
 def first_hit_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """0-based rank of each query's best-ranked hit (stable descending sort; `inf` for a query with no hit)."""
+    """
+    0-based rank of each query's best-ranked hit (`inf` for a query with no hit): the number of non-hits whose
+    similarity is at least that of the query's most similar hit, so ties count against the query.
+    """
     similarity, positives = np.asarray(similarity), np.asarray(positives, dtype=bool)
     if similarity.ndim != 2 or similarity.shape != positives.shape:
         raise ValueError(
@@ -98,9 +102,9 @@ def first_hit_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray
         raise ValueError(f"Retrieval needs at least one query and one gallery item, got shape {similarity.shape}.")
     if not np.isfinite(similarity).all():
         raise ValueError("`similarity` holds NaN or infinite values.")
-    order = np.argsort(-similarity, axis=1, kind="stable")
-    ranked_hits = np.take_along_axis(positives, order, axis=1)
-    return np.where(ranked_hits.any(axis=1), ranked_hits.argmax(axis=1), np.inf)
+    best_hit = np.where(positives, similarity, -np.inf).max(axis=1, keepdims=True)
+    rank = ((similarity >= best_hit) & ~positives).sum(axis=1)
+    return np.where(positives.any(axis=1), rank, np.inf)
 
 
 def recall_at_k(similarity: np.ndarray, positives: np.ndarray, ks: list[int]) -> dict[str, float]:
@@ -180,7 +184,7 @@ def main(cli_args: list[str] | None = None) -> dict:
             "paired": "the retrieved item is the query's own pair",
             "semantic": "the retrieved item is the query's own pair or has a label vector identical to the query's",
         },
-        "ranking": "stable sort by decreasing cosine similarity; ties keep the gallery order",
+        "ranking": "decreasing cosine similarity; a hit tied with a non-hit ranks after it",
         **metrics,
         "arguments": arguments_dict(eval_args, retrieval_args),
     }

@@ -19,8 +19,12 @@ SynthCXR's synonyms of the finding or of its side or zone (`FINDING_SYNONYMS`, `
 sentence has none, all its content words. A hit is the heatmap's peak (first maximum of the upsampled map, values
 within a relative 1e-5 of it counting as ties) falling
 inside the finding's mask (the union of its objects' masks, brought into the model's input frame by the image
-processor's own resize/pad). Accuracy is reported overall and per finding, beside the random-point baseline: the
-fraction of the image the mask covers, i.e. the chance that a uniformly random peak is a hit.
+processor's own resize/pad). A flat map (every pixel within that tolerance of the maximum) has no peak and is a
+miss. Accuracy is reported overall and per finding, beside two baselines that look at no image: the random-point
+baseline (the fraction of the image the mask covers, i.e. the chance that a uniformly random peak is a hit) and the
+fixed-point baseline (the hit rate of the single pixel most often inside this finding's masks on the split, an upper
+bound for any image-independent map: a collapsed model that always points at the heart scores about this much on
+cardiomegaly).
 
 Datasets without SynthCXR's `findings` metadata but with a union `mask` column are scored with one target per image:
 the mean map of all content words of the report, or of `--grounding_text` (e.g. "pneumothorax" for SIIM-ACR) for
@@ -221,19 +225,22 @@ def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]
 PEAK_RELATIVE_TOLERANCE = 1e-5
 
 
-def pointing_game_hit(heatmap: np.ndarray, mask: np.ndarray) -> tuple[bool, tuple[int, int]]:
+def pointing_game_hit(heatmap: np.ndarray, mask: np.ndarray) -> tuple[bool, tuple[int, int] | None]:
     """
-    Whether the heatmap's peak lies in `mask`; returns `(hit, (row, col))`.
+    Whether the heatmap's peak lies in `mask`; returns `(hit, (row, col))`, or `(False, None)` for a flat map.
 
     The peak is the first pixel in row-major order within `PEAK_RELATIVE_TOLERANCE` of the maximum: bilinear
     upsampling makes plateaus (a whole border band shares the edge patch's value) whose pixels differ only by float
-    noise, which would otherwise make the peak depend on batch padding.
+    noise, which would otherwise make the peak depend on batch padding. A map with every pixel that close to the
+    maximum points nowhere, and counts as a miss.
     """
     heatmap, mask = np.asarray(heatmap), np.asarray(mask, dtype=bool)
     if heatmap.shape != mask.shape:
         raise ValueError(f"`heatmap` {heatmap.shape} and `mask` {mask.shape} must have one shape.")
     maximum = float(heatmap.max())
     near_maximum = heatmap >= maximum - PEAK_RELATIVE_TOLERANCE * abs(maximum)
+    if near_maximum.all():
+        return False, None
     peak = np.unravel_index(int(np.argmax(near_maximum)), heatmap.shape)
     return bool(mask[peak]), (int(peak[0]), int(peak[1]))
 
@@ -243,17 +250,34 @@ def random_point_baseline(mask: np.ndarray) -> float:
     return float(np.asarray(mask, dtype=bool).mean())
 
 
+def fixed_point_hits(findings: list[str], masks: list[np.ndarray]) -> list[bool]:
+    """
+    For each (finding, mask), whether the finding's fixed point lies in the mask: the pixel inside the most masks of
+    that finding (first in row-major order on ties). The hit rate is the best any image-independent pointer can do.
+    """
+    if len(findings) != len(masks):
+        raise ValueError(f"`findings` and `masks` must have one length, got {len(findings)} and {len(masks)}.")
+    counts = {}
+    for finding, mask in zip(findings, masks):
+        counts[finding] = counts.get(finding, 0) + np.asarray(mask, dtype=np.int64)
+    points = {finding: np.unravel_index(int(np.argmax(count)), count.shape) for finding, count in counts.items()}
+    return [bool(np.asarray(mask, dtype=bool)[points[finding]]) for finding, mask in zip(findings, masks)]
+
+
 def pointing_game_summary(records: list[dict]) -> dict:
-    """Accuracy and random-point baseline of `records`, overall and per finding."""
+    """Accuracy and baselines of `records` (`fixed_point_baseline` where they carry `fixed_point_hit`)."""
     if not records:
         raise ValueError("The pointing game has no finding to score: no finding with a mask and words was found.")
 
     def summarise(group):
-        return {
+        summary = {
             "accuracy": float(np.mean([record["hit"] for record in group])),
             "random_baseline": float(np.mean([record["mask_fraction"] for record in group])),
             "num_findings": len(group),
         }
+        if all("fixed_point_hit" in record for record in group):
+            summary["fixed_point_baseline"] = float(np.mean([record["fixed_point_hit"] for record in group]))
+        return summary
 
     by_finding = defaultdict(list)
     for record in records:
@@ -471,7 +495,7 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
     """Runs the pointing game over `dataset` (with `texts` as the model's reports) and draws the figures."""
     use_findings = {"findings", "objects"} <= set(dataset.column_names)
     image_processor = processor.image_processor
-    records, skipped, figures = [], Counter(), []
+    records, masks, skipped, figures = [], [], Counter(), []
     figure_dir = Path(eval_args.output_dir) / "grounding"
     for start, stop in tqdm(list(batch_ranges(len(dataset), eval_args.batch_size)), desc="Pointing game"):
         batch = dataset.select(range(start, stop))
@@ -511,10 +535,11 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
                         "words": [maps.words[word] for word in target["word_indices"]],
                         "fallback_to_content_words": target["fallback"],
                         "hit": hit,
-                        "peak": list(peak),
+                        "peak": None if peak is None else list(peak),
                         "mask_fraction": random_point_baseline(mask),
                     }
                 )
+                masks.append(mask)
             if len(figures) < grounding_args.num_figures:
                 image_frame = display_image(image_processor, example["image"])
                 union = np.logical_or.reduce(framed_masks)
@@ -526,6 +551,8 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
             ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped.items())) or "the split has no finding"
         )
         raise ValueError(f"The pointing game has no finding to score in {len(dataset)} studies ({reasons}).")
+    for record, fixed_hit in zip(records, fixed_point_hits([record["finding"] for record in records], masks)):
+        record["fixed_point_hit"] = fixed_hit
     summary = pointing_game_summary(records)
     summary.update(skipped=dict(sorted(skipped.items())), figures=figures, records=records)
     return summary
@@ -533,11 +560,13 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
 
 def results_markdown(summary: dict, source: dict) -> str:
     rows = [
-        (name, entry["accuracy"], entry["random_baseline"], entry["num_findings"])
+        (name, entry["accuracy"], entry["random_baseline"], entry["fixed_point_baseline"], entry["num_findings"])
         for name, entry in [("**overall**", summary["overall"]), *summary["per_finding"].items()]
     ]
     header = f"## Pointing game: {source['dataset']} / {source['split']}\n\n"
-    table = markdown_table(["finding", "accuracy", "random-point baseline", "findings"], rows)
+    table = markdown_table(
+        ["finding", "accuracy", "random-point baseline", "fixed-point baseline", "findings"], rows
+    )
     skipped = "".join(f"* skipped {count}: {reason}\n" for reason, count in summary["skipped"].items() if count)
     return header + table + ("\n" + skipped if skipped else "")
 
@@ -593,7 +622,8 @@ def main(cli_args: list[str] | None = None) -> dict:
         "split": source["split"],
         "num_studies": len(dataset),
         "rule": "hit = peak of the mean upsampled STA map of the finding's finding/location words lies in its mask; "
-        "baseline = mask area / image area",
+        "random baseline = mask area / image area; fixed-point baseline = hit rate of the pixel inside most of the "
+        "finding's masks on this split; a flat map is a miss",
         **summary,
         "arguments": arguments_dict(eval_args, grounding_args),
     }

@@ -47,6 +47,29 @@ def test_pointing_game_on_a_synthetic_heatmap_with_a_known_peak():
     plateau[2:, 1] = 1.0
     plateau[3, 1] += 1e-9
     assert grounding.pointing_game_hit(plateau, plateau > 0) == (True, (2, 1))
+    # a flat map points nowhere: a miss even where the mask covers the first pixel
+    assert grounding.pointing_game_hit(np.full((4, 4), 0.3), np.ones((4, 4), bool)) == (False, None)
+
+
+def test_fixed_point_baseline_is_the_pixel_inside_most_masks_of_each_finding():
+    def box(top, left, size=2):
+        mask = np.zeros((6, 6), bool)
+        mask[top:top + size, left:left + size] = True
+        return mask
+
+    # heart masks overlap at (3, 3) in three of four studies; the nodule masks tie, the first pixel (0, 4) wins
+    findings = ["heart"] * 4 + ["nodule"] * 2
+    masks = [box(2, 2), box(3, 3), box(2, 3), box(0, 0), box(4, 4), box(0, 4)]
+    naive = []
+    for finding, mask in zip(findings, masks):  # oracle: count every pixel with a loop
+        same = [other for name, other in zip(findings, masks) if name == finding]
+        best = max(((row, col) for row in range(6) for col in range(6)),
+                   key=lambda pixel: (sum(other[pixel] for other in same), -pixel[0], -pixel[1]))
+        naive.append(bool(mask[best]))
+    assert grounding.fixed_point_hits(findings, masks) == naive == [True, True, True, False, False, True]
+    records = [{"finding": f, "hit": False, "mask_fraction": m.mean(), "fixed_point_hit": h}
+               for f, m, h in zip(findings, masks, naive)]
+    assert grounding.pointing_game_summary(records)["per_finding"]["heart"]["fixed_point_baseline"] == 0.75
 
 
 def test_a_one_hot_patch_map_upsampled_peaks_inside_its_patch():
@@ -222,6 +245,9 @@ def test_script_scores_every_finding_and_writes_figures(sista_dir, synthcxr_dir,
     assert results["overall"]["num_findings"] == len(records) >= 5
     assert results["overall"]["accuracy"] == pytest.approx(np.mean([record["hit"] for record in records]))
     assert results["overall"]["random_baseline"] == pytest.approx(np.mean([r["mask_fraction"] for r in records]))
+    assert results["overall"]["fixed_point_baseline"] == pytest.approx(
+        np.mean([record["fixed_point_hit"] for record in records])
+    )
     assert sum(entry["num_findings"] for entry in results["per_finding"].values()) == len(records)
     assert set(results["per_finding"]) <= set(synthcxr.FINDING_NAMES)
     assert len(results["figures"]) == 2 and all(Image.open(path).format == "PNG" for path in results["figures"])

@@ -28,15 +28,16 @@ def synthcxr_dir(tmp_path_factory):
 
 
 def naive_recall(similarity, labels, k, semantic):
-    """The oracle: for each query, sort the gallery by (-similarity, index), look at the first k."""
+    """The oracle: for each query, sort the gallery by (-similarity, hit last among ties), look at the first k."""
     similarity = np.asarray(similarity).tolist()
     hits = 0
     for query, row in enumerate(similarity):
-        ranked = sorted(range(len(row)), key=lambda item: (-row[item], item))[:k]
-        for item in ranked:
-            if item == query or (semantic and list(labels[item]) == list(labels[query])):
-                hits += 1
-                break
+
+        def is_hit(item):
+            return item == query or (semantic and list(labels[item]) == list(labels[query]))
+
+        ranked = sorted(range(len(row)), key=lambda item: (-row[item], is_hit(item)))[:k]
+        hits += any(is_hit(item) for item in ranked)
     return hits / len(similarity)
 
 
@@ -65,6 +66,16 @@ def test_recall_equals_a_naive_loop_with_ties_and_shared_labels(seed):
             got = retrieval.recall_at_k(matrix, positives, [1, 2, 5, 10, 20])
             for k in (1, 2, 5, 10, 20):
                 assert got[f"R@{k}"] == pytest.approx(naive_recall(matrix, labels, k, semantic)), (semantic, k)
+
+
+def test_ties_count_against_the_query_so_a_collapsed_model_scores_its_worst_case():
+    constant = np.ones((4, 4))  # every item equally similar to every query
+    labels = np.array([[0, 0], [0, 0], [0, 0], [1, 0]])  # three studies share a label vector
+    assert retrieval.recall_at_k(constant, retrieval.retrieval_positives(4), [1, 3, 4]) == {
+        "R@1": 0.0, "R@3": 0.0, "R@4": 1.0
+    }
+    semantic = retrieval.retrieval_positives(4, labels)  # the shared-label queries have 1 non-hit, the last has 3
+    assert retrieval.recall_at_k(constant, semantic, [1, 2]) == {"R@1": 0.0, "R@2": 0.75}
 
 
 def test_semantic_positives_are_the_pair_and_identical_label_vectors():
