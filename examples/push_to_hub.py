@@ -490,9 +490,11 @@ class ReleaseArguments:
 
 
 def run(args: ReleaseArguments) -> int:
-    if args.dry_run or args.repo_id is None:
-        if args.output_dir is None:
-            raise ReleaseError("Nothing to do: pass --repo_id to push, or --output_dir (with --dry_run) to build.")
+    push = not args.dry_run and args.repo_id is not None
+    if not push and args.output_dir is None:
+        raise ReleaseError("Nothing to do: pass --repo_id to push, or --output_dir (with --dry_run) to build.")
+    token = resolve_token(args.token) if push else None  # offline or no token: stop before any work
+    if args.output_dir is not None:  # the folder alone (--dry_run), or a kept copy of what is pushed
         folder = prepare_release_folder(
             args.model_dir,
             args.output_dir,
@@ -505,32 +507,20 @@ def run(args: ReleaseArguments) -> int:
             args.license,
             args.overwrite,
         )
-        if not args.skip_check:
-            summary = check_release_folder(folder)
-            logger.info(
-                "Loads through the Auto classes (transformers %s): %s", summary["transformers"], summary["classes"]
-            )
-        return 0
-    if args.output_dir is not None:  # keep a copy of what is pushed
-        prepare_release_folder(
-            args.model_dir,
-            args.output_dir,
-            args.results,
-            args.processor_dir,
-            args.run_dir,
-            args.repo_id,
-            args.tag or args.revision,
-            args.base_model,
-            args.license,
-            args.overwrite,
-        )
+        if not push:
+            if not args.skip_check:
+                summary = check_release_folder(folder)
+                logger.info(
+                    "Loads through the Auto classes (transformers %s): %s", summary["transformers"], summary["classes"]
+                )
+            return 0
     push_sista_to_hub(
         args.model_dir,
         args.repo_id,
         revision=args.revision,
         private=args.private,
         commit_message=args.commit_message,
-        token=args.token,
+        token=token,
         card_results=args.results,
         processor_dir=args.processor_dir,
         run_dir=args.run_dir,
