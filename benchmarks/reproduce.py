@@ -92,6 +92,9 @@ class ReproduceArguments:
             One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
         aggregate_only (`bool`, *optional*, defaults to `False`):
             Run nothing; rebuild the JSON, table and plots from the runs found in `work_dir`.
+        pretrain_extra_args (`str`, *optional*):
+            Extra `pretrain.py` arguments as one shell-quoted string, appended after the study's own (so a repeated
+            option wins), e.g. `"--no_augment --warmup_steps 50"` or two pre-trained backbones.
     """
 
     output_dir: str = field(default="docs/results", metadata={"help": "Aggregated JSON, table and plots."})
@@ -115,6 +118,11 @@ class ReproduceArguments:
     pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "Pre-training peak learning rate."})
     sia_threshold: float | None = field(
         default=None, metadata={"help": "SIA threshold for sia/sista (default: pretrain.py's own default)."}
+    )
+    pretrain_extra_args: str | None = field(
+        default=None,
+        metadata={"help": "Extra pretrain.py arguments, one shell-quoted string appended last (a repeated option "
+                          "overrides the study's value), e.g. \"--no_augment --warmup_steps 50\"."},
     )
     # downstream budgets (identical for every objective and label fraction)
     finetune_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per fine-tune (default 40)."})
@@ -257,6 +265,8 @@ def pretrain_arguments(args: ReproduceArguments, objective: str, seed: int, outp
     ]
     if args.sia_threshold is not None:
         cli += ["--sia_threshold", str(args.sia_threshold)]
+    if args.pretrain_extra_args:
+        cli += shlex.split(args.pretrain_extra_args)
     return cli
 
 

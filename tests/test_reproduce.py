@@ -148,3 +148,19 @@ def test_run_all_parsers():
     table = run_all.readme_table({"core": {"returncode": 0, "parsed": core},
                                   "pretrain": {"returncode": 0, "parsed": pretrain}})
     assert "1.254 / 1.237 s = 1.014" in table and "88.9 samples/s" in table
+
+
+def test_pretrain_extra_args_are_appended_last(tmp_path):
+    args = reproduce.parse_arguments(["--work_dir", str(tmp_path), "--pretrain_extra_args",
+                                      "--no_augment --warmup_steps 50 --text_model_name_or_path 'a dir'"])
+    cli = reproduce.pretrain_arguments(args, "clip", 0, tmp_path / "run")
+    assert cli[-5:] == ["--no_augment", "--warmup_steps", "50", "--text_model_name_or_path", "a dir"]
+    assert cli.count("--warmup_steps") == 2  # the study's 20, then the override (argparse keeps the last)
+    default = reproduce.pretrain_arguments(reproduce.parse_arguments(["--work_dir", str(tmp_path)]), "clip", 0, tmp_path / "run")
+    assert cli[: len(default)] == default
+    import pretrain
+
+    parsed = pretrain.HfArgumentParser(
+        (pretrain.ModelArguments, pretrain.DataArguments, pretrain.SistaTrainingArguments)
+    ).parse_args_into_dataclasses(args=cli)
+    assert parsed[2].warmup_steps == 50 and parsed[1].augment is False and parsed[0].text_model_name_or_path == "a dir"
