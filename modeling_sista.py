@@ -1458,13 +1458,16 @@ class SistaForObjectDetection(SistaVisionHeadModel):
         nms_iou_threshold: float | None = None,
     ) -> list[dict[str, torch.Tensor]]:
         r"""
-        Thresholds, rescales and NMS-filters the decoded detections (transformers' object-detection convention).
+        Thresholds, rescales and NMS-filters the decoded detections in the frame the model saw. For boxes in the
+        original images' pixels (undoing the processor's pad or crop of a non-square image) use
+        [`SistaImageProcessor.post_process_object_detection`], which `pipeline("object-detection")` calls.
 
         Args:
             outputs ([`SistaObjectDetectionOutput`]): the model's output.
             threshold (`float`, *optional*, defaults to 0.5): minimum score of a kept box.
             target_sizes (`torch.Tensor` of shape `(batch_size, 2)` or `list[tuple[int, int]]`, *optional*):
-                `(height, width)` of each original image; boxes stay normalised to [0, 1] when `None`.
+                `(height, width)` the normalised boxes are scaled to (the processed image's size gives its pixels);
+                boxes stay normalised to [0, 1] when `None`.
             nms_iou_threshold (`float`, *optional*): defaults to `config.detection_nms_iou_threshold`; 1 disables NMS.
 
         Returns:

@@ -467,6 +467,145 @@ class SistaImageProcessor(PilBackend):
         super()._validate_preprocess_kwargs(**kwargs)
         _validate_sista_image_kwargs(**kwargs)
 
+    # -- from the processed frame back to the original image --------------------------------------------------------
+
+    def frame_geometry(self, height: int, width: int) -> dict[str, float]:
+        """
+        Where an image of `height` x `width` lands in the processed frame under this processor's resize, pad or crop:
+        a point `(y, x)` of the image (pixel edges at integers) lies at `(y * scale_y + offset_y, x * scale_x +
+        offset_x)` of a frame of `frame_height` x `frame_width` pixels.
+        """
+        size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
+        if self.do_resize:
+            resized_height, resized_width = _resized_shape(height, width, size, self.resize_mode)
+        else:
+            resized_height, resized_width = height, width
+        geometry = {
+            "scale_y": resized_height / height,
+            "scale_x": resized_width / width,
+            "offset_y": 0.0,
+            "offset_x": 0.0,
+            "frame_height": resized_height,
+            "frame_width": resized_width,
+        }
+
+        def crop_to(crop: SizeDict) -> None:  # transformers' centre crop keeps rows from (H - h) // 2
+            if crop.height > geometry["frame_height"] or crop.width > geometry["frame_width"]:
+                raise ValueError(f"Cannot invert a centre crop to {dict(crop)} of a smaller frame.")
+            geometry["offset_y"] -= (geometry["frame_height"] - crop.height) // 2
+            geometry["offset_x"] -= (geometry["frame_width"] - crop.width) // 2
+            geometry["frame_height"], geometry["frame_width"] = crop.height, crop.width
+
+        if self.resize_mode == "crop":
+            crop_to(size)
+        elif self.do_pad:  # `_pad_centred`
+            geometry["offset_y"] += (size.height - resized_height) // 2
+            geometry["offset_x"] += (size.width - resized_width) // 2
+            geometry["frame_height"], geometry["frame_width"] = size.height, size.width
+        if self.do_center_crop:
+            crop_to(self.crop_size if isinstance(self.crop_size, SizeDict) else SizeDict(**self.crop_size))
+        return geometry
+
+    def post_process_object_detection(
+        self,
+        outputs,
+        threshold: float = 0.5,
+        target_sizes=None,
+        nms_iou_threshold: float = 0.5,
+    ) -> list[dict]:
+        r"""
+        Detections of [`SistaForObjectDetection`] in the original images' pixels (transformers' object-detection
+        convention, what `pipeline("object-detection")` calls).
+
+        Args:
+            outputs: the model's output (`scores`, `pred_class_labels`, `pred_boxes` normalised `(center_x, center_y,
+                width, height)` in the processed frame).
+            threshold (`float`, *optional*, defaults to 0.5): minimum score of a kept box.
+            target_sizes (`torch.Tensor` of shape `(batch_size, 2)` or `list[tuple[int, int]]`, *optional*):
+                `(height, width)` of each original image. Boxes are mapped back through this processor's resize
+                and pad (or crop) and clipped to the image; `None` keeps them in the processed frame's pixels.
+            nms_iou_threshold (`float`, *optional*, defaults to 0.5): per-class non-maximum suppression; 1 disables it.
+
+        Returns:
+            `list[dict]`, one per image, with `scores`, `labels` and `boxes` (absolute `(x_min, y_min, x_max,
+            y_max)`), by decreasing score.
+        """
+        import torch
+
+        try:
+            from .modeling_sista import batched_nms, center_to_corners
+        except ImportError:  # a flat checkout imported without a package
+            from modeling_sista import batched_nms, center_to_corners
+
+        batch_size = outputs.scores.shape[0]
+        if target_sizes is not None and len(target_sizes) != batch_size:
+            raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
+        results = []
+        for index in range(batch_size):
+            keep = outputs.scores[index] > threshold
+            scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
+            boxes = center_to_corners(outputs.pred_boxes[index][keep].float())
+            if target_sizes is None:
+                size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
+                height, width = size.height, size.width
+                geometry = {"scale_y": 1.0, "scale_x": 1.0, "offset_y": 0.0, "offset_x": 0.0,
+                            "frame_height": height, "frame_width": width}
+            else:
+                height, width = (int(value) for value in target_sizes[index])
+                geometry = self.frame_geometry(height, width)
+            frame = torch.tensor([geometry["frame_width"], geometry["frame_height"]] * 2, dtype=boxes.dtype)
+            offset = torch.tensor([geometry["offset_x"], geometry["offset_y"]] * 2, dtype=boxes.dtype)
+            scale = torch.tensor([geometry["scale_x"], geometry["scale_y"]] * 2, dtype=boxes.dtype)
+            limit = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+            boxes = ((boxes * frame.to(boxes.device) - offset.to(boxes.device)) / scale.to(boxes.device))
+            boxes = torch.minimum(boxes.clamp_min(0), limit.to(boxes.device))
+            if nms_iou_threshold < 1:
+                kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
+                scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
+            results.append({"scores": scores, "labels": labels, "boxes": boxes})
+        return results
+
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list:
+        r"""
+        Label maps of [`SistaForSemanticSegmentation`] (what `pipeline("image-segmentation")` calls).
+
+        Args:
+            outputs: the model's output, `logits` of shape `(batch_size, num_labels, frame_height, frame_width)`.
+            target_sizes (`list[tuple[int, int]]`, *optional*): `(height, width)` of each original image; the logits
+                are resampled (bilinear) from the processed frame back onto it through this processor's resize and
+                pad (or crop). `None` keeps the processed frame.
+
+        Returns:
+            `list[torch.LongTensor]` of shape `(height, width)`: the arg-max class, or for one logit channel
+            (binary segmentation) 1 where the sigmoid is at least 0.5 and 0 elsewhere. Pixels the model never saw
+            (cropped away) are 0.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        logits = outputs.logits.float()
+        if target_sizes is not None and len(target_sizes) != len(logits):
+            raise ValueError(f"`target_sizes` must hold {len(logits)} (height, width) pairs, got {len(target_sizes)}.")
+        maps = []
+        for index, image_logits in enumerate(logits):
+            seen = None
+            if target_sizes is not None:
+                height, width = (int(value) for value in target_sizes[index])
+                geometry = self.frame_geometry(height, width)
+                # each original pixel centre, in the frame, as grid_sample's [-1, 1] coordinates
+                rows = (torch.arange(height, dtype=torch.float32) + 0.5) * geometry["scale_y"] + geometry["offset_y"]
+                cols = (torch.arange(width, dtype=torch.float32) + 0.5) * geometry["scale_x"] + geometry["offset_x"]
+                grid_y = 2 * rows / image_logits.shape[-2] - 1
+                grid_x = 2 * cols / image_logits.shape[-1] - 1
+                grid = torch.stack(torch.meshgrid(grid_x, grid_y, indexing="xy"), dim=-1)[None]
+                image_logits = F.grid_sample(
+                    image_logits[None], grid.to(image_logits.device), mode="bilinear", align_corners=False
+                )[0]
+                seen = (grid.abs() <= 1).all(dim=-1)[0]
+            labels = (image_logits[0] >= 0).long() if image_logits.shape[0] == 1 else image_logits.argmax(dim=0)
+            maps.append(labels if seen is None else labels * seen.to(labels.device))
+        return maps
+
     def fetch_images(self, image_url_or_urls):
         """Load image paths and URLs; unlike the base class, local files keep their bit depth instead of 8-bit RGB."""
         if isinstance(image_url_or_urls, (list, tuple)):

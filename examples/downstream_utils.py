@@ -317,28 +317,22 @@ def process_masks(image_processor: SistaImageProcessor, masks) -> torch.Tensor:
 def boxes_to_model_frame(boxes_xywh, image_width: int, image_height: int, image_processor: SistaImageProcessor):
     """
     COCO `[x_min, y_min, width, height]` pixel boxes of a source image → normalised `(center_x, center_y, width,
-    height)` boxes of the processed image, following the processor's aspect-preserving resize and its centred pad
-    ("pad") or centre crop ("crop"). Boxes cut away entirely are dropped; returns `(boxes, kept_indices)`.
+    height)` boxes of the processed image, through the processor's own resize and pad or crop
+    (`SistaImageProcessor.frame_geometry`, which its `post_process_object_detection` inverts). Boxes cut away
+    entirely are dropped; returns `(boxes, kept_indices)`.
     """
-    size = image_processor.size
-    if isinstance(size, dict):
-        target_height, target_width = size["height"], size["width"]
-    else:
-        target_height, target_width = size.height, size.width
-    resize_mode = getattr(image_processor, "resize_mode", "pad")
-    scales = (target_height / image_height, target_width / image_width)
-    scale = min(scales) if resize_mode == "pad" else max(scales)
-    new_height, new_width = image_height * scale, image_width * scale
-    top, left = (target_height - new_height) / 2, (target_width - new_width) / 2
+    geometry = image_processor.frame_geometry(image_height, image_width)
+    frame_width, frame_height = geometry["frame_width"], geometry["frame_height"]
     boxes, kept = [], []
     for index, (x_min, y_min, width, height) in enumerate(boxes_xywh):
-        corners = np.array([x_min * scale + left, y_min * scale + top, (x_min + width) * scale + left,
-                            (y_min + height) * scale + top])
-        corners = np.clip(corners, 0, [target_width, target_height, target_width, target_height])
-        if corners[2] - corners[0] <= 0 or corners[3] - corners[1] <= 0:
+        left, right = (x * geometry["scale_x"] + geometry["offset_x"] for x in (x_min, x_min + width))
+        top, bottom = (y * geometry["scale_y"] + geometry["offset_y"] for y in (y_min, y_min + height))
+        left, right = np.clip([left, right], 0, frame_width)
+        top, bottom = np.clip([top, bottom], 0, frame_height)
+        if right - left <= 0 or bottom - top <= 0:
             continue
-        boxes.append([(corners[0] + corners[2]) / 2 / target_width, (corners[1] + corners[3]) / 2 / target_height,
-                      (corners[2] - corners[0]) / target_width, (corners[3] - corners[1]) / target_height])
+        boxes.append([(left + right) / 2 / frame_width, (top + bottom) / 2 / frame_height,
+                      (right - left) / frame_width, (bottom - top) / frame_height])
         kept.append(index)
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), kept
 
