@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 import downstream_utils as utils
 from push_to_hub import push_after_training
+from sista_trainer import CheckpointTrainer
 from modeling_sista import SistaForImageClassification
 
 
@@ -104,7 +105,7 @@ def main(args: list[str] | None = None):
             pixel_values, _, _ = utils.augment_batch(pixel_values, data_args)
         return {"pixel_values": pixel_values, "labels": torch.stack([example["labels"] for example in examples])}
 
-    trainer = Trainer(
+    trainer = CheckpointTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),

@@ -20,10 +20,11 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 import downstream_utils as utils
 from push_to_hub import push_after_training
+from sista_trainer import CheckpointTrainer
 from modeling_sista import SistaForObjectDetection, center_to_corners
 
 
@@ -128,7 +129,7 @@ def main(args: list[str] | None = None):
             ]
         return {"pixel_values": pixel_values, "labels": labels}
 
-    trainer = Trainer(
+    trainer = CheckpointTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),

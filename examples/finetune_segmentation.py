@@ -18,10 +18,11 @@ import sys
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 import downstream_utils as utils
 from push_to_hub import push_after_training
+from sista_trainer import CheckpointTrainer
 from modeling_sista import SistaForSemanticSegmentation
 
 
@@ -71,7 +72,7 @@ def main(args: list[str] | None = None):
             pixel_values, masks, _ = utils.augment_batch(pixel_values, data_args, masks=masks)
         return {"pixel_values": pixel_values, "labels": masks}
 
-    trainer = Trainer(
+    trainer = CheckpointTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),

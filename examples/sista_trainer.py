@@ -411,7 +411,33 @@ class SistaTrainingArguments(TrainingArguments):
                 )
 
 
-class SistaTrainer(Trainer):
+class CheckpointTrainer(Trainer):
+    r"""
+    `Trainer` that reloads checkpoints (`--resume_from_checkpoint`, `--load_best_model_at_end`) through
+    `from_pretrained`. Trainer loads a checkpoint's tensors by name with `strict=False`, but transformers 5 saves some
+    backbones (ViT) under legacy tensor names that only `from_pretrained` maps back, so the vision tower would
+    silently keep its current weights. FSDP and DeepSpeed checkpoints keep Trainer's own loading.
+    """
+
+    def _load_through_from_pretrained(self, checkpoint: str, model=None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        saved = type(target).from_pretrained(checkpoint, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(saved.state_dict())
+        logger.info(f"Loaded the model weights of {checkpoint}.")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_through_from_pretrained(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info(f"Best checkpoint: {self.state.best_model_checkpoint} ({self.state.best_metric}).")
+        self._load_through_from_pretrained(self.state.best_model_checkpoint)
+
+
+class SistaTrainer(CheckpointTrainer):
     r"""
     `Trainer` for [`SistaModel`] pre-training: the loss is the model's (`return_loss=True`), and `loss_sia` and
     `loss_sta` are logged beside `loss`, averaged over the steps since the last log and over processes (also for
@@ -464,17 +490,6 @@ class SistaTrainer(Trainer):
             )
         self._accumulate_components(losses["loss_sia"], losses["loss_sta"], training=True)
         return losses["loss"].to(self.args.device)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        # Trainer loads the file's tensors by name with strict=False, but transformers 5 saves some backbones (ViT)
-        # under legacy tensor names that only `from_pretrained` maps back: the vision tower would silently restart
-        # from its initial weights. FSDP and DeepSpeed checkpoints keep their own format.
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        saved = type(target).from_pretrained(resume_from_checkpoint, dtype=next(target.parameters()).dtype)
-        target.load_state_dict(saved.state_dict())
-        logger.info(f"Loaded the model weights of {resume_from_checkpoint}.")
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Trainer calls `log` on every process at the same steps, so the reduction below is a matching collective
