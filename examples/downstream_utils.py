@@ -23,7 +23,7 @@ from transformers.image_utils import PILImageResampling
 
 import eval_utils
 from configuration_sista import SistaConfig
-from eval_utils import command_line, markdown_table
+from eval_utils import PREPARED_METADATA_FILE, command_line, markdown_table
 from processing_sista import SistaImageProcessor
 from push_to_hub import hub_push_request
 from synthcxr import load_or_generate_synthcxr
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
-PREPARED_METADATA_FILE = "sista_dataset.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -142,6 +142,20 @@ class ZeroShotArguments:
     )
 
 
+def read_prompts_file(path: str) -> dict:
+    """The `--prompts_file` JSON: `{"class name": {"positive": [...], "negative": [...]}, ...}`."""
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--prompts_file {path!r} must be a readable JSON file: {error}") from error
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"--prompts_file {path!r} must hold a JSON object of class name -> {{\"positive\": [...], "
+            f"\"negative\": [...]}}, got a {type(overrides).__name__}."
+        )
+    return overrides
+
+
 def class_prompts(class_names: list[str], overrides: dict | None = None) -> dict[str, dict[str, list[str]]]:
     """
     Positive and negative prompts of every class: `overrides`, then SynthCXR's wording, then the generic templates
@@ -273,7 +287,7 @@ def main(cli_args: list[str] | None = None) -> dict:
     dataset, source = load_evaluation_split(eval_args, processor)
     require_columns(dataset, ["image", "labels"], "Zero-shot classification")
     class_names = resolve_class_names(dataset, source, eval_args.class_names)
-    overrides = json.loads(Path(zero_shot_args.prompts_file).read_text()) if zero_shot_args.prompts_file else None
+    overrides = read_prompts_file(zero_shot_args.prompts_file) if zero_shot_args.prompts_file else None
     prompts = class_prompts(class_names, overrides)
 
     metrics = evaluate_zero_shot(model, processor, dataset, class_names, prompts, eval_args)

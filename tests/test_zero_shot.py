@@ -287,3 +287,17 @@ def test_missing_labels_column_names_the_column_and_the_task(sista_dir, tmp_path
                 str(tmp_path / "out"),
             ]
         )
+
+
+def test_a_bad_prompts_file_is_named(tmp_path):
+    missing, broken, listed = tmp_path / "missing.json", tmp_path / "broken.json", tmp_path / "list.json"
+    broken.write_text("{not json")
+    listed.write_text('["left effusion"]')
+    for path, reason in ((missing, "readable JSON"), (broken, "readable JSON"), (listed, "got a list")):
+        with pytest.raises(ValueError, match=rf"--prompts_file '{path}'.*{reason}"):
+            zero_shot.read_prompts_file(str(path))
+    good = tmp_path / "good.json"
+    good.write_text('{"left_effusion": {"positive": ["left effusion"], "negative": ["no effusion"]}}')
+    assert zero_shot.read_prompts_file(str(good)) == {
+        "left_effusion": {"positive": ["left effusion"], "negative": ["no effusion"]}
+    }
