@@ -1475,22 +1475,43 @@ class SistaForObjectDetection(SistaVisionHeadModel):
             4)` as absolute `(x_min, y_min, x_max, y_max)`, by decreasing score.
         """
         nms_iou_threshold = self.config.detection_nms_iou_threshold if nms_iou_threshold is None else nms_iou_threshold
-        batch_size = outputs.scores.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch_size:
-            raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
-        results = []
-        for index in range(batch_size):
-            keep = outputs.scores[index] > threshold
-            scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
-            boxes = center_to_corners(outputs.pred_boxes[index][keep])
-            if target_sizes is not None:
-                height, width = (float(size) for size in target_sizes[index])
-                boxes = boxes * torch.tensor([width, height, width, height], device=boxes.device)
-            if nms_iou_threshold < 1:
-                kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
-                scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
-            results.append({"scores": scores, "labels": labels, "boxes": boxes})
-        return results
+
+        def scale(index: int, boxes: torch.Tensor) -> torch.Tensor:
+            height, width = (float(size) for size in target_sizes[index])
+            return boxes * boxes.new_tensor([width, height, width, height])
+
+        return post_process_detections(
+            outputs, threshold, nms_iou_threshold, target_sizes, None if target_sizes is None else scale
+        )
+
+
+def post_process_detections(
+    outputs, threshold: float, nms_iou_threshold: float, target_sizes=None, to_pixels=None, drop_empty: bool = False
+):
+    """
+    Shared by [`SistaForObjectDetection.post_process_object_detection`] and the image processor's: per image, the
+    detections above `threshold`, as corners, mapped by `to_pixels(index, boxes)` (normalised xyxy → pixels; `None`
+    keeps them normalised), with `drop_empty` the boxes left without area dropped (mapped into the padding and
+    clipped), then class-wise NMS (`nms_iou_threshold` 1 disables it).
+    """
+    batch_size = outputs.scores.shape[0]
+    if target_sizes is not None and len(target_sizes) != batch_size:
+        raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
+    results = []
+    for index in range(batch_size):
+        keep = outputs.scores[index] > threshold
+        scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
+        boxes = center_to_corners(outputs.pred_boxes[index][keep].float())
+        if to_pixels is not None:
+            boxes = to_pixels(index, boxes)
+        if drop_empty:
+            has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            scores, labels, boxes = scores[has_area], labels[has_area], boxes[has_area]
+        if nms_iou_threshold < 1:
+            kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
+            scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
+        results.append({"scores": scores, "labels": labels, "boxes": boxes})
+    return results
 
 
 SistaForImageClassification.register_for_auto_class("AutoModelForImageClassification")
@@ -1515,6 +1536,7 @@ __all__ = [
     "false_negative_mask",
     "focal_heatmap_loss",
     "gather_global_batch",
+    "post_process_detections",
     "segmentation_loss",
     "semantic_aware_contrastive_loss",
     "sia_loss",

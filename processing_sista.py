@@ -13,6 +13,7 @@
 # limitations under the License.
 """Report cleaning, chest X-ray image processing and the SISTA processor."""
 
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -360,6 +361,15 @@ def _resized_shape(height: int, width: int, size: SizeDict, resize_mode: str) ->
     return max(new_height, size.height), max(new_width, size.width)
 
 
+def _centre_crop_shift(frame: int, crop: int) -> int:
+    """
+    How far transformers' centre crop of a `frame`-long axis to `crop` moves a point: back by `(frame - crop) // 2`
+    when it cuts, forward by the zero padding `ceil((crop - frame) / 2)` when the crop is larger.
+    """
+    padding = math.ceil((max(crop, frame) - frame) / 2)
+    return padding - max(0, (frame - crop) // 2 + padding)
+
+
 def _pad_centred(image: np.ndarray, size: SizeDict) -> np.ndarray:
     """Pad a (1, H, W) image with zeros (black) to `size`, the content in the centre."""
     height, width = image.shape[-2:]
@@ -489,11 +499,9 @@ class SistaImageProcessor(PilBackend):
             "frame_width": resized_width,
         }
 
-        def crop_to(crop: SizeDict) -> None:  # transformers' centre crop keeps rows from (H - h) // 2
-            if crop.height > geometry["frame_height"] or crop.width > geometry["frame_width"]:
-                raise ValueError(f"Cannot invert a centre crop to {dict(crop)} of a smaller frame.")
-            geometry["offset_y"] -= (geometry["frame_height"] - crop.height) // 2
-            geometry["offset_x"] -= (geometry["frame_width"] - crop.width) // 2
+        def crop_to(crop: SizeDict) -> None:
+            geometry["offset_y"] += _centre_crop_shift(geometry["frame_height"], crop.height)
+            geometry["offset_x"] += _centre_crop_shift(geometry["frame_width"], crop.width)
             geometry["frame_height"], geometry["frame_width"] = crop.height, crop.width
 
         if self.resize_mode == "crop":
@@ -523,47 +531,36 @@ class SistaImageProcessor(PilBackend):
             threshold (`float`, *optional*, defaults to 0.5): minimum score of a kept box.
             target_sizes (`torch.Tensor` of shape `(batch_size, 2)` or `list[tuple[int, int]]`, *optional*):
                 `(height, width)` of each original image. Boxes are mapped back through this processor's resize
-                and pad (or crop) and clipped to the image; `None` keeps them in the processed frame's pixels.
-            nms_iou_threshold (`float`, *optional*, defaults to 0.5): per-class non-maximum suppression; 1 disables it.
+                and pad (or crop) and clipped to the image; a box left without area (it lay in the padding) is
+                dropped. `None` keeps them normalised to [0, 1] in the processed frame.
+            nms_iou_threshold (`float`, *optional*, defaults to 0.5): per-class non-maximum suppression; 1 disables
+                it. The model's `config.detection_nms_iou_threshold` also defaults to 0.5; pass it here if you
+                changed it (the pipeline cannot).
 
         Returns:
-            `list[dict]`, one per image, with `scores`, `labels` and `boxes` (absolute `(x_min, y_min, x_max,
-            y_max)`), by decreasing score.
+            `list[dict]`, one per image, with `scores`, `labels` and `boxes` (`(x_min, y_min, x_max, y_max)`), by
+            decreasing score.
         """
         import torch
 
         try:
-            from .modeling_sista import batched_nms, center_to_corners
+            from .modeling_sista import post_process_detections
         except ImportError:  # a flat checkout imported without a package
-            from modeling_sista import batched_nms, center_to_corners
+            from modeling_sista import post_process_detections
 
-        batch_size = outputs.scores.shape[0]
-        if target_sizes is not None and len(target_sizes) != batch_size:
-            raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
-        results = []
-        for index in range(batch_size):
-            keep = outputs.scores[index] > threshold
-            scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
-            boxes = center_to_corners(outputs.pred_boxes[index][keep].float())
-            if target_sizes is None:
-                size = self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size)
-                height, width = size.height, size.width
-                geometry = {"scale_y": 1.0, "scale_x": 1.0, "offset_y": 0.0, "offset_x": 0.0,
-                            "frame_height": height, "frame_width": width}
-            else:
-                height, width = (int(value) for value in target_sizes[index])
-                geometry = self.frame_geometry(height, width)
-            frame = torch.tensor([geometry["frame_width"], geometry["frame_height"]] * 2, dtype=boxes.dtype)
-            offset = torch.tensor([geometry["offset_x"], geometry["offset_y"]] * 2, dtype=boxes.dtype)
-            scale = torch.tensor([geometry["scale_x"], geometry["scale_y"]] * 2, dtype=boxes.dtype)
-            limit = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-            boxes = ((boxes * frame.to(boxes.device) - offset.to(boxes.device)) / scale.to(boxes.device))
-            boxes = torch.minimum(boxes.clamp_min(0), limit.to(boxes.device))
-            if nms_iou_threshold < 1:
-                kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
-                scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
-            results.append({"scores": scores, "labels": labels, "boxes": boxes})
-        return results
+        def to_image(index: int, boxes):
+            height, width = (int(value) for value in target_sizes[index])
+            geometry = self.frame_geometry(height, width)
+            frame = [geometry["frame_width"], geometry["frame_height"]] * 2
+            offset = [geometry["offset_x"], geometry["offset_y"]] * 2
+            scale = [geometry["scale_x"], geometry["scale_y"]] * 2
+            boxes = (boxes * boxes.new_tensor(frame) - boxes.new_tensor(offset)) / boxes.new_tensor(scale)
+            return torch.minimum(boxes.clamp_min(0), boxes.new_tensor([width, height, width, height]))
+
+        return post_process_detections(
+            outputs, threshold, nms_iou_threshold, target_sizes, None if target_sizes is None else to_image,
+            drop_empty=target_sizes is not None,
+        )
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list:
         r"""
@@ -595,8 +592,8 @@ class SistaImageProcessor(PilBackend):
                 # each original pixel centre, in the frame, as grid_sample's [-1, 1] coordinates
                 rows = (torch.arange(height, dtype=torch.float32) + 0.5) * geometry["scale_y"] + geometry["offset_y"]
                 cols = (torch.arange(width, dtype=torch.float32) + 0.5) * geometry["scale_x"] + geometry["offset_x"]
-                grid_y = 2 * rows / image_logits.shape[-2] - 1
-                grid_x = 2 * cols / image_logits.shape[-1] - 1
+                grid_y = 2 * rows / geometry["frame_height"] - 1  # the logits cover the frame at any resolution
+                grid_x = 2 * cols / geometry["frame_width"] - 1
                 grid = torch.stack(torch.meshgrid(grid_x, grid_y, indexing="xy"), dim=-1)[None]
                 image_logits = F.grid_sample(
                     image_logits[None], grid.to(image_logits.device), mode="bilinear", align_corners=False

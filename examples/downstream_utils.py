@@ -116,6 +116,15 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         raise ValueError(f"--min_train_samples must be >= 1, got {data_args.min_train_samples}.")
     if model_args.from_scratch == (model_args.model_name_or_path is not None):
         raise ValueError("Pass exactly one of --model_name_or_path (a pre-trained SISTA folder) and --from_scratch.")
+    if training_args.push_to_hub and not (
+        model_args.model_name_or_path is not None
+        and (Path(model_args.model_name_or_path) / "processor_config.json").is_file()
+    ):
+        raise ValueError(
+            "--push_to_hub releases the head with the processor (tokenizer included) of the pre-trained SISTA folder "
+            "it was fine-tuned from: --model_name_or_path must be such a folder with a processor_config.json, got "
+            f"{'--from_scratch' if model_args.from_scratch else repr(model_args.model_name_or_path)}."
+        )
     # the transforms add columns the model needs and Trainer would otherwise drop
     training_args.remove_unused_columns = False
     return hub_push_request(training_args)

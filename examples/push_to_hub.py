@@ -442,24 +442,16 @@ def hub_push_request(training_args) -> dict | None:
     }
 
 
-def push_after_training(request: dict | None, output_dir, encoder: str | None = None):
+def push_after_training(request: dict | None, output_dir, processor_dir=None):
     """
     Releases a training script's `output_dir` as [`hub_push_request`] asked (nothing when `request` is None), with
-    the folder's results files in the card. `encoder` is what a head was fine-tuned from: a local pre-training
-    folder supplies the processor files the head's folder lacks; a Hub id becomes the card's `base_model`. Call it
-    on the main process only.
+    the folder's results files in the card. `processor_dir` is where the processor files live when the folder lacks
+    them (a head's pre-training folder). Call it on the main process only.
     """
     if request is None:
         return None
-    is_folder = encoder is not None and Path(encoder).is_dir()
     try:
-        return push_sista_to_hub(
-            output_dir,
-            **request,
-            card_results=[output_dir],
-            processor_dir=encoder if is_folder else None,
-            base_model=None if is_folder else encoder,
-        )
+        return push_sista_to_hub(output_dir, **request, card_results=[output_dir], processor_dir=processor_dir)
     except ReleaseError as error:
         raise SystemExit(f"--push_to_hub: {error}") from None
 

@@ -22,9 +22,9 @@ inside the finding's mask (the union of its objects' masks, brought into the mod
 processor's own resize/pad). A flat map (every pixel within that tolerance of the maximum) has no peak and is a
 miss. Accuracy is reported overall and per finding, beside two baselines that look at no image: the random-point
 baseline (the fraction of the image the mask covers, i.e. the chance that a uniformly random peak is a hit) and the
-fixed-point baseline (the hit rate of the single pixel most often inside this finding's masks on the split, an upper
-bound for any image-independent map: a collapsed model that always points at the heart scores about this much on
-cardiomegaly).
+fixed-point baseline (the hit rate of the single pixel most often inside this finding's masks on the split: the best
+one fixed pixel per finding can do, looking at neither the image nor the wording; a collapsed model whose maps always
+peak on the heart scores about this much on cardiomegaly).
 
 Datasets without SynthCXR's `findings` metadata but with a union `mask` column are scored with one target per image:
 the mean map of all content words of the report, or of `--grounding_text` (e.g. "pneumothorax" for SIIM-ACR) for
@@ -253,7 +253,7 @@ def random_point_baseline(mask: np.ndarray) -> float:
 def fixed_point_hits(findings: list[str], masks: list[np.ndarray]) -> list[bool]:
     """
     For each (finding, mask), whether the finding's fixed point lies in the mask: the pixel inside the most masks of
-    that finding (first in row-major order on ties). The hit rate is the best any image-independent pointer can do.
+    that finding (first in row-major order on ties). The hit rate is the best one fixed pixel per finding can do.
     """
     if len(findings) != len(masks):
         raise ValueError(f"`findings` and `masks` must have one length, got {len(findings)} and {len(masks)}.")

@@ -577,20 +577,48 @@ def test_training_flag_hands_the_push_to_the_release_path(monkeypatch, tmp_path,
 
 
 @pytest.mark.parametrize(
-    "script, arguments",
-    [
-        ("pretrain", []),
-        ("finetune_classification", ["--from_scratch", "true"]),
-        ("finetune_segmentation", ["--from_scratch", "true"]),
-        ("finetune_detection", ["--from_scratch", "true"]),
-    ],
+    "script", ["pretrain", "finetune_classification", "finetune_segmentation", "finetune_detection"]
 )
-def test_training_scripts_with_push_to_hub_offline_stop_before_training(monkeypatch, tmp_path, script, arguments):
+def test_training_scripts_with_push_to_hub_offline_stop_before_training(monkeypatch, tmp_path, base_run, script):
     import importlib
 
     module = importlib.import_module(script)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output_dir = tmp_path / "run"
+    encoder = [] if script == "pretrain" else ["--model_name_or_path", str(base_run[0])]
     with pytest.raises(SystemExit, match=r"^--push_to_hub: HF_HUB_OFFLINE is set"):
-        module.main([*arguments, "--output_dir", str(output_dir), "--push_to_hub", "true", "--report_to", "none"])
+        module.main([*encoder, "--output_dir", str(output_dir), "--push_to_hub", "true", "--report_to", "none"])
     assert not any(output_dir.glob("*.safetensors"))
+
+
+def test_a_head_pushed_from_scratch_is_refused_before_training(tmp_path):
+    import finetune_classification
+
+    with pytest.raises(ValueError, match=r"--push_to_hub.*--model_name_or_path.*processor_config.json.*--from_scratch"):
+        finetune_classification.main(
+            ["--from_scratch", "true", "--output_dir", str(tmp_path / "run"), "--push_to_hub", "true"]
+        )
+
+
+def test_a_head_is_pushed_with_the_processor_of_its_pre_training_folder(monkeypatch, tmp_path, base_run):
+    import huggingface_hub
+
+    from modeling_sista import SistaForImageClassification
+    from push_to_hub import push_after_training
+
+    run_dir, _ = base_run
+    head_dir = tmp_path / "head"
+    # what finetune_classification.py leaves: the head, its image processor and its results
+    SistaForImageClassification.from_pretrained(run_dir, num_labels=2).save_pretrained(head_dir)
+    SistaProcessor.from_pretrained(run_dir).image_processor.save_pretrained(head_dir)
+    (head_dir / "classification_results.json").write_text(json.dumps(CLASSIFICATION_RESULTS))
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    monkeypatch.setattr(push_to_hub, "hub_offline", lambda: False)
+    request = {"repo_id": "me/sista-cls", "revision": None, "private": None, "token": "hf_fake"}
+    push_after_training(request, head_dir, processor_dir=run_dir)
+    _, repo_id, _, files = FakeHfApi.calls[2]
+    assert repo_id == "me/sista-cls"
+    assert {"processor_config.json", "tokenizer.json", "model.safetensors"} <= set(files)
+    assert b"AutoModelForImageClassification" in files["config.json"]
+    assert b"Classification" in files["README.md"]

@@ -41,27 +41,52 @@ def test_detections_map_back_through_the_forward_box_mapping(resize_mode):
         detection_outputs(frame_boxes), threshold=0.5, target_sizes=[(HEIGHT, WIDTH)]
     )
     torch.testing.assert_close(result["boxes"], torch.tensor([corners(BOX_XYWH)]), atol=1e-3, rtol=0)
-    # without target sizes: pixels of the 64 x 64 frame
+    # without target sizes: normalised corners in the processed frame
     (framed,) = processor.post_process_object_detection(detection_outputs(frame_boxes), threshold=0.5)
     cx, cy, w, h = frame_boxes[0].tolist()
-    expected = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]) * 64
-    torch.testing.assert_close(framed["boxes"], expected, atol=1e-4, rtol=0)
+    expected = torch.tensor([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]])
+    torch.testing.assert_close(framed["boxes"], expected, atol=1e-6, rtol=0)
 
 
-def test_detections_map_back_onto_a_rectangle_drawn_on_the_image():
+PROCESSOR_SETTINGS = {
+    "pad": {"size": 64},
+    "crop": {"size": 64, "resize_mode": "crop"},
+    "non-square size": {"size": {"height": 48, "width": 80}},
+    "tall size": {"size": {"height": 80, "width": 40}},
+    "no pad": {"size": 64, "do_pad": False},
+    "centre crop inside": {"size": 64, "do_center_crop": True, "crop_size": {"height": 56, "width": 60}},
+    "centre crop larger": {"size": 64, "do_center_crop": True, "crop_size": {"height": 80, "width": 72}},
+    "no resize": {"size": 128, "do_resize": False},
+}
+
+
+@pytest.mark.parametrize("setting", list(PROCESSOR_SETTINGS))
+def test_detections_map_back_onto_a_rectangle_drawn_on_the_image(setting):
     image = np.zeros((HEIGHT, WIDTH), np.uint8)
     x_min, y_min, x_max, y_max = (int(value) for value in corners(BOX_XYWH))
     image[y_min:y_max, x_min:x_max] = 255
-    processor = SistaImageProcessor(size=64, do_normalize=False)
+    processor = SistaImageProcessor(do_normalize=False, **PROCESSOR_SETTINGS[setting])
     frame = processor(image, return_tensors="np")["pixel_values"][0, 0]
+    frame_height, frame_width = frame.shape
+    geometry = processor.frame_geometry(HEIGHT, WIDTH)
+    assert (geometry["frame_height"], geometry["frame_width"]) == frame.shape
     rows, cols = np.nonzero(frame > 0.5)  # the rectangle as the model sees it
-    frame_box = [(cols.min() + cols.max() + 1) / 2 / 64, (rows.min() + rows.max() + 1) / 2 / 64,
-                 (cols.max() + 1 - cols.min()) / 64, (rows.max() + 1 - rows.min()) / 64]
+    frame_box = [(cols.min() + cols.max() + 1) / 2 / frame_width, (rows.min() + rows.max() + 1) / 2 / frame_height,
+                 (cols.max() + 1 - cols.min()) / frame_width, (rows.max() + 1 - rows.min()) / frame_height]
     (result,) = processor.post_process_object_detection(
         detection_outputs([frame_box]), target_sizes=torch.tensor([[HEIGHT, WIDTH]])
     )
-    # one frame pixel is 100 / 64 original pixels
-    torch.testing.assert_close(result["boxes"], torch.tensor([corners(BOX_XYWH)]), atol=100 / 64, rtol=0)
+    # within one frame pixel, in original pixels
+    tolerance = torch.tensor([1 / geometry["scale_x"], 1 / geometry["scale_y"]] * 2)
+    error = (result["boxes"][0] - torch.tensor(corners(BOX_XYWH))).abs()
+    assert (error <= tolerance + 1e-4).all(), (error, tolerance)
+
+
+def test_a_box_that_maps_into_the_padding_is_dropped():
+    processor = SistaImageProcessor(size=64)  # a 60 x 100 image fills rows 13-50 of the frame
+    outputs = detection_outputs([[0.5, 0.05, 0.3, 0.08], [0.5, 0.5, 0.3, 0.2]])
+    (result,) = processor.post_process_object_detection(outputs, target_sizes=[(HEIGHT, WIDTH)])
+    assert len(result["boxes"]) == 1 and result["boxes"][0, 1] > 0
 
 
 def test_detections_are_thresholded_clipped_and_suppressed_per_class():
@@ -102,6 +127,13 @@ def test_label_maps_map_back_onto_the_original_mask(resize_mode, num_labels):
     assert iou > 0.9, iou
     if resize_mode == "crop":  # the left and right ends of the image were cropped away: label 0 there
         assert (label_map[:, :10] == 0).all() and (label_map[:, -10:] == 0).all()
+    # logits at a lower resolution than the frame still cover the whole frame
+    coarse = torch.nn.functional.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    (coarse_map,) = processor.post_process_semantic_segmentation(
+        SimpleNamespace(logits=coarse), target_sizes=[(HEIGHT, WIDTH)]
+    )
+    predicted = coarse_map.numpy() == foreground
+    assert (predicted & mask).sum() / (predicted | mask).sum() > 0.6
 
 
 def test_frame_geometry_of_pad_and_crop():
@@ -111,6 +143,11 @@ def test_frame_geometry_of_pad_and_crop():
     crop = SistaImageProcessor(size=64, resize_mode="crop").frame_geometry(HEIGHT, WIDTH)
     assert crop["scale_y"] == 64 / 60 and crop["scale_x"] == 107 / 100  # round(100 * 64 / 60) = 107 columns
     assert (crop["offset_y"], crop["offset_x"]) == (0, -21)
+    # a centre crop larger than the 64 x 64 frame pads it: ceil(16 / 2) = 8 rows and ceil(7 / 2) = 4 columns
+    larger = SistaImageProcessor(size=64, do_center_crop=True, crop_size={"height": 80, "width": 71})
+    geometry = larger.frame_geometry(HEIGHT, WIDTH)
+    assert (geometry["offset_y"], geometry["offset_x"]) == (13 + 8, 0 + 4)
+    assert (geometry["frame_height"], geometry["frame_width"]) == (80, 71)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
