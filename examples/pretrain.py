@@ -78,6 +78,12 @@ class ModelArguments:
         metadata={"help": f"Backbone sizes when training from scratch: one of {tuple(MODEL_PRESETS)}.",
                   "choices": tuple(MODEL_PRESETS)},
     )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A SISTA checkpoint (folder or Hub id) to continue pre-training from: backbones, "
+                          "projections, logit scale and tokenizer; this run's --objective and SIA/STA options "
+                          "replace the checkpoint's, its pooling and image size are kept unless given."},
+    )
     vision_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Pre-trained vision backbone (with --text_model_name_or_path); else preset."}
     )
@@ -96,13 +102,15 @@ class ModelArguments:
         default=0.0,
         metadata={"help": "Hidden and attention dropout of preset backbones (0, as in CLIP pre-training)."},
     )
-    vision_pooling: str = field(
-        default="cls",
-        metadata={"help": "Global image feature: cls token or mean of patches.", "choices": ("cls", "mean")},
+    vision_pooling: str | None = field(
+        default=None,
+        metadata={"help": "Global image feature: cls token or mean of patches (default: cls, or the checkpoint's).",
+                  "choices": ("cls", "mean")},
     )
-    text_pooling: str = field(
-        default="cls",
-        metadata={"help": "Global report feature: cls token or mean of tokens.", "choices": ("cls", "mean")},
+    text_pooling: str | None = field(
+        default=None,
+        metadata={"help": "Global report feature: cls token or mean of tokens (default: cls, or the checkpoint's).",
+                      "choices": ("cls", "mean")},
     )
     objective: str = field(
         default="sista",
@@ -207,7 +215,7 @@ def select_split(dataset: DatasetDict, split: str, max_samples: int | None, data
 
 def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str | None, training_args):
     """A given tokenizer, the text backbone's, the one saved in the resumed checkpoint, or one built here."""
-    name = model_args.tokenizer_name_or_path or model_args.text_model_name_or_path
+    name = model_args.tokenizer_name_or_path or model_args.text_model_name_or_path or model_args.model_name_or_path
     if name is not None:
         return AutoTokenizer.from_pretrained(name)
     if checkpoint is not None and (Path(checkpoint) / "tokenizer_config.json").is_file():
@@ -224,23 +232,56 @@ def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str |
 
 
 def objective_config(model_args: ModelArguments) -> dict:
-    """SistaConfig fields of the ablation chosen with --objective, and the pooling."""
+    """SistaConfig fields of the ablation chosen with --objective, and the pooling where given (else SistaConfig's
+    default "cls", or a --model_name_or_path checkpoint's own)."""
     uses_sia = model_args.objective in ("sia", "sista")
     uses_sta = model_args.objective in ("sta", "sista")
+    pooling = {"vision_pooling": model_args.vision_pooling, "text_pooling": model_args.text_pooling}
     return {
         "sia_weight": 1.0,
         "sia_threshold": model_args.sia_threshold if uses_sia else NO_FALSE_NEGATIVES,
         "sia_mode": model_args.sia_mode,
         "sta_weight": model_args.sta_weight if uses_sta else 0.0,
         "sta_temperature": model_args.sta_temperature,
-        "vision_pooling": model_args.vision_pooling,
-        "text_pooling": model_args.text_pooling,
+        **{key: value for key, value in pooling.items() if value is not None},
     }
+
+
+def starting_checkpoint_image_size(model_args: ModelArguments) -> int:
+    """The image size of a --model_name_or_path checkpoint, after the checks that it is one this run can start from."""
+    if model_args.vision_model_name_or_path is not None or model_args.text_model_name_or_path is not None:
+        raise ValueError(
+            "--model_name_or_path (a whole SISTA checkpoint) excludes --vision_model_name_or_path and "
+            f"--text_model_name_or_path (two backbones); got {model_args.model_name_or_path!r} with "
+            f"{model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
+        )
+    try:
+        config_dict, _ = SistaConfig.get_config_dict(model_args.model_name_or_path)
+    except OSError as error:
+        raise ValueError(f"--model_name_or_path {model_args.model_name_or_path!r} has no readable config: {error}")
+    if config_dict.get("model_type") != SistaConfig.model_type:
+        raise ValueError(
+            f"--model_name_or_path {model_args.model_name_or_path!r} holds a {config_dict.get('model_type')!r} "
+            "model, expected a 'sista' checkpoint (a SistaModel saved with save_pretrained)."
+        )
+    config = SistaConfig.from_dict(config_dict)
+    checkpoint_size = config.vision_config.image_size
+    if model_args.image_size is not None and model_args.image_size != checkpoint_size:
+        raise ValueError(
+            f"--image_size {model_args.image_size} differs from the {checkpoint_size} px of --model_name_or_path "
+            f"{model_args.model_name_or_path!r}; leave --image_size out to use the checkpoint's."
+        )
+    return checkpoint_size
 
 
 def build_model(model_args: ModelArguments, tokenizer) -> SistaModel:
     sista_kwargs = objective_config(model_args)
     sista_kwargs["sta_ignore_token_ids"] = sorted(set(tokenizer.all_special_ids))
+    if model_args.model_name_or_path is not None:
+        # rebuilt through SistaConfig's constructor, so this run's fields are validated like a new config's
+        saved = SistaConfig.from_pretrained(model_args.model_name_or_path).to_dict()
+        config = SistaConfig.from_dict({**saved, **sista_kwargs})
+        return SistaModel.from_pretrained(model_args.model_name_or_path, config=config)
     if (model_args.vision_model_name_or_path is None) != (model_args.text_model_name_or_path is None):
         raise ValueError(
             "--vision_model_name_or_path and --text_model_name_or_path go together (two pre-trained backbones); "
@@ -368,6 +409,8 @@ def main(args: list[str] | None = None):
     set_seed(training_args.seed)
     preset = MODEL_PRESETS[model_args.model_preset]
     image_size = model_args.image_size or preset["image_size"]
+    if model_args.model_name_or_path is not None:
+        image_size = starting_checkpoint_image_size(model_args)
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args.seed, training_args)
     path = data_args.dataset_path

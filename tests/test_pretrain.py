@@ -293,6 +293,45 @@ def test_output_dir_loads_with_auto_classes(resumed_runs):
         torch.testing.assert_close(model(**inputs).logits_per_image, reference(**inputs).logits_per_image)
 
 
+def test_pretraining_continues_from_a_whole_sista_checkpoint(resumed_runs, tiny_dataset_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    start = resumed_runs / "full"
+    output_dir = tmp_path / "continued"
+    # learning rate 0: the one step changes nothing, so the output must be the starting checkpoint, projections
+    # and logit scale included; this run's objective and pooling replace the checkpoint's where given
+    pretrain.main(
+        TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--model_name_or_path", str(start), "--objective", "clip",
+                     "--text_pooling", "mean", "--learning_rate", "0", "--max_steps", "1", "--save_strategy", "no",
+                     "--output_dir", str(output_dir)]
+    )  # fmt: skip
+    started, continued = load_file(start / "model.safetensors"), load_file(output_dir / "model.safetensors")
+    assert started.keys() == continued.keys()
+    for name in started:
+        assert torch.equal(started[name], continued[name]), name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["sta_weight"] == 0.0 and config["sia_threshold"] > 1  # --objective clip
+    assert config["text_pooling"] == "mean" and config["vision_pooling"] == "cls"  # given / kept
+    assert AutoTokenizer.from_pretrained(output_dir).get_vocab() == AutoTokenizer.from_pretrained(start).get_vocab()
+
+
+def test_a_bad_starting_checkpoint_is_named_before_training(resumed_runs, tiny_dataset_path, tmp_path):
+    from transformers import ViTConfig
+
+    common = TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--output_dir", str(tmp_path / "o")]
+    ViTConfig().save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"--model_name_or_path .*vit.* holds a 'vit' model, expected a 'sista'"):
+        pretrain.main(common + ["--model_name_or_path", str(tmp_path / "vit")])
+    start = str(resumed_runs / "full")
+    with pytest.raises(ValueError, match=r"--image_size 64 differs from the 32 px of --model_name_or_path"):
+        pretrain.main(common + ["--model_name_or_path", start, "--image_size", "64"])
+    with pytest.raises(ValueError, match=r"--model_name_or_path \(a whole SISTA checkpoint\) excludes"):
+        pretrain.main(common + ["--model_name_or_path", start, "--vision_model_name_or_path", str(tmp_path / "vit"),
+                                "--text_model_name_or_path", str(tmp_path / "vit")])  # fmt: skip
+    with pytest.raises(ValueError, match="sia_threshold"):
+        pretrain.main(common + ["--model_name_or_path", start, "--objective", "sia", "--sia_threshold", "-3"])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad input: a clear error before training
 # ---------------------------------------------------------------------------------------------------------------------
