@@ -27,7 +27,6 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
 
 import json
 import logging
-import math
 import os
 import platform
 import shlex
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -518,6 +517,12 @@ def plot_label_fraction_curves(summary: dict, objectives: list[str], output_path
         axis.set_title(task)
         axis.grid(alpha=0.3)
     axes[0][0].legend()
+    return save_figure(figure, output_path)
+
+
+def save_figure(figure, output_path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,12 +554,7 @@ def plot_no_label_tasks(summary: dict, objectives: list[str], output_path: str |
     axis.set_xticklabels([label for _, _, label in bars], rotation=20, ha="right", fontsize=8)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output_path, dpi=100)
-    plt.close(figure)
-    return output_path
+    return save_figure(figure, output_path)
 
 
 def versions() -> dict:

@@ -1,6 +1,9 @@
 """Shared tiny configurations for the tests: hidden size 32, 2 layers, 32-pixel images, patch 8."""
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,16 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
     )
 )
 SPECIAL_TOKEN_IDS = [0, 1, 2, 3, 4]
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_sista_config(**kwargs) -> SistaConfig:

@@ -1,27 +1,14 @@
 """Fast tests of the reproduction-study tooling: aggregation, table, plots, arguments (no training)."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load("reproduce")
+reproduce = load_benchmark("reproduce")
 
 
 def fake_records():
@@ -122,7 +109,7 @@ def test_bad_arguments_are_refused(argv):
 
 
 def test_in_batch_false_negative_flags_against_hand_count():
-    fn_analysis = _load("fn_analysis")
+    fn_analysis = load_benchmark("fn_analysis")
     # 4 studies: 0 and 1 identical reports with the same labels, 2 similar to 0 but other labels, 3 orthogonal
     embeddings = np.array([[1, 0, 0], [1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], dtype=np.float32)
     label_ids = np.array([0, 0, 1, 2])
@@ -134,7 +121,7 @@ def test_in_batch_false_negative_flags_against_hand_count():
 
 
 def test_run_all_parsers():
-    run_all = _load("run_all")
+    run_all = load_benchmark("run_all")
     core = run_all.parse_core(
         "batch 64, demo encoders: CLIP 1.237 s/step, SISTA 1.254 s/step, ratio 1.014 (target <= 1.05)\n"
         "| 256 | 128 | 196 | 128 | 429 | 0.51 |\n| 64 | 128 | 196 | 128 | 122 | 0.10 |\n"

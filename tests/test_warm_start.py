@@ -1,28 +1,14 @@
 """benchmarks/warm_start.py: the warm start's backbones are exported standalone and reload equal (no training)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
-from conftest import tiny_sista_config
+from conftest import load_benchmark, tiny_sista_config
 
 from modeling_sista import SistaModel
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-warm_start = _load("warm_start")
+warm_start = load_benchmark("warm_start")
 
 
 def test_export_backbones_reload_equal_and_rebuild_the_model(tmp_path):
