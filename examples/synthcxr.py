@@ -912,12 +912,19 @@ def synthcxr_features():
     )
 
 
-def _generate_examples(indices, split: str, seed: int, image_size: int):
-    from threadpoolctl import threadpool_limits
+@functools.lru_cache(maxsize=None)
+def _threadpool_controller():
+    # Finding the loaded BLAS libraries reads /proc maps (~3 ms); `datasets` calls the generator once per
+    # shard of `indices`, i.e. once per study, so the controller is built once per process.
+    from threadpoolctl import ThreadpoolController
 
+    return ThreadpoolController()
+
+
+def _generate_examples(indices, split: str, seed: int, image_size: int):
     # The small matrix products of the drawing gain nothing from BLAS threads, and threads of
     # parallel workers fight over the cores (4x slower on 2 cores).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _threadpool_controller().limit(limits=1, user_api="blas"):
         for index in indices:
             # One generator per study: the content depends on (seed, split, index) only, never
             # on the number of processes or on what was generated before.
