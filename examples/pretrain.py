@@ -247,8 +247,12 @@ def objective_config(model_args: ModelArguments) -> dict:
     }
 
 
-def starting_checkpoint_image_size(model_args: ModelArguments) -> int:
-    """The image size of a --model_name_or_path checkpoint, after the checks that it is one this run can start from."""
+def starting_config(model_args: ModelArguments) -> SistaConfig:
+    """
+    The config of a --model_name_or_path checkpoint with this run's objective fields applied, after the checks that
+    it is one this run can start from. Rebuilt through SistaConfig's constructor, so those fields are validated like
+    a new config's.
+    """
     if model_args.vision_model_name_or_path is not None or model_args.text_model_name_or_path is not None:
         raise ValueError(
             "--model_name_or_path (a whole SISTA checkpoint) excludes --vision_model_name_or_path and "
@@ -264,23 +268,22 @@ def starting_checkpoint_image_size(model_args: ModelArguments) -> int:
             f"--model_name_or_path {model_args.model_name_or_path!r} holds a {config_dict.get('model_type')!r} "
             "model, expected a 'sista' checkpoint (a SistaModel saved with save_pretrained)."
         )
-    config = SistaConfig.from_dict(config_dict)
-    checkpoint_size = config.vision_config.image_size
+    checkpoint_size = SistaConfig.from_dict(config_dict).vision_config.image_size
     if model_args.image_size is not None and model_args.image_size != checkpoint_size:
         raise ValueError(
             f"--image_size {model_args.image_size} differs from the {checkpoint_size} px of --model_name_or_path "
             f"{model_args.model_name_or_path!r}; leave --image_size out to use the checkpoint's."
         )
-    return checkpoint_size
+    return SistaConfig.from_dict({**config_dict, **objective_config(model_args)})
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> SistaModel:
+def build_model(model_args: ModelArguments, tokenizer, start_config: SistaConfig | None = None) -> SistaModel:
+    """The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it."""
     sista_kwargs = objective_config(model_args)
     sista_kwargs["sta_ignore_token_ids"] = sorted(set(tokenizer.all_special_ids))
     if model_args.model_name_or_path is not None:
-        # rebuilt through SistaConfig's constructor, so this run's fields are validated like a new config's
-        saved = SistaConfig.from_pretrained(model_args.model_name_or_path).to_dict()
-        config = SistaConfig.from_dict({**saved, **sista_kwargs})
+        config = start_config if start_config is not None else starting_config(model_args)
+        config.sta_ignore_token_ids = sista_kwargs["sta_ignore_token_ids"]
         return SistaModel.from_pretrained(model_args.model_name_or_path, config=config)
     if (model_args.vision_model_name_or_path is None) != (model_args.text_model_name_or_path is None):
         raise ValueError(
@@ -409,8 +412,10 @@ def main(args: list[str] | None = None):
     set_seed(training_args.seed)
     preset = MODEL_PRESETS[model_args.model_preset]
     image_size = model_args.image_size or preset["image_size"]
+    start_config = None
     if model_args.model_name_or_path is not None:
-        image_size = starting_checkpoint_image_size(model_args)
+        start_config = starting_config(model_args)
+        image_size = start_config.vision_config.image_size
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args.seed, training_args)
     path = data_args.dataset_path
@@ -421,7 +426,7 @@ def main(args: list[str] | None = None):
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
     set_seed(training_args.seed)  # same initial weights whatever the steps above drew
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer, start_config)
     if checkpoint is not None:
         check_checkpoint_matches(model, checkpoint)
     logger.info(
