@@ -414,7 +414,7 @@ def split_vision_states(
         and the `(height, width)` of the patch grid; `patch_states` lists the grid row by row.
     """
     hidden_states = vision_outputs.last_hidden_state
-    backbone = f"The vision backbone {vision_config.model_type!r}"
+    backbone = f"the vision backbone {vision_config.model_type!r}"
     if hidden_states.dim() == 4:
         grid_size = tuple(hidden_states.shape[-2:])
         patch_states = hidden_states.flatten(2).transpose(1, 2)
@@ -424,14 +424,16 @@ def split_vision_states(
         num_prefix_tokens = hidden_states.shape[1] - grid_size[0] * grid_size[1]
         if num_prefix_tokens < 0:
             raise ValueError(
-                f"{backbone} returned {hidden_states.shape[1]} tokens, fewer than the {grid_size} patch grid of "
-                f"{tuple(pixel_values.shape[-2:])} images at its output stride {vision_output_stride(vision_config)}."
+                f"The vision backbone {vision_config.model_type!r} returned {hidden_states.shape[1]} tokens, fewer "
+                f"than the {grid_size} patch grid of {tuple(pixel_values.shape[-2:])} images at its output stride "
+                f"{vision_output_stride(vision_config)}."
             )
         patch_states = hidden_states[:, num_prefix_tokens:]
     else:
         raise ValueError(
-            f"{backbone} returned a `last_hidden_state` of shape {tuple(hidden_states.shape)}, which holds no patch "
-            "grid: SISTA needs (batch_size, channels, height, width) or (batch_size, tokens, channels)."
+            f"The vision backbone {vision_config.model_type!r} returned a `last_hidden_state` of shape "
+            f"{tuple(hidden_states.shape)}, which holds no patch grid: SISTA needs (batch_size, channels, height, "
+            "width) or (batch_size, tokens, channels)."
         )
     if pooling == "cls":
         if num_prefix_tokens == 0:
@@ -450,7 +452,7 @@ def split_vision_states(
         pooled = pooler_output.flatten(1)  # ResNet pools to (batch_size, channels, 1, 1)
         if pooled.shape[-1] != patch_states.shape[-1]:
             raise ValueError(
-                f"`vision_pooling='pooler'`: {backbone}'s `pooler_output` has width {pooled.shape[-1]}, its patch "
+                f"`vision_pooling='pooler'`: the `pooler_output` of {backbone} has width {pooled.shape[-1]}, its patch "
                 f"features {patch_states.shape[-1]}; the shared projection needs one width; use 'cls' or 'mean'."
             )
     else:
