@@ -9,6 +9,7 @@ SIA_MODES = ("eliminate", "soft")
 SIA_SOFT_TARGETS = ("uniform", "similarity")
 SIA_SIMILARITY_SOURCES = ("report_embeds", "text_embeds")
 POOLING_MODES = ("cls", "mean")
+VISION_POOLING_MODES = (*POOLING_MODES, "pooler")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
@@ -39,7 +40,12 @@ class SistaConfig(PretrainedConfig):
 
     Args:
         vision_config (`dict` or `PretrainedConfig`, *optional*):
-            Configuration of the vision backbone. A dict needs a `model_type`; defaults to a small ViT.
+            Configuration of the vision backbone. A dict needs a `model_type`; defaults to a small ViT. Any backbone
+            whose output is a patch grid works: convolutional (ResNet, ConvNeXt: `last_hidden_state` of shape
+            `(batch_size, channels, height, width)`), hierarchical (Swin: patch tokens at stride
+            `patch_size * 2^(len(depths) - 1)`) or ViT-like (ViT, DeiT, BEiT, Dinov2 with or without registers: patch
+            tokens after the class, distillation or register tokens). The feature width comes from the backbone
+            (`num_features`, `hidden_sizes[-1]` or `hidden_size`).
         text_config (`dict` or `PretrainedConfig`, *optional*):
             Configuration of the text backbone. A dict needs a `model_type`; defaults to a small BERT.
         projection_dim (`int`, *optional*, defaults to 256):
@@ -47,7 +53,10 @@ class SistaConfig(PretrainedConfig):
         logit_scale_init_value (`float`, *optional*, defaults to 2.6592):
             Initial value of the learnable log temperature of SIA (ln(1/0.07), as in CLIP).
         vision_pooling (`str`, *optional*, defaults to `"cls"`):
-            Global image feature: the first token (`"cls"`) or the mean of the patch tokens (`"mean"`).
+            Global image feature: the first token (`"cls"`, needs a class token: not ResNet, ConvNeXt or Swin), the
+            mean of the patch features (`"mean"`), or the backbone's own `pooler_output` (`"pooler"`, which keeps the
+            backbone's pooling layer: ConvNeXt's final layer norm and BEiT's mean-pooling layer norm act only there,
+            so with `"cls"` or `"mean"` ConvNeXt's final layer norm gets no gradient).
         text_pooling (`str`, *optional*, defaults to `"cls"`):
             Global report feature: the first token (`"cls"`) or the attention-masked mean of the tokens (`"mean"`).
         sia_weight (`float`, *optional*, defaults to 1.0):
@@ -89,8 +98,8 @@ class SistaConfig(PretrainedConfig):
             Segmentation label value that the loss ignores (e.g. unlabelled pixels). Not 255, so that a binary mask
             stored as 0/255 is an error rather than a mask whose lesions are all ignored.
         detection_upsample_factor (`int`, *optional*, defaults to 2):
-            Power of 2 by which [`SistaForObjectDetection`] upsamples the patch grid; the output stride is
-            `patch_size / detection_upsample_factor` pixels.
+            Power of 2 by which [`SistaForObjectDetection`] upsamples the patch grid; the output stride is the
+            backbone's stride (the `patch_size` of a ViT) divided by `detection_upsample_factor`.
         detection_size_loss_weight (`float`, *optional*, defaults to 0.1):
             Weight of the L1 box-size loss (sizes in output cells), as in CenterNet.
         detection_offset_loss_weight (`float`, *optional*, defaults to 1.0):
@@ -157,7 +166,7 @@ class SistaConfig(PretrainedConfig):
         if self.projection_dim <= 0:
             raise ValueError(f"`projection_dim` must be a positive integer, got {self.projection_dim}.")
         for name, allowed in (
-            ("vision_pooling", POOLING_MODES),
+            ("vision_pooling", VISION_POOLING_MODES),
             ("text_pooling", POOLING_MODES),
             ("sia_mode", SIA_MODES),
             ("sia_soft_target", SIA_SOFT_TARGETS),

@@ -277,11 +277,14 @@ class SistaOutput(ModelOutput):
         text_token_embeds (`torch.FloatTensor` of shape `(text_batch_size, sequence_length, projection_dim)`):
             L2-normalised token embeddings (padding included; use the attention mask).
         image_patch_embeds (`torch.FloatTensor` of shape `(image_batch_size, num_patches, projection_dim)`):
-            L2-normalised patch embeddings.
+            L2-normalised patch embeddings, the patch grid row by row (`num_patches = grid_height * grid_width`).
         token_patch_weights (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_patches)`, *optional*):
-            The sparse STA weights `A`, the word-to-patch grounding map; rows of ignored tokens are zero.
+            The sparse STA weights `A`, the word-to-patch grounding map; rows of ignored tokens are zero. Reshape to
+            `(batch_size, sequence_length, *patch_grid_size)` for maps over the image.
         text_model_output (`BaseModelOutput`): the text backbone's output.
         vision_model_output (`BaseModelOutput`): the vision backbone's output.
+        patch_grid_size (`tuple[int, int]`): `(grid_height, grid_width)` of the patch grid, from the vision backbone's
+            output (its feature map, or its token count at its output stride).
     """
 
     loss: torch.FloatTensor | None = None
@@ -296,6 +299,7 @@ class SistaOutput(ModelOutput):
     token_patch_weights: torch.FloatTensor | None = None
     text_model_output: ModelOutput | None = None
     vision_model_output: ModelOutput | None = None
+    patch_grid_size: tuple[int, int] | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
@@ -306,57 +310,163 @@ class SistaOutput(ModelOutput):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def backbone_from_config(config) -> PreTrainedModel:
-    """An `AutoModel` backbone without its pooler where the class has one: SISTA pools itself, and an unused pooler
-    would leave parameters without gradients under DDP."""
+def backbone_from_config(config, keep_pooler: bool = False) -> PreTrainedModel:
+    """An `AutoModel` backbone, without its pooler where the class has one unless `keep_pooler`: SISTA pools itself
+    (`vision_pooling="cls"` or `"mean"`), and an unused pooler would leave parameters without gradients under DDP."""
     model_class = MODEL_MAPPING[type(config)]
-    kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class).parameters else {}
+    kwargs = {}
+    if "add_pooling_layer" in inspect.signature(model_class).parameters:
+        kwargs["add_pooling_layer"] = keep_pooler
     return AutoModel.from_config(config, **kwargs)
 
 
+def freeze_mask_token(vision_model: nn.Module):
+    """SISTA never masks image patches, so a backbone's `mask_token` (Dinov2 always has one) would get no gradient,
+    which DDP without `find_unused_parameters` rejects: it is frozen."""
+    for name, parameter in vision_model.named_parameters():
+        if name.rsplit(".", 1)[-1] == "mask_token":
+            parameter.requires_grad_(False)
+
+
+def vision_feature_size(vision_model: PreTrainedModel) -> int:
+    r"""
+    Channels of a vision backbone's last hidden state: the model's own `num_features` where it has one (Swin,
+    FocalNet), else its config's last `hidden_sizes` entry (ResNet, ConvNeXt) or `hidden_size` (ViT, DeiT, BEiT,
+    Dinov2). The forward pass checks it against the width the backbone actually returns.
+    """
+    num_features = getattr(vision_model, "num_features", None)
+    if isinstance(num_features, int):
+        return num_features
+    config = vision_model.config
+    hidden_sizes = getattr(config, "hidden_sizes", None)
+    hidden_size = getattr(config, "hidden_size", None)
+    if hidden_sizes and isinstance(hidden_size, int) and hidden_size != hidden_sizes[-1]:
+        raise ValueError(
+            f"The vision backbone {config.model_type!r} has `hidden_size={hidden_size}` and `hidden_sizes="
+            f"{list(hidden_sizes)}`: SISTA cannot tell which one is the width of its last hidden state."
+        )
+    if hidden_sizes:
+        return int(hidden_sizes[-1])
+    if isinstance(hidden_size, int):
+        return hidden_size
+    raise ValueError(
+        f"The vision backbone {config.model_type!r} has neither `hidden_sizes` nor an int `hidden_size` in its config "
+        f"(nor a `num_features` attribute): SISTA cannot size its projection."
+    )
+
+
+def vision_output_stride(vision_config) -> int | None:
+    r"""
+    Pixels per cell of a vision backbone's last feature map, from its config: `patch_size` for a ViT-like tower,
+    `patch_size · 2^(len(depths) - 1)` for a hierarchical one that halves the map at every later stage (Swin,
+    ConvNeXt), `4 · 2^(len(hidden_sizes) - 1)` for ResNet (stride-4 stem, times 2 with `downsample_in_first_stage`).
+    `None` when the config does not say (no int `patch_size`).
+    """
+    if vision_config.model_type == "resnet":
+        first_stage = 2 if vision_config.downsample_in_first_stage else 1
+        return 4 * first_stage * 2 ** (len(vision_config.hidden_sizes) - 1)
+    patch_size = getattr(vision_config, "patch_size", None)
+    if not isinstance(patch_size, int):
+        return None
+    depths = getattr(vision_config, "depths", None)
+    if isinstance(depths, (list, tuple)) and len(depths) > 1:
+        return patch_size * 2 ** (len(depths) - 1)
+    return patch_size
+
+
+def token_grid_size(vision_config, image_size: tuple[int, int]) -> tuple[int, int]:
+    r"""
+    `(height, width)` of the patch grid that a token-sequence backbone lays over `image_size` pixels: the image size
+    divided by [`vision_output_stride`], rounded down for a ViT-like tower (its patch convolution drops the remainder)
+    and up for a hierarchical one (Swin pads to a multiple of its patch and merges with padding).
+    """
+    stride = vision_output_stride(vision_config)
+    if stride is None:
+        raise ValueError(
+            f"The vision backbone {vision_config.model_type!r} returns a token sequence, but its config has no int "
+            f"`patch_size` (got {getattr(vision_config, 'patch_size', None)!r}) to lay the tokens on a patch grid: "
+            "SISTA needs a backbone whose `last_hidden_state` is a patch grid (batch_size, channels, height, width) or "
+            "patch tokens of a known `patch_size` (ViT, DeiT, BEiT, Dinov2, Swin)."
+        )
+    hierarchical = isinstance(getattr(vision_config, "depths", None), (list, tuple))
+    rounding = math.ceil if hierarchical else math.floor
+    return rounding(image_size[0] / stride), rounding(image_size[1] / stride)
+
+
 def split_vision_states(
-    hidden_states: torch.Tensor, pixel_values: torch.Tensor, patch_size: int | None, pooling: str
+    vision_outputs: ModelOutput, pixel_values: torch.Tensor, vision_config, pooling: str
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     r"""
-    Splits a vision backbone's last hidden states into the pooled feature and the patch features.
+    Splits a vision backbone's output into the pooled feature and the patch features.
 
     Args:
-        hidden_states (`torch.Tensor`): `(batch_size, sequence_length, hidden_size)` of a ViT-like backbone, whose
-            patch tokens follow its prefix tokens ([CLS], distillation or register tokens), or `(batch_size,
-            hidden_size, height, width)` of a convolutional one.
-        pixel_values (`torch.Tensor`): the input images, whose size gives the patch grid of a ViT-like backbone.
-        patch_size (`int`, *optional*): the backbone's patch size (needed for a token sequence).
-        pooling (`str`): `"cls"` takes the first token, `"mean"` averages the patch features.
+        vision_outputs (`ModelOutput`): the backbone's output. Its `last_hidden_state` is `(batch_size,
+            hidden_size, height, width)` for a convolutional backbone (ResNet, ConvNeXt), or `(batch_size,
+            sequence_length, hidden_size)` for a token-sequence one, whose patch tokens follow its prefix tokens
+            ([CLS], DeiT's distillation token, Dinov2's registers; none for Swin).
+        pixel_values (`torch.Tensor`): the input images, whose size gives the patch grid of a token sequence.
+        vision_config (`PretrainedConfig`): the backbone's config (see [`token_grid_size`]).
+        pooling (`str`): `"cls"` takes the first token (a class token), `"mean"` averages the patch features,
+            `"pooler"` takes the backbone's own `pooler_output`.
 
     Returns:
         `(pooled, patch_states, grid_size)`: `(batch_size, hidden_size)`, `(batch_size, num_patches, hidden_size)`
-        and the `(height, width)` of the patch grid.
+        and the `(height, width)` of the patch grid; `patch_states` lists the grid row by row.
     """
+    hidden_states = vision_outputs.last_hidden_state
+    backbone = f"the vision backbone {vision_config.model_type!r}"
     if hidden_states.dim() == 4:
         grid_size = tuple(hidden_states.shape[-2:])
         patch_states = hidden_states.flatten(2).transpose(1, 2)
         num_prefix_tokens = 0
-    else:
-        if not isinstance(patch_size, int):
-            raise ValueError(
-                f"A token-sequence vision backbone needs an int `patch_size` in its config to find its patch tokens, "
-                f"got {patch_size!r}."
-            )
-        grid_size = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
+    elif hidden_states.dim() == 3:
+        grid_size = token_grid_size(vision_config, tuple(pixel_values.shape[-2:]))
         num_prefix_tokens = hidden_states.shape[1] - grid_size[0] * grid_size[1]
         if num_prefix_tokens < 0:
             raise ValueError(
-                f"The vision backbone returned {hidden_states.shape[1]} tokens, fewer than the {grid_size} patch grid "
-                f"of {tuple(pixel_values.shape[-2:])} images with patch size {patch_size}."
+                f"The vision backbone {vision_config.model_type!r} returned {hidden_states.shape[1]} tokens, fewer "
+                f"than the {grid_size} patch grid of {tuple(pixel_values.shape[-2:])} images at its output stride "
+                f"{vision_output_stride(vision_config)}."
             )
         patch_states = hidden_states[:, num_prefix_tokens:]
+    else:
+        raise ValueError(
+            f"The vision backbone {vision_config.model_type!r} returned a `last_hidden_state` of shape "
+            f"{tuple(hidden_states.shape)}, which holds no patch grid: SISTA needs (batch_size, channels, height, "
+            "width) or (batch_size, tokens, channels)."
+        )
     if pooling == "cls":
         if num_prefix_tokens == 0:
-            raise ValueError("`vision_pooling='cls'` needs a backbone with a class token; use vision_pooling='mean'.")
+            raise ValueError(
+                f"`vision_pooling='cls'` needs a class token, but {backbone} returns patch features only; use "
+                "vision_pooling='mean' or 'pooler'."
+            )
         pooled = hidden_states[:, 0]
+    elif pooling == "pooler":
+        pooler_output = vision_outputs.get("pooler_output")
+        if pooler_output is None:
+            raise ValueError(
+                f"`vision_pooling='pooler'` needs the backbone's `pooler_output`, but {backbone} returned none (a "
+                "backbone loaded without its pooling layer, e.g. with `add_pooling_layer=False`)."
+            )
+        pooled = pooler_output.flatten(1)  # ResNet pools to (batch_size, channels, 1, 1)
+        if pooled.shape[-1] != patch_states.shape[-1]:
+            raise ValueError(
+                f"`vision_pooling='pooler'`: the `pooler_output` of {backbone} has width {pooled.shape[-1]}, its patch "
+                f"features {patch_states.shape[-1]}; the shared projection needs one width; use 'cls' or 'mean'."
+            )
     else:
         pooled = patch_states.mean(dim=1)
     return pooled, patch_states, grid_size
+
+
+def check_vision_feature_size(patch_states: torch.Tensor, expected: int, vision_config):
+    """Raises a `ValueError` when the backbone's features are not as wide as the layers SISTA built on them."""
+    if patch_states.shape[-1] != expected:
+        raise ValueError(
+            f"The vision backbone {vision_config.model_type!r} returned features of width {patch_states.shape[-1]}, "
+            f"but its config gives {expected} (see `vision_feature_size`), which sized the layers on top of it."
+        )
 
 
 class SistaPreTrainedModel(PreTrainedModel):
@@ -401,7 +511,10 @@ class SistaPreTrainedModel(PreTrainedModel):
                     f"{model_type!r}, expected {SistaConfig.model_type!r} (a folder saved by SistaModel or a SISTA "
                     f"task head)."
                 )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        freeze_mask_token(model.vision_model)  # loading replaces the parameter that `__init__` froze
+        return loaded
 
     @property
     def patch_size(self) -> int | None:
@@ -456,13 +569,18 @@ class SistaModel(SistaPreTrainedModel):
         text_model: PreTrainedModel | None = None,
     ):
         super().__init__(config)
-        self.vision_model = vision_model if vision_model is not None else backbone_from_config(config.vision_config)
+        self.vision_model = (
+            vision_model
+            if vision_model is not None
+            else backbone_from_config(config.vision_config, keep_pooler=config.vision_pooling == "pooler")
+        )
         self.text_model = text_model if text_model is not None else backbone_from_config(config.text_config)
         # one source of truth for the sub-configs, as VisionTextDualEncoderModel does
         self.vision_model.config = self.config.vision_config
         self.text_model.config = self.config.text_config
+        freeze_mask_token(self.vision_model)
 
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(vision_feature_size(self.vision_model), config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         # the temperature is trained by SIA alone; without SIA it would be a parameter without gradient, which DDP
         # (find_unused_parameters=False) rejects
@@ -495,9 +613,13 @@ class SistaModel(SistaPreTrainedModel):
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         text_config = AutoConfig.from_pretrained(text_model_name_or_path)
         vision_kwargs, text_kwargs = dict(vision_kwargs or {}), dict(text_kwargs or {})
-        for model_config, kwargs in ((vision_config, vision_kwargs), (text_config, text_kwargs)):
+        keep_vision_pooler = config_kwargs.get("vision_pooling", SistaConfig.vision_pooling) == "pooler"
+        for model_config, kwargs, keep_pooler in (
+            (vision_config, vision_kwargs, keep_vision_pooler),
+            (text_config, text_kwargs, False),
+        ):
             if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(model_config)]).parameters:
-                kwargs.setdefault("add_pooling_layer", False)
+                kwargs.setdefault("add_pooling_layer", keep_pooler)
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **vision_kwargs)
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
         if tokenizer is not None:
@@ -517,18 +639,22 @@ class SistaModel(SistaPreTrainedModel):
 
     # -- encoders -----------------------------------------------------------------------------------------------------
 
-    def encode_image(self, pixel_values: torch.Tensor, **kwargs) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
+    def encode_image(
+        self, pixel_values: torch.Tensor, **kwargs
+    ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor, tuple[int, int]]:
         r"""
-        Returns `(vision_outputs, image_features, patch_features)`: the backbone output, the projected global feature
-        `(batch_size, projection_dim)` and the projected patch features `(batch_size, num_patches, projection_dim)`,
-        both before L2 normalisation.
+        Returns `(vision_outputs, image_features, patch_features, patch_grid_size)`: the backbone output, the projected
+        global feature `(batch_size, projection_dim)` and the projected patch features `(batch_size, num_patches,
+        projection_dim)`, both before L2 normalisation, and the `(height, width)` of the patch grid that the
+        backbone's output gives (`patch_features` lists it row by row).
         """
         self._check_pixel_values(pixel_values)
         vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        pooled, patch_states, _ = split_vision_states(
-            vision_outputs.last_hidden_state, pixel_values, self.patch_size, self.config.vision_pooling
+        pooled, patch_states, grid_size = split_vision_states(
+            vision_outputs, pixel_values, self.config.vision_config, self.config.vision_pooling
         )
-        return vision_outputs, self.visual_projection(pooled), self.visual_projection(patch_states)
+        check_vision_feature_size(patch_states, self.visual_projection.in_features, self.config.vision_config)
+        return vision_outputs, self.visual_projection(pooled), self.visual_projection(patch_states), grid_size
 
     def encode_text(
         self,
@@ -570,7 +696,7 @@ class SistaModel(SistaPreTrainedModel):
         Returns the vision backbone's output with `pooler_output` replaced by the projected image features of shape
         `(batch_size, projection_dim)` (not normalised), as CLIP does in transformers 5.
         """
-        vision_outputs, image_features, _ = self.encode_image(pixel_values, **kwargs)
+        vision_outputs, image_features, _, _ = self.encode_image(pixel_values, **kwargs)
         return BaseModelOutputWithPooling(
             last_hidden_state=vision_outputs.last_hidden_state,
             pooler_output=image_features,
@@ -677,7 +803,9 @@ class SistaModel(SistaPreTrainedModel):
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
 
-        vision_outputs, image_features, patch_features = self.encode_image(pixel_values, **backbone_kwargs)
+        vision_outputs, image_features, patch_features, patch_grid_size = self.encode_image(
+            pixel_values, **backbone_kwargs
+        )
         text_outputs, text_features, token_features = self.encode_text(
             input_ids, attention_mask, token_type_ids, **backbone_kwargs, **kwargs
         )
@@ -740,6 +868,7 @@ class SistaModel(SistaPreTrainedModel):
             token_patch_weights=token_patch_weights,
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
+            patch_grid_size=patch_grid_size,
         )
         return output if return_dict else output.to_tuple()
 
@@ -973,7 +1102,8 @@ class SistaObjectDetectionOutput(ModelOutput):
         loss_dict (`dict[str, torch.FloatTensor]`, *optional*): the unweighted `loss_heatmap`, `loss_size`,
             `loss_offset`.
         heatmap_logits (`torch.FloatTensor` of shape `(batch_size, num_labels, grid_height, grid_width)`):
-            Per-class centre heatmap logits on the output grid (stride `patch_size / detection_upsample_factor`).
+            Per-class centre heatmap logits on the output grid (the patch grid upsampled `detection_upsample_factor`
+            times).
         box_sizes (`torch.FloatTensor` of shape `(batch_size, 2, grid_height, grid_width)`): predicted box width and
             height, in output cells.
         box_offsets (`torch.FloatTensor` of shape `(batch_size, 2, grid_height, grid_width)`): predicted sub-cell
@@ -1022,10 +1152,12 @@ class SistaVisionHeadModel(SistaPreTrainedModel):
 
     def __init__(self, config: SistaConfig):
         super().__init__(config)
-        self.vision_model = backbone_from_config(config.vision_config)
+        self.vision_model = backbone_from_config(config.vision_config, keep_pooler=config.vision_pooling == "pooler")
         self.vision_model.config = self.config.vision_config
+        self.vision_feature_size = vision_feature_size(self.vision_model)
         if config.freeze_encoder:
             self.vision_model.requires_grad_(False)
+        freeze_mask_token(self.vision_model)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -1033,6 +1165,7 @@ class SistaVisionHeadModel(SistaPreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # loading replaces the parameters that `__init__` froze
         model.vision_model.requires_grad_(not model.config.freeze_encoder)
+        freeze_mask_token(model.vision_model)
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -1061,8 +1194,8 @@ class SistaVisionHeadModel(SistaPreTrainedModel):
     ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor]:
         r"""
         Returns `(vision_outputs, pooled, patch_grid)`: the backbone output, the pooled feature `(batch_size,
-        hidden_size)` (per `config.vision_pooling`) and the patch features as a map `(batch_size, hidden_size,
-        height // patch_size, width // patch_size)`.
+        vision_feature_size)` (per `config.vision_pooling`) and the patch features as a map `(batch_size,
+        vision_feature_size, grid_height, grid_width)`, the grid the backbone's output gives.
         """
         self._check_pixel_values(pixel_values)
         backbone_kwargs = {
@@ -1074,8 +1207,9 @@ class SistaVisionHeadModel(SistaPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             vision_outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **backbone_kwargs)
         pooled, patch_states, (grid_height, grid_width) = split_vision_states(
-            vision_outputs.last_hidden_state, pixel_values, self.patch_size, self.config.vision_pooling
+            vision_outputs, pixel_values, self.config.vision_config, self.config.vision_pooling
         )
+        check_vision_feature_size(patch_states, self.vision_feature_size, self.config.vision_config)
         patch_grid = patch_states.transpose(1, 2).reshape(patch_states.shape[0], -1, grid_height, grid_width)
         return vision_outputs, pooled, patch_grid
 
@@ -1112,7 +1246,7 @@ class SistaForImageClassification(SistaVisionHeadModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.vision_config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(self.vision_feature_size, config.num_labels)
         self.post_init()
 
     def _problem_type(self, labels: torch.Tensor) -> str:
@@ -1184,14 +1318,14 @@ class SistaForImageClassification(SistaVisionHeadModel):
 
 class SistaSegmentationDecoder(nn.Module):
     r"""
-    Progressive-upsampling decoder on the patch grid (SETR-PUP style): `log2(patch_size)` stages of 3×3 conv +
-    GroupNorm + ReLU + 2× bilinear upsampling, halving the channels from `decoder_hidden_size` (at least 32), then a
-    1×1 classifier and a last resize to the exact input size.
+    Progressive-upsampling decoder on the patch grid (SETR-PUP style): `log2(output_stride)` stages (2 when the
+    backbone's stride is unknown) of 3×3 conv + GroupNorm + ReLU + 2× bilinear upsampling, halving the channels from
+    `decoder_hidden_size` (at least 32), then a 1×1 classifier and a last resize to the exact input size.
     """
 
-    def __init__(self, in_channels: int, hidden_size: int, num_labels: int, patch_size: int | None):
+    def __init__(self, in_channels: int, hidden_size: int, num_labels: int, output_stride: int | None):
         super().__init__()
-        num_stages = max(math.ceil(math.log2(patch_size)), 1) if patch_size else 2
+        num_stages = max(math.ceil(math.log2(output_stride)), 1) if output_stride else 2
         channels = [in_channels] + [max(hidden_size // 2**stage, 32) for stage in range(num_stages)]
         self.stages = nn.ModuleList(_conv_norm_relu(channels[i], channels[i + 1]) for i in range(num_stages))
         self.classifier = nn.Conv2d(channels[-1], num_labels, kernel_size=1)
@@ -1226,7 +1360,10 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
     def __init__(self, config: SistaConfig):
         super().__init__(config)
         self.decoder = SistaSegmentationDecoder(
-            config.vision_config.hidden_size, config.decoder_hidden_size, config.num_labels, self.patch_size
+            self.vision_feature_size,
+            config.decoder_hidden_size,
+            config.num_labels,
+            vision_output_stride(config.vision_config),
         )
         self.post_init()
 
@@ -1349,7 +1486,7 @@ class SistaForObjectDetection(SistaVisionHeadModel):
     def __init__(self, config: SistaConfig):
         super().__init__(config)
         self.detection_head = SistaDetectionHead(
-            config.vision_config.hidden_size,
+            self.vision_feature_size,
             config.decoder_hidden_size,
             config.num_labels,
             config.detection_upsample_factor,
