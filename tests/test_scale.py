@@ -1,6 +1,8 @@
 """Training at scale: FSDP2 (2 gloo processes against one), losses in float32 under bf16 autocast, a logit scale of
-shape (1,) that still loads older scalar checkpoints, and losses and gather that compile without graph breaks."""
+shape (1,) that still loads older scalar checkpoints, losses and gather that compile without graph breaks, and the
+GPU benchmark's CPU smoke run."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import SPECIAL_TOKEN_IDS, tiny_batch, tiny_sista_config
+from conftest import SPECIAL_TOKEN_IDS, load_benchmark, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel, false_negative_mask, sia_loss, sta_loss
 
 
@@ -241,3 +243,22 @@ def test_losses_compile_without_graph_breaks_and_match_eager():
     compiled_sta, compiled_weights = torch.compile(sta_loss, fullgraph=True)(token_embeds, patch_embeds, token_mask)
     torch.testing.assert_close(compiled_sta, eager_sta, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled_weights, eager_weights, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The GPU benchmark's smoke run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_gpu_scale_benchmark_runs_tiny_on_cpu(tmp_path):
+    bench_gpu_scale = load_benchmark("bench_gpu_scale")
+    output = tmp_path / "bench.json"
+    report = bench_gpu_scale.main(["--tiny", "--steps", "2", "--warmup", "1", "--output", str(output)])
+    assert json.loads(output.read_text()) == report
+    cases = report["cases"]
+    assert set(cases) == {"sista", "clip", "sista_fsdp2"}
+    for case in cases.values():
+        assert case["images_per_s"] == pytest.approx(report["batch_size"] / case["step_time_s"])
+    assert report["sista_clip_step_time_ratio"] == cases["sista"]["step_time_s"] / cases["clip"]["step_time_s"]
+    # the same model from the same seed, trained with bf16 parameters under FSDP2 instead of bf16 autocast
+    assert cases["sista_fsdp2"]["final_loss"] == pytest.approx(cases["sista"]["final_loss"], rel=2e-2)
