@@ -246,8 +246,9 @@ def gather_global_batch(
     gradients (the backward sums each process's contribution), `report_embeds` without. Each process then scores
     its local rows against the global columns, so that loss and gradients equal one process holding the batch.
 
-    Every process must hold the same batch size (checked once per process by [`check_equal_batch_sizes`]). The
-    functional collectives used here neither wait on the host nor break a `torch.compile` graph.
+    Every process must hold the same batch size, checked once per process by [`check_equal_batch_sizes`] (at the
+    first eager call), not at every step. The functional collectives used here neither wait on the host nor break a
+    `torch.compile` graph.
 
     Returns:
         `(all_image_embeds, all_text_embeds, all_report_embeds, row_offset)`; the inputs and 0 on one process.
@@ -258,7 +259,7 @@ def gather_global_batch(
     world_size = torch.distributed.get_world_size()
     if world_size == 1:
         return image_embeds, text_embeds, report_embeds, 0
-    if not _batch_sizes_checked:
+    if not _batch_sizes_checked and not torch.compiler.is_compiling():
         check_equal_batch_sizes(image_embeds.shape[0])
         _batch_sizes_checked = True
 
@@ -555,8 +556,8 @@ class SistaModel(SistaPreTrainedModel):
     def _may_check_values(self, tensor: torch.Tensor) -> bool:
         """
         Whether checks that read tensor values run: on CPU tensors and outside training, where reading costs nothing;
-        not in a training step on an accelerator (it would wait for the device) nor in a compiled graph (the
-        collator validates those batches).
+        not in a training step on an accelerator (it would wait for the device) nor in a compiled graph, whose
+        batches are to be validated before the step.
         """
         return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not self.training)
 

@@ -4,7 +4,8 @@ Each process takes its half of the global batch, runs a tiny SISTA (gloo) wrappe
 `case["strategy"] == "fsdp2"`, sharded by FSDP2 through accelerate's `fsdp2_prepare_model`, and rank 0 writes the
 averaged loss and the synchronised (for FSDP2: gathered full) gradients for the test to compare with one process
 holding the whole batch. With `case["compile_gather"]`, rank 0 also writes the global batch gathered by
-`gather_global_batch` eagerly and compiled with `fullgraph=True`, with the gradients each reaches.
+`gather_global_batch` eagerly and compiled with `fullgraph=True`, with the gradients each reaches; with
+`case["check_uneven_batch"]`, the error that a gather of 2 samples against 3 raises first.
 """
 
 import os
@@ -14,6 +15,9 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import FullyShardedDataParallelPlugin
+from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -25,10 +29,6 @@ from modeling_sista import SistaModel, gather_global_batch  # noqa: E402
 
 def shard_with_fsdp2(model: torch.nn.Module, rank: int) -> torch.nn.Module:
     """The calls `accelerate launch` makes for `examples/accelerate_configs/fsdp.yaml`, gradients reduced in fp32."""
-    from accelerate.utils import FullyShardedDataParallelPlugin
-    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
     plugin = FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
@@ -83,6 +83,12 @@ def main(work_dir: Path):
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    uneven_batch_error = None
+    if case.get("check_uneven_batch"):
+        try:
+            gather_global_batch(torch.zeros(2 + rank, 4), torch.zeros(2 + rank, 4), None)
+        except ValueError as error:
+            uneven_batch_error = str(error)
     if case.get("strategy", "ddp") == "fsdp2":
         wrapped_model = shard_with_fsdp2(model, rank)
         unsharded = [name for name, parameter in model.named_parameters() if not isinstance(parameter, DTensor)]
@@ -99,7 +105,7 @@ def main(work_dir: Path):
     dist.all_reduce(losses)
     losses /= world_size
     grads = {name: full_gradient(parameter) for name, parameter in model.named_parameters()}
-    results = {"loss": losses[0], "loss_sia": losses[1], "grads": grads}
+    results = {"loss": losses[0], "loss_sia": losses[1], "grads": grads, "uneven_batch_error": uneven_batch_error}
     if case.get("compile_gather"):
         results["gather"] = gather_eager_and_compiled(rank)
     if rank == 0:

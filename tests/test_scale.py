@@ -99,6 +99,7 @@ def test_input_embeddings_are_the_text_towers():
 
 
 def test_fsdp2_two_processes_equal_one_process_and_the_gather_compiles(tmp_path):
+    """Also: a first gather of unequal batch sizes is refused, naming the sizes."""
     config_kwargs = {"sia_threshold": 0.3}
     global_batch = tiny_batch(batch_size=8, report_dim=4, seed=3)
     global_batch["report_embeds"] = global_batch["report_embeds"].sign()  # false negatives across processes
@@ -107,8 +108,10 @@ def test_fsdp2_two_processes_equal_one_process_and_the_gather_compiles(tmp_path)
         "config_kwargs": config_kwargs,
         "strategy": "fsdp2",
         "compile_gather": has_cpp_compiler(),
+        "check_uneven_batch": True,
     }
     distributed = run_two_processes(tmp_path, case)
+    assert "same batch size on every process, got [2, 3]" in distributed["uneven_batch_error"]
 
     model = tiny_model(**config_kwargs).train()
     for module in model.modules():
