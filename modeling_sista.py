@@ -9,7 +9,6 @@ utilities.
 
 import inspect
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
 from transformers.utils import ModelOutput, logging
 
+
+if torch.distributed.is_available():
+    from torch.distributed import _functional_collectives as functional_collectives
 
 try:
     from .configuration_sista import PROBLEM_TYPES, SistaConfig
@@ -113,16 +117,21 @@ def sia_loss(
         report_similarity (`torch.Tensor` of shape `(local_batch_size, global_batch_size)`):
             `<e_i, e_j>`, symmetric, so it serves both directions.
         row_offset (`int`): index of this process's first sample in the global batch (0 on a single process).
+
+    Computed in float32 (float64 inputs stay float64), also under autocast.
     """
-    positive_index = torch.arange(logits_per_image.shape[0], device=logits_per_image.device) + row_offset
-    false_negatives = false_negative_mask(report_similarity, threshold, positive_index)
-    image_to_text = semantic_aware_contrastive_loss(
-        logits_per_image, false_negatives, positive_index, mode, soft_target, report_similarity
-    )
-    text_to_image = semantic_aware_contrastive_loss(
-        logits_per_text, false_negatives, positive_index, mode, soft_target, report_similarity
-    )
-    return (image_to_text + text_to_image) / 2
+    with torch.autocast(device_type=logits_per_image.device.type, enabled=False):
+        logits_per_image, logits_per_text = upcast(logits_per_image), upcast(logits_per_text)
+        report_similarity = upcast(report_similarity)
+        positive_index = torch.arange(logits_per_image.shape[0], device=logits_per_image.device) + row_offset
+        false_negatives = false_negative_mask(report_similarity, threshold, positive_index)
+        image_to_text = semantic_aware_contrastive_loss(
+            logits_per_image, false_negatives, positive_index, mode, soft_target, report_similarity
+        )
+        text_to_image = semantic_aware_contrastive_loss(
+            logits_per_text, false_negatives, positive_index, mode, soft_target, report_similarity
+        )
+        return (image_to_text + text_to_image) / 2
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,33 +188,54 @@ def sta_loss(
 
     Returns:
         `(loss, weights)`: the scalar loss (0 when no sample has a valid token) and `A` of shape
-        `(batch_size, num_tokens, num_patches)`.
+        `(batch_size, num_tokens, num_patches)`, in float32 (float64 inputs stay float64), also under autocast.
     """
-    text_token_embeds, image_patch_embeds = upcast(text_token_embeds), upcast(image_patch_embeds)
-    if sparsity_threshold is None:
-        sparsity_threshold = 1.0 / image_patch_embeds.shape[1]
+    with torch.autocast(device_type=image_patch_embeds.device.type, enabled=False):
+        text_token_embeds, image_patch_embeds = upcast(text_token_embeds), upcast(image_patch_embeds)
+        if sparsity_threshold is None:
+            sparsity_threshold = 1.0 / image_patch_embeds.shape[1]
 
-    token_patch_similarity = torch.einsum("bld,bpd->blp", text_token_embeds, image_patch_embeds)
-    weights = sparse_token_patch_weights(token_patch_similarity, sparsity_threshold)
-    language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
+        token_patch_similarity = torch.einsum("bld,bpd->blp", text_token_embeds, image_patch_embeds)
+        weights = sparse_token_patch_weights(token_patch_similarity, sparsity_threshold)
+        language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
 
-    token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds) / temperature
-    pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
-    token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
-    token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
-    group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
-    per_token = (token_to_group + group_to_token) / 2 * token_mask
+        token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds)
+        token_group_logits = token_group_logits / temperature
+        pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
+        token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
+        token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
+        group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
+        per_token = (token_to_group + group_to_token) / 2 * token_mask
 
-    tokens_per_sample = token_mask.sum(dim=1)
-    has_tokens = tokens_per_sample > 0
-    per_sample = per_token.sum(dim=1) / tokens_per_sample.clamp_min(1)
-    loss = (per_sample * has_tokens).sum() / has_tokens.sum().clamp_min(1)
-    return loss, weights
+        tokens_per_sample = token_mask.sum(dim=1)
+        has_tokens = tokens_per_sample > 0
+        per_sample = per_token.sum(dim=1) / tokens_per_sample.clamp_min(1)
+        loss = (per_sample * has_tokens).sum() / has_tokens.sum().clamp_min(1)
+        return loss, weights
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Distributed: global-batch SIA
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_equal_batch_sizes(local_batch_size: int):
+    r"""
+    Raises a `ValueError` unless every process holds `local_batch_size` samples; the gather of
+    [`gather_global_batch`] needs equal sizes. One collective and one host sync: called once per process (at the
+    first gathered step), not at every step.
+    """
+    world_size = torch.distributed.get_world_size()
+    sizes = [None] * world_size
+    torch.distributed.all_gather_object(sizes, local_batch_size)
+    if len(set(sizes)) > 1:
+        raise ValueError(
+            f"Global-batch SIA needs the same batch size on every process, got {sizes}; keep accelerate's "
+            "`even_batches=True` (the default) or drop the last incomplete batch."
+        )
+
+
+_batch_sizes_checked = False
 
 
 def gather_global_batch(
@@ -216,37 +246,29 @@ def gather_global_batch(
     gradients (the backward sums each process's contribution), `report_embeds` without. Each process then scores
     its local rows against the global columns, so that loss and gradients equal one process holding the batch.
 
+    Every process must hold the same batch size, checked once per process by [`check_equal_batch_sizes`] (at the
+    first eager call), not at every step. The functional collectives used here neither wait on the host nor break a
+    `torch.compile` graph.
+
     Returns:
         `(all_image_embeds, all_text_embeds, all_report_embeds, row_offset)`; the inputs and 0 on one process.
     """
+    global _batch_sizes_checked
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return image_embeds, text_embeds, report_embeds, 0
     world_size = torch.distributed.get_world_size()
     if world_size == 1:
         return image_embeds, text_embeds, report_embeds, 0
+    if not _batch_sizes_checked and not torch.compiler.is_compiling():
+        check_equal_batch_sizes(image_embeds.shape[0])
+        _batch_sizes_checked = True
 
-    local_size = torch.tensor([image_embeds.shape[0]], device=image_embeds.device)
-    sizes = [torch.zeros_like(local_size) for _ in range(world_size)]
-    torch.distributed.all_gather(sizes, local_size)
-    if any(size.item() != local_size.item() for size in sizes):
-        raise ValueError(
-            f"Global-batch SIA needs the same batch size on every process, got {[s.item() for s in sizes]}; "
-            "keep accelerate's `even_batches=True` (the default) or drop the last incomplete batch."
-        )
-
-    with warnings.catch_warnings():
-        # the autograd-aware collective is the one that carries gradients on every backend, gloo included
-        warnings.simplefilter("ignore", category=UserWarning)
-        warnings.simplefilter("ignore", category=FutureWarning)
-        from torch.distributed.nn.functional import all_gather
-
-        all_image_embeds = torch.cat(all_gather(image_embeds), dim=0)
-        all_text_embeds = torch.cat(all_gather(text_embeds), dim=0)
+    group = torch.distributed.group.WORLD
+    all_image_embeds = functional_collectives.all_gather_single_autograd(image_embeds.contiguous(), 0, group)
+    all_text_embeds = functional_collectives.all_gather_single_autograd(text_embeds.contiguous(), 0, group)
     all_report_embeds = None
     if report_embeds is not None:
-        gathered = [torch.empty_like(report_embeds) for _ in range(world_size)]
-        torch.distributed.all_gather(gathered, report_embeds.contiguous())
-        all_report_embeds = torch.cat(gathered, dim=0)
+        all_report_embeds = functional_collectives.all_gather_single(report_embeds.detach().contiguous(), 0, group)
     row_offset = torch.distributed.get_rank() * image_embeds.shape[0]
     return all_image_embeds, all_text_embeds, all_report_embeds, row_offset
 
@@ -583,11 +605,25 @@ class SistaModel(SistaPreTrainedModel):
         self.visual_projection = nn.Linear(vision_feature_size(self.vision_model), config.projection_dim, bias=False)
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         # the temperature is trained by SIA alone; without SIA it would be a parameter without gradient, which DDP
-        # (find_unused_parameters=False) rejects
+        # (find_unused_parameters=False) rejects. Shape (1,), not a scalar: FSDP2 cannot shard 0-dim parameters.
         self.logit_scale = nn.Parameter(
-            torch.tensor(config.logit_scale_init_value), requires_grad=config.sia_weight > 0
+            torch.full((1,), config.logit_scale_init_value), requires_grad=config.sia_weight > 0
         )
         self.post_init()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # state dicts saved before the logit scale had shape (1,) hold a 0-dim scalar (`load_state_dict`, resume)
+        key = f"{prefix}logit_scale"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The text backbone's token embeddings (accelerate's FSDP2 preparation shards them as a unit of their own)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_model.set_input_embeddings(value)
 
     @classmethod
     def from_vision_text_pretrained(
@@ -639,6 +675,14 @@ class SistaModel(SistaPreTrainedModel):
 
     # -- encoders -----------------------------------------------------------------------------------------------------
 
+    def _may_check_values(self, tensor: torch.Tensor) -> bool:
+        """
+        Whether checks that read tensor values run: on CPU tensors and outside training, where reading costs nothing;
+        not in a training step on an accelerator (it would wait for the device) nor in a compiled graph, whose
+        batches are to be validated before the step.
+        """
+        return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not self.training)
+
     def encode_image(
         self, pixel_values: torch.Tensor, **kwargs
     ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -677,9 +721,10 @@ class SistaModel(SistaPreTrainedModel):
                 f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
                 f"got {tuple(attention_mask.shape)}."
             )
-        empty_rows = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
-        if empty_rows:
-            raise ValueError(f"`attention_mask` has no token for rows {empty_rows}: every report needs a token.")
+        if self._may_check_values(attention_mask):
+            empty_rows = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
+            if empty_rows:
+                raise ValueError(f"`attention_mask` has no token for rows {empty_rows}: every report needs a token.")
         if token_type_ids is not None:  # not every text backbone takes them (e.g. DistilBERT)
             kwargs["token_type_ids"] = token_type_ids
         text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
@@ -688,7 +733,8 @@ class SistaModel(SistaPreTrainedModel):
             pooled = token_states[:, 0]
         else:
             mask = attention_mask[..., None].to(token_states.dtype)
-            pooled = (token_states * mask).sum(dim=1) / mask.sum(dim=1)
+            # a row without tokens pools to zeros rather than NaN (checking for one here would sync with the host)
+            pooled = (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
         return text_outputs, self.text_projection(pooled), self.text_projection(token_states)
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
@@ -747,21 +793,25 @@ class SistaModel(SistaPreTrainedModel):
                     "`config.sia_similarity_source='text_embeds'`, or `config.sia_threshold > 1` for plain CLIP."
                 )
             report_embeds = text_embeds.detach()  # unused: a threshold above 1 flags no pair
-        report_embeds = F.normalize(report_embeds.float(), dim=-1)
 
-        all_image_embeds, all_text_embeds, all_report_embeds, row_offset = gather_global_batch(
-            image_embeds, text_embeds, report_embeds
-        )
-        logit_scale = self.logit_scale.exp().clamp(max=100)
-        return sia_loss(
-            logits_per_image=logit_scale * image_embeds @ all_text_embeds.t(),
-            logits_per_text=logit_scale * text_embeds @ all_image_embeds.t(),
-            report_similarity=report_embeds @ all_report_embeds.t(),
-            threshold=self.config.sia_threshold,
-            mode=self.config.sia_mode,
-            soft_target=self.config.sia_soft_target,
-            row_offset=row_offset,
-        )
+        # logits and report similarities in float32 also under bf16 autocast: the false negatives are thresholded on
+        # these similarities
+        with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+            image_embeds, text_embeds = upcast(image_embeds), upcast(text_embeds)
+            report_embeds = F.normalize(report_embeds.float(), dim=-1)
+            all_image_embeds, all_text_embeds, all_report_embeds, row_offset = gather_global_batch(
+                image_embeds, text_embeds, report_embeds
+            )
+            logit_scale = upcast(self.logit_scale).exp().clamp(max=100)
+            return sia_loss(
+                logits_per_image=logit_scale * image_embeds @ all_text_embeds.t(),
+                logits_per_text=logit_scale * text_embeds @ all_image_embeds.t(),
+                report_similarity=report_embeds @ all_report_embeds.t(),
+                threshold=self.config.sia_threshold,
+                mode=self.config.sia_mode,
+                soft_target=self.config.sia_soft_target,
+                row_offset=row_offset,
+            )
 
     # -- forward ------------------------------------------------------------------------------------------------------
 
@@ -817,7 +867,8 @@ class SistaModel(SistaPreTrainedModel):
         image_patch_embeds = F.normalize(patch_features, dim=-1)
         text_token_embeds = F.normalize(token_features, dim=-1)
 
-        logit_scale = self.logit_scale.exp().clamp(max=100)
+        # 0-dim, so that the logits keep the embeddings' dtype
+        logit_scale = self.logit_scale.exp().clamp(max=100).squeeze(0)
         logits_per_text = logit_scale * text_embeds @ image_embeds.t()
         logits_per_image = logits_per_text.t()
 
@@ -874,6 +925,28 @@ class SistaModel(SistaPreTrainedModel):
 
 
 SistaModel.register_for_auto_class("AutoModel")
+
+
+class ReshapeToParameter(ConversionOps):
+    """A checkpoint tensor reshaped to the shape of the model's parameter, e.g. a 0-dim `logit_scale` to `(1,)`."""
+
+    @torch.no_grad()
+    def convert(self, input_dict, source_patterns, target_patterns, model=None, full_layer_name=None, **kwargs):
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(model.get_parameter(full_layer_name).shape)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return self
+
+
+# checkpoints saved before the logit scale had shape (1,) hold a 0-dim scalar (`from_pretrained`)
+register_checkpoint_conversion_mapping(
+    SistaModel.__name__,
+    [WeightConverter("logit_scale", "logit_scale", operations=[ReshapeToParameter()])],
+    overwrite=True,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def test_two_processes_log_the_losses_of_one(tiny_dataset_path, tmp_path):
     ddp = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no"]  # fmt: skip
     fsdp = ["--config_file", str(REPO_ROOT / "examples" / "accelerate_configs" / "fsdp.yaml"),
-            "--mixed_precision", "no"]  # fmt: skip
+            "--num_processes", "2", "--mixed_precision", "no"]  # fmt: skip
     launch(common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], tmp_path)
     launch(common + ["--output_dir", str(tmp_path / "ddp"), *half], tmp_path, ddp)
     cache = ["--gradient_cache_chunk_size", "2"]
