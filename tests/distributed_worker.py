@@ -12,10 +12,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from conftest import tiny_sista_config  # noqa: E402
-from modeling_sista import SistaModel  # noqa: E402
+# run as a script, so its own folder (tests/) is first on the import path
+from conftest import tiny_sista_config
+from modeling_sista import SistaModel
 
 
 def main(work_dir: Path):

@@ -3,9 +3,9 @@
 Loads a SISTA release folder the way a Hub user does, through the Auto classes and `trust_remote_code=True`, and
 runs it on fixed inputs. Meant to run in a clean interpreter that has transformers but not this project:
 
-    python -I examples/release_load_check.py RELEASE_FOLDER [RELEASE_FOLDER ...] --outputs outputs.safetensors ...
+    python -I examples/sista_examples/hub/load_check.py RELEASE_FOLDER [RELEASE_FOLDER ...] --outputs outputs.safetensors ...
 
-`-I` keeps the current folder, the script's folder and PYTHONPATH off `sys.path`; on top of that the project's
+`-I` keeps the current folder, the script's folder and PYTHONPATH off the import path; on top of that the project's
 module names are blocked, so an editable install of the project cannot stand in for the folder's own code. Every
 class that comes back must live in `transformers_modules` (the copy of the folder's code).
 

@@ -20,10 +20,10 @@ encoders, pre-trained briefly with `--objective sta`:
    `reproduce.py` runs only the downstream tasks (the pre-training records exist) and writes its JSON, table and
    plots to `<output_dir>`.
 
-    python benchmarks/warm_start.py                                   # seed 0, classification/zero-shot/retrieval
-    python benchmarks/warm_start.py --seeds 0,1,2 --tasks classification,segmentation,detection,zero_shot,retrieval \
+    python research/warm_start.py                                   # seed 0, classification/zero-shot/retrieval
+    python research/warm_start.py --seeds 0,1,2 --tasks classification,segmentation,detection,zero_shot,retrieval \
         --label_fractions 0.1,1.0                                     # what REPRODUCE.md reports (~23 min on 2 cores)
-    python benchmarks/warm_start.py --warm_epochs 4 --objectives clip,sia,sta,sista --seeds 0 \
+    python research/warm_start.py --warm_epochs 4 --objectives clip,sia,sta,sista --seeds 0 \
         --diag_dir outputs/warm_start4_diag --work_dir outputs/warm_start4 \
         --output_dir docs/results/warm_start/warm_start_4epochs        # a stronger warm start (248 STA steps)
 
@@ -41,8 +41,6 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def parse(argv=None):
@@ -117,7 +115,7 @@ def main(argv=None):
     warm_dir = diag_dir / warm_tag / "runs" / f"sta-seed{options.warm_seed}" / "pretrain"
     if not (warm_dir / "model.safetensors").is_file():
         share_dataset(diag_dir, warm_tag, dataset)
-        run([python, "benchmarks/clip_collapse.py", "--objective", "sta", "--seed", str(options.warm_seed),
+        run([python, "research/clip_collapse.py", "--objective", "sta", "--seed", str(options.warm_seed),
              "--tag", warm_tag, "--work_dir", os.fspath(diag_dir), "--output_dir", os.fspath(probes_dir),
              "--probe_steps", "0,10,20,40,62",
              "--pretrain_extra_args", f"--num_train_epochs {options.warm_epochs:g}"], diag_dir / f"{warm_tag}.log")
@@ -143,7 +141,7 @@ def main(argv=None):
             if (diag_dir / tag / "runs" / f"{objective}-seed{seed}" / "records" / "pretrain.json").is_file():
                 continue
             share_dataset(diag_dir, tag, dataset)
-            jobs.append(([python, "benchmarks/clip_collapse.py", "--objective", objective, "--seed", str(seed),
+            jobs.append(([python, "research/clip_collapse.py", "--objective", objective, "--seed", str(seed),
                           "--tag", tag, "--work_dir", os.fspath(diag_dir), "--output_dir", os.fspath(probes_dir),
                           "--pretrain_extra_args", extra], diag_dir / f"{tag}.log"))
     with ThreadPoolExecutor(max_workers=max(options.parallel, 1)) as pool:
@@ -160,7 +158,7 @@ def main(argv=None):
             if not link.exists():
                 tag = f"warm-{objective}-seed{seed}"
                 link.symlink_to((diag_dir / tag / "runs" / f"{objective}-seed{seed}").resolve(), target_is_directory=True)
-    run([python, "benchmarks/reproduce.py", "--objectives", ",".join(objectives), "--seeds", options.seeds,
+    run([python, "research/reproduce.py", "--objectives", ",".join(objectives), "--seeds", options.seeds,
          "--tasks", options.tasks, "--label_fractions", options.label_fractions, "--parallel", str(options.parallel),
          "--work_dir", os.fspath(work_dir), "--output_dir", options.output_dir, "--pretrain_extra_args", extra],
         diag_dir / "reproduce.log")

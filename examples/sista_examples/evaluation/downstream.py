@@ -1,32 +1,33 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
 Shared pieces of the fine-tuning scripts (`finetune_classification.py`, `finetune_segmentation.py`,
-`finetune_detection.py`): arguments, the dataset (SynthCXR generated when absent), nested label fractions, loading a
-pre-trained SISTA encoder into a task head (checked, not silently re-initialised), image/mask/box preprocessing,
-mild augmentation without flips, the test-split prediction loop and the results files.
+`finetune_detection.py`): arguments, the dataset (SynthCXR generated when absent), the label-fraction training subset,
+loading a pre-trained SISTA encoder into a task head (checked, not silently re-initialised), image/mask/box
+preprocessing, the augmentation built from the arguments, the test-split prediction loop and the results table.
 """
 
-import json
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from datasets import DatasetDict
 from tqdm.auto import tqdm
 from transformers import BertConfig, ViTConfig
 from transformers.image_utils import PILImageResampling
 
-import eval_utils
 from configuration_sista import SistaConfig
-from eval_utils import PREPARED_METADATA_FILE, command_line, markdown_table
 from processing_sista import SistaImageProcessor
-from push_to_hub import hub_push_request
-from synthcxr import load_or_generate_synthcxr
+
+from ..data import synthcxr
+from ..data.label_fractions import select_label_fraction
+from ..data.metadata import read_dataset_metadata
+from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
+from ..training.augmentation import XRayAugmentation
+from .checkpoints import read_sista_config
+from .results import command_line, markdown_table
 
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    """Which data to fine-tune and test on."""
+class DataArguments(SynthCXRGenerationArguments):
+    """Which data to fine-tune and test on (SynthCXR generated there when absent)."""
 
     dataset_dir: str = field(
         default="data/synthcxr",
@@ -77,11 +78,11 @@ class DataArguments:
     label_fraction: float = field(
         default=1.0,
         metadata={"help": "Fraction of the training split with labels, e.g. 0.01, 0.1 or 1.0. Subsets are "
-                          "deterministic and nested (the 1% rows are among the 10% rows)."},
+                          "deterministic and nested (the 1%% rows are among the 10%% rows)."},
     )
     label_fraction_seed: int = field(default=0, metadata={"help": "Seed of the label-fraction order."})
     min_train_samples: int = field(
-        default=8, metadata={"help": "Smallest training subset, whatever the fraction (a 1% subset of 100 images "
+        default=8, metadata={"help": "Smallest training subset, whatever the fraction (a 1%% subset of 100 images "
                                      "would otherwise be one image)."}
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Test only the first N rows (quick runs)."})
@@ -89,27 +90,11 @@ class DataArguments:
     scale_range: float = field(default=0.05, metadata={"help": "Largest relative zoom of the augmentation."})
     translate: float = field(default=0.04, metadata={"help": "Largest shift, fraction of the image side."})
     intensity_jitter: float = field(default=0.1, metadata={"help": "Largest brightness/contrast change."})
-    synthcxr_image_size: int = field(default=128, metadata={"help": "Image side of a generated SynthCXR."})
-    synthcxr_num_pretrain: int = field(default=0, metadata={"help": "Pre-training studies of a generated SynthCXR."})
-    synthcxr_num_train: int = field(default=1000, metadata={"help": "Train studies of a generated SynthCXR."})
-    synthcxr_num_validation: int = field(default=250, metadata={"help": "Validation studies of a generated SynthCXR."})
-    synthcxr_num_test: int = field(default=500, metadata={"help": "Test studies of a generated SynthCXR."})
-    synthcxr_seed: int = field(default=0, metadata={"help": "Seed of a generated SynthCXR."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for generation."})
 
 
-def setup_logging(training_args) -> None:
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
-    )
-
-
-def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> dict | None:
-    """
-    Clear errors for argument combinations that cannot run, before anything is loaded. Returns what
-    `--push_to_hub` will push at the end (examples/push_to_hub.py's `hub_push_request`), or None.
-    """
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+    """Clear errors for argument combinations that cannot run, before anything is loaded."""
     if not 0 < data_args.label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {data_args.label_fraction}.")
     if data_args.min_train_samples < 1:
@@ -127,7 +112,6 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
         )
     # the transforms add columns the model needs and Trainer would otherwise drop
     training_args.remove_unused_columns = False
-    return hub_push_request(training_args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,19 +119,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_or_generate_dataset(data_args: DataArguments, training_args) -> DatasetDict:
-    """`load_from_disk(dataset_dir)`; SynthCXR is generated and saved there first when the folder does not exist."""
+def load_or_generate_dataset(data_args: DataArguments, model_args: ModelArguments, training_args) -> DatasetDict:
+    """
+    `load_from_disk(dataset_dir)`; SynthCXR is generated and saved there first when the folder does not exist, at
+    the encoder's input size unless `--synthcxr_image_size` says otherwise.
+    """
     path = Path(data_args.dataset_dir)
+    image_size = model_args.scratch_image_size
+    if model_args.model_name_or_path is not None and not path.exists():
+        image_size = read_sista_config(model_args.model_name_or_path)["vision_config"].get("image_size", image_size)
     dataset = load_or_generate_synthcxr(
-        path,
-        training_args,
-        num_pretrain=data_args.synthcxr_num_pretrain,
-        num_train=data_args.synthcxr_num_train,
-        num_validation=data_args.synthcxr_num_validation,
-        num_test=data_args.synthcxr_num_test,
-        image_size=data_args.synthcxr_image_size,
-        seed=data_args.synthcxr_seed,
-        num_proc=data_args.preprocessing_num_workers,
+        path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
     )
     if not isinstance(dataset, DatasetDict):
         raise ValueError(
@@ -173,7 +155,7 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
                 f"Split {split!r} of {data_args.dataset_dir} is empty: there is nothing to "
                 f"{'train on' if split == data_args.train_split else 'test (a metric over no sample is undefined)'}."
             )
-    train = label_fraction_subset(
+    train = select_label_fraction(
         dataset[data_args.train_split],
         data_args.label_fraction,
         data_args.label_fraction_seed,
@@ -187,43 +169,11 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
     return train, test
 
 
-def label_fraction_subset(dataset, fraction: float, seed: int = 0, min_samples: int = 8):
-    """
-    The first `max(ceil(fraction * N), min_samples)` rows (at most N) of a seeded order of the rows, kept in their
-    original order. The order is the dataset's `label_fraction_rank` column when it has one (datasets prepared by
-    examples/prepare_datasets.py), otherwise a seeded hash of each row's `study_id` (or its index), so subsets are
-    deterministic and nested: the 1% rows are among the 10% rows, which are among the 100%.
-    """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"`fraction` must lie in (0, 1], got {fraction}.")
-    num_rows = len(dataset)
-    if "label_fraction_rank" in dataset.column_names:
-        # the prepared dataset fixed its subsets (seeded at preparation time); re-ranking here would break the
-        # documented 1%/10%/100% subsets shared by every run
-        if seed != 0:
-            logger.warning(
-                f"`label_fraction_seed={seed}` is not used: the dataset's `label_fraction_rank` column fixes the "
-                "subsets (prepare the dataset again with another --seed for other subsets)."
-            )
-        ranks = np.asarray(list(dataset["label_fraction_rank"]))
-    else:
-        from prepare_utils import label_fraction_ranks
-
-        keys = list(dataset["study_id"]) if "study_id" in dataset.column_names else [str(i) for i in range(num_rows)]
-        ranks = np.asarray(label_fraction_ranks(keys, seed))
-    num_kept = min(num_rows, max(math.ceil(fraction * num_rows), min_samples))
-    return dataset.select(np.sort(np.argsort(ranks, kind="stable")[:num_kept]))
-
-
 def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str = "class_names") -> list[str]:
     """Class names from the prepared dataset's metadata, SynthCXR's CLASS_NAMES, or generic names."""
-    metadata_path = Path(data_args.dataset_dir) / PREPARED_METADATA_FILE
-    if metadata_path.is_file():
-        names = json.loads(metadata_path.read_text()).get(kind)
-        if names and len(names) == num_labels:
-            return list(names)
-    import synthcxr
-
+    names = (read_dataset_metadata(data_args.dataset_dir) or {}).get(kind)
+    if names and len(names) == num_labels:
+        return list(names)
     if len(synthcxr.CLASS_NAMES) == num_labels and "findings" in dataset.column_names:
         return list(synthcxr.CLASS_NAMES)
     return [f"LABEL_{index}" for index in range(num_labels)]
@@ -262,15 +212,7 @@ def load_head(model_class, model_args: ModelArguments, **head_kwargs):
         return model_class(scratch_config(model_args, **head_kwargs))
 
     path = Path(model_args.model_name_or_path)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"--model_name_or_path {str(path)!r} holds no config.json: pass a saved SISTA folder.")
-    model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type != SistaConfig.model_type:
-        raise ValueError(
-            f"--model_name_or_path {str(path)!r} is a {model_type!r} checkpoint, not a SISTA one (model_type "
-            f"'sista'): pass the output folder of examples/pretrain.py, or use --from_scratch."
-        )
+    read_sista_config(path)
     model, loading_info = model_class.from_pretrained(
         str(path), output_loading_info=True, ignore_mismatched_sizes=True, **head_kwargs
     )
@@ -345,45 +287,17 @@ def boxes_to_model_frame(boxes_xywh, image_width: int, image_height: int, image_
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), kept
 
 
-def random_affine_parameters(batch_size: int, data_args: DataArguments, generator=None):
-    """Per image: zoom `z` and shift `(t_x, t_y)` in fractions of the side. No rotation keeps boxes exact."""
-    uniform = lambda low, high: low + (high - low) * torch.rand(batch_size, generator=generator)  # noqa: E731
-    zoom = uniform(1 - data_args.scale_range, 1 + data_args.scale_range)
-    shift = torch.stack([uniform(-data_args.translate, data_args.translate) for _ in range(2)], dim=1)
-    return zoom, shift
-
-
-def apply_affine(images: torch.Tensor, zoom: torch.Tensor, shift: torch.Tensor, mode: str = "bilinear"):
-    """Zoom about the centre then shift: a point at `u` (in [0, 1]) moves to `(u - 0.5) * zoom + 0.5 + shift`."""
-    theta = torch.zeros(images.shape[0], 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
-    theta[:, :, 2] = -2 * shift / zoom[:, None]
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode=mode, padding_mode="border" if mode == "bilinear" else "zeros",
-                         align_corners=False)
-
-
-def augment_batch(pixel_values, data_args: DataArguments, masks=None, boxes=None):
+def augmentation_of(data_args: DataArguments) -> XRayAugmentation:
     """
-    Mild augmentation shared by the three tasks: small zoom and shift (masks and boxes follow) and intensity
-    jitter. No flips and no rotation: the patient's side is part of several labels.
+    The augmentation of the fine-tuning heads, drawn per batch: small zoom and shift (masks and boxes follow) and
+    intensity jitter. No flips and no rotation: the patient's side is part of several labels.
     """
-    zoom, shift = random_affine_parameters(pixel_values.shape[0], data_args)
-    pixel_values = apply_affine(pixel_values, zoom, shift)
-    contrast = 1 + (2 * torch.rand(pixel_values.shape[0], 1, 1, 1) - 1) * data_args.intensity_jitter
-    brightness = (2 * torch.rand(pixel_values.shape[0], 1, 1, 1) - 1) * data_args.intensity_jitter
-    pixel_values = pixel_values * contrast + brightness
-    if masks is not None:
-        masks = apply_affine(masks[:, None].float(), zoom, shift, mode="nearest")[:, 0].long()
-    if boxes is not None:
-        moved = []
-        for image_boxes, image_zoom, image_shift in zip(boxes, zoom, shift):
-            center = (image_boxes[:, :2] - 0.5) * image_zoom + 0.5 + image_shift
-            size = image_boxes[:, 2:] * image_zoom
-            corners = torch.cat([center - size / 2, center + size / 2], dim=1).clamp(0, 1)
-            moved.append(torch.cat([(corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]], dim=1))
-        boxes = moved
-    return pixel_values, masks, boxes
+    return XRayAugmentation(
+        zoom=data_args.scale_range,
+        translate=data_args.translate,
+        brightness=data_args.intensity_jitter,
+        contrast=data_args.intensity_jitter,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -414,23 +328,9 @@ def load_metric(name: str, config_name: str | None = None):
     return evaluate.load(str(METRICS_DIR / f"{name}.py"), config_name)
 
 
-def write_results(output_dir, task: str, results: dict, headline: dict, arguments: list) -> Path:
-    """Writes `{task}_results.json` (metrics, run description, arguments) and `{task}_results.md` into `output_dir`."""
-    payload = {**results, "arguments": {}}
-    for argument in arguments:
-        payload["arguments"].update({key: value for key, value in asdict(argument).items() if _is_json(value)})
-    markdown = f"# SISTA {task}\n\n" + markdown_table(list(headline), [list(headline.values())])
-    json_path, _ = eval_utils.write_results(output_dir, task, payload, markdown)
-    logger.info(f"{task} results:\n{markdown}")
-    return json_path
-
-
-def _is_json(value) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-        return True
-    except (TypeError, ValueError):
-        return False
+def headline_markdown(task: str, headline: dict) -> str:
+    """The one-row markdown table of a fine-tuning run's headline metrics."""
+    return f"# SISTA {task}\n\n" + markdown_table(list(headline), [list(headline.values())])
 
 
 def run_description(

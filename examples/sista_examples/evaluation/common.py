@@ -1,38 +1,34 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-Shared helpers of the evaluation scripts without labels to train on (`zero_shot.py`, `retrieval.py`,
-`visualize_grounding.py`): loading a SISTA checkpoint and its processor, loading the evaluation split (SynthCXR
-generated on the fly when the dataset folder does not exist), embedding images and reports in batches, and writing
-results as JSON plus a markdown table.
+Shared pieces of the evaluation scripts without labels to train on (`zero_shot.py`, `retrieval.py`,
+`visualize_grounding.py`): their arguments, the evaluation split (SynthCXR generated in memory when the dataset folder
+does not exist), class names, and embedding images and reports in batches.
 """
 
-import json
 import logging
-import math
-import os
-import shlex
-import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
+from processing_sista import clean_report
+
+from ..data import synthcxr
+from ..data.metadata import METADATA_FILE, read_dataset_metadata
+from ..data.synthcxr import SynthCXRGenerationArguments
+
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_DIR = "data/synthcxr"
-# Written beside a prepared real dataset by examples/prepare_datasets.py (class names, split rules, counts).
-PREPARED_METADATA_FILE = "sista_dataset.json"
-SISTA_MODEL_TYPE = "sista"
 
 
 @dataclass
-class EvaluationArguments:
+class EvaluationArguments(SynthCXRGenerationArguments):
     """
     Arguments shared by the evaluation scripts.
 
@@ -60,12 +56,9 @@ class EvaluationArguments:
         class_names (`str`, *optional*):
             Comma-separated names of the `labels` entries; by default read from the dataset (SynthCXR's
             `CLASS_NAMES`, `class_names` in `sista_dataset.json`, or a `ClassLabel` feature).
-        synthcxr_num_test (`int`, *optional*, defaults to 200):
-            Studies of the SynthCXR split generated when `dataset_dir` does not exist.
-        synthcxr_image_size (`int`, *optional*):
-            Image size of that SynthCXR split; defaults to the processor's input height.
-        synthcxr_seed (`int`, *optional*, defaults to 0):
-            Seed of that SynthCXR split.
+        synthcxr_num_* (`int`), synthcxr_image_size (`int`, *optional*), synthcxr_seed (`int`):
+            The SynthCXR split generated in memory when `dataset_dir` does not exist (`SynthCXRGenerationArguments`;
+            the image size defaults to the processor's input height).
         device (`str`, *optional*):
             `"cpu"`, `"cuda"`, ...; defaults to CUDA when available.
     """
@@ -86,11 +79,6 @@ class EvaluationArguments:
     class_names: str | None = field(
         default=None, metadata={"help": "Comma-separated names of the labels entries (default: from the dataset)."}
     )
-    synthcxr_num_test: int = field(default=200, metadata={"help": "Studies generated when dataset_dir is absent."})
-    synthcxr_image_size: int | None = field(
-        default=None, metadata={"help": "Size of generated SynthCXR images (default: the processor's input size)."}
-    )
-    synthcxr_seed: int = field(default=0, metadata={"help": "Seed of the generated SynthCXR split."})
     device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
 
     def __post_init__(self):
@@ -98,71 +86,11 @@ class EvaluationArguments:
             raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}.")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError(f"`max_samples` must be at least 1 when given, got {self.max_samples}.")
-        if self.synthcxr_num_test < 1:
-            raise ValueError(f"`synthcxr_num_test` must be at least 1, got {self.synthcxr_num_test}.")
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=level)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model and processor
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def check_sista_checkpoint(model_dir: str | os.PathLike) -> dict:
-    """Returns the checkpoint's `config.json`; raises a `ValueError` naming `model_dir` when it is no SISTA one."""
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ValueError(
-            f"`model_name_or_path` {str(model_dir)!r} is not a folder: pass the output folder of "
-            "examples/pretrain.py (or of `SistaModel.save_pretrained`)."
-        )
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{str(model_dir)!r} is not a SISTA checkpoint: it holds no config.json.")
-    config = json.loads(config_path.read_text())
-    if config.get("model_type") != SISTA_MODEL_TYPE:
-        raise ValueError(
-            f"{str(model_dir)!r} is not a SISTA checkpoint: its config.json has model_type "
-            f"{config.get('model_type')!r}, expected {SISTA_MODEL_TYPE!r}."
-        )
-    if not (path / "processor_config.json").is_file():
-        raise ValueError(
-            f"{str(model_dir)!r} holds a SISTA model but no processor (processor_config.json): save the "
-            "SistaProcessor beside the model with `processor.save_pretrained(model_dir)`."
-        )
-    return config
-
-
-def load_sista(model_dir: str | os.PathLike, device: str | torch.device | None = None):
-    """
-    Loads a SISTA checkpoint folder as `(model, processor)`, the model in eval mode on `device`.
-
-    The repository's own `modeling_sista`/`processing_sista` are used when importable (a checkout with the repository
-    root on the path, or `pip install .`); otherwise the copies saved in the checkpoint are loaded as remote code.
-    """
-    check_sista_checkpoint(model_dir)
-    try:
-        from modeling_sista import SistaModel
-        from processing_sista import SistaImageProcessor, SistaProcessor
-        from transformers import AutoTokenizer
-
-        model = SistaModel.from_pretrained(model_dir)
-        # built from its parts: `SistaProcessor.from_pretrained` resolves the image processor through its auto_map,
-        # which asks for trust_remote_code even though the class is importable here
-        # (and AutoTokenizer would ask for it to read config.json, unless given the config)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config, trust_remote_code=False)
-        processor = SistaProcessor(SistaImageProcessor.from_pretrained(model_dir), tokenizer)
-    except ImportError:
-        from transformers import AutoModel, AutoProcessor
-
-        logger.info("modeling_sista is not importable: loading the code saved in %s (trust_remote_code).", model_dir)
-        model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), processor
 
 
 def text_max_length(model, requested: int) -> int:
@@ -192,25 +120,27 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
     """
     source = {"dataset": args.dataset_dir, "split": args.split, "generated": False, "metadata": {}}
     if not Path(args.dataset_dir).exists():
-        import synthcxr
-
-        image_size = args.synthcxr_image_size or (processor_image_size(processor) if processor else None) or 224
-        logger.info(
-            "Dataset folder %s does not exist: generating a small SynthCXR %s split in memory (%d studies, %d px, "
-            "seed %d). Run `python examples/synthcxr.py --output_dir %s` to build the full dataset.",
-            args.dataset_dir,
-            args.split,
-            args.synthcxr_num_test,
-            image_size,
-            args.synthcxr_seed,
-            args.dataset_dir,
-        )
-        sizes = {f"num_{name}": 0 for name in synthcxr.SPLITS}
         if args.split not in synthcxr.SPLITS:
             raise ValueError(f"`split` must be one of SynthCXR's {synthcxr.SPLITS}, got {args.split!r}.")
-        sizes[f"num_{args.split}"] = args.synthcxr_num_test
-        dataset = synthcxr.generate_synthcxr(**sizes, image_size=image_size, seed=args.synthcxr_seed)[args.split]
-        source.update(generated=True, dataset="SynthCXR (generated)", synthcxr_image_size=image_size)
+        default_size = (processor_image_size(processor) if processor else None) or 224
+        generate_kwargs = args.generation_kwargs(default_size, splits=(args.split,))
+        if generate_kwargs[f"num_{args.split}"] < 1:
+            raise ValueError(
+                f"`synthcxr_num_{args.split}` must be at least 1 to generate the {args.split!r} split, got "
+                f"{generate_kwargs[f'num_{args.split}']}."
+            )
+        logger.info(
+            "Dataset folder %s does not exist: generating a small SynthCXR %s split in memory (%d studies, %d px, "
+            "seed %d). Run `python examples/generate_synthcxr.py --output_dir %s` to build the full dataset.",
+            args.dataset_dir,
+            args.split,
+            generate_kwargs[f"num_{args.split}"],
+            generate_kwargs["image_size"],
+            generate_kwargs["seed"],
+            args.dataset_dir,
+        )
+        dataset = synthcxr.generate_synthcxr(**generate_kwargs)[args.split]
+        source.update(generated=True, dataset="SynthCXR (generated)", synthcxr_image_size=generate_kwargs["image_size"])
         source["metadata"] = {"class_names": list(synthcxr.CLASS_NAMES)}
     else:
         try:
@@ -221,9 +151,7 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
                 f"`dataset_dir` {args.dataset_dir} could not be loaded with datasets.load_from_disk "
                 f"({type(error).__name__}: {error}); a split saved with no rows cannot be read back: is a split empty?"
             ) from error
-        metadata_path = Path(args.dataset_dir) / PREPARED_METADATA_FILE
-        if metadata_path.is_file():
-            source["metadata"] = json.loads(metadata_path.read_text())
+        source["metadata"] = read_dataset_metadata(args.dataset_dir) or {}
         if isinstance(loaded, DatasetDict):
             if args.split not in loaded:
                 raise ValueError(
@@ -268,13 +196,11 @@ def resolve_class_names(dataset: Dataset, source: dict, class_names: str | None 
         if isinstance(inner, ClassLabel):
             names, origin = list(inner.names), "the labels feature"
         elif {"findings", "objects"} <= set(dataset.column_names):
-            import synthcxr
-
             names, origin = list(synthcxr.CLASS_NAMES), "SynthCXR's CLASS_NAMES"
         else:
             raise ValueError(
                 "The class names of `labels` are unknown: pass --class_names (comma-separated) or add `class_names` "
-                f"to {PREPARED_METADATA_FILE} beside the dataset."
+                f"to {METADATA_FILE} beside the dataset."
             )
     if len(names) != num_labels:
         raise ValueError(f"{len(names)} class names from {origin} ({names}) for label vectors of length {num_labels}.")
@@ -285,14 +211,6 @@ def report_texts(reports: Sequence[str], clean: bool) -> list[str]:
     """The texts the model reads: cleaned with `clean_report` (as in pre-training) or as stored."""
     if not clean:
         return list(reports)
-    try:
-        from processing_sista import clean_report
-    except ImportError:
-        raise ValueError(
-            "`clean_reports=True` needs `processing_sista` importable: `pip install -e .` or run from the repository "
-            "root with PYTHONPATH=.:examples."
-        ) from None
-
     return [clean_report(report).text for report in reports]
 
 
@@ -348,70 +266,3 @@ class LazyColumn:
 
     def __getitem__(self, index: int | slice):
         return self.dataset[index][self.column]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def format_value(value: Any, digits: int = 4) -> str:
-    """Markdown cell text: floats rounded, `None` as an em dash (a metric that was not computed, never NaN)."""
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(format_value(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_results(output_dir: str | os.PathLike, task: str, results: dict, markdown: str) -> tuple[Path, Path]:
-    """Writes `{task}_results.json` and `{task}_results.md` into `output_dir`; returns both paths."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = output_dir / f"{task}_results.json", output_dir / f"{task}_results.md"
-    json_path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    markdown_path.write_text(markdown)
-    logger.info("Wrote %s and %s", json_path, markdown_path)
-    return json_path, markdown_path
-
-
-def command_line(script: str, cli_args: list[str] | None) -> str:
-    """The command that reproduces this run (`cli_args`, or the process's own arguments)."""
-    return shlex.join(["python", f"examples/{script}", *(sys.argv[1:] if cli_args is None else cli_args)])
-
-
-def arguments_dict(*dataclasses) -> dict:
-    merged = {}
-    for arguments in dataclasses:
-        merged.update(asdict(arguments))
-    return merged
-
-
-__all__ = [
-    "DEFAULT_DATASET_DIR",
-    "EvaluationArguments",
-    "LazyColumn",
-    "arguments_dict",
-    "batch_ranges",
-    "check_sista_checkpoint",
-    "command_line",
-    "embed_images",
-    "embed_texts",
-    "format_value",
-    "load_evaluation_split",
-    "load_sista",
-    "markdown_table",
-    "processor_image_size",
-    "report_texts",
-    "require_columns",
-    "resolve_class_names",
-    "setup_logging",
-    "text_max_length",
-    "write_results",
-]

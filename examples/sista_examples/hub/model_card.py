@@ -1,8 +1,7 @@
-#!/usr/bin/env python
 """
 Model cards for SISTA checkpoints, filled from the run's own files and the real results JSON files.
 
-    python examples/model_card.py outputs/sista-synthcxr --results outputs/eval --repo_id me/sista-synthcxr \
+    python -m sista_examples.hub.model_card outputs/sista-synthcxr --results outputs/eval --repo_id me/sista-synthcxr \
         --revision v0.1.0 --output outputs/sista-synthcxr/README.md
 
 The card is rendered by `huggingface_hub.ModelCard.from_template` from `model_cards/template.md` (Jinja2); its YAML
@@ -27,12 +26,14 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..evaluation.checkpoints import read_sista_config
+
 
 logger = logging.getLogger(__name__)
 
 RUN_ARGUMENTS_FILE = "run_arguments.json"
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
-EXAMPLES_DIR = Path(__file__).resolve().parent
+TEMPLATE_PATH = Path(__file__).resolve().parents[3] / "model_cards" / "template.md"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2]
 
 ARXIV_ID = "2601.08165"
 DEFAULT_LICENSE = "apache-2.0"
@@ -609,11 +610,7 @@ def build_model_card(
     """
     model_dir = Path(model_dir)
     run_dir = Path(run_dir) if run_dir is not None else model_dir
-    config = read_json(model_dir / "config.json")
-    if config is None:
-        raise FileNotFoundError(f"{str(model_dir)!r} holds no config.json: pass a `save_pretrained` folder.")
-    if config.get("model_type") != "sista":
-        raise ValueError(f"{str(model_dir)!r} is not a SISTA checkpoint (model_type {config.get('model_type')!r}).")
+    config = read_sista_config(model_dir, argument="model_dir")
     architecture = (config.get("architectures") or ["SistaModel"])[0]
     pipeline_tag = PIPELINE_TAGS.get(architecture)
     is_head = architecture != "SistaModel"

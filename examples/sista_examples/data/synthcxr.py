@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """SynthCXR: a deterministic synthetic chest-radiograph dataset with reports and full ground truth.
 
@@ -18,7 +17,7 @@ the ``findings`` metadata always mean the patient's side.
 
 Usage:
 
-    python examples/synthcxr.py --output_dir data/synthcxr --image_size 128 --num_pretrain 8000 \
+    python examples/generate_synthcxr.py --output_dir data/synthcxr --image_size 128 --num_pretrain 8000 \
         --num_train 1000 --num_validation 250 --num_test 500 --num_proc 2 \
         --plot_examples docs/images/synthcxr_grid.png
 
@@ -26,6 +25,7 @@ Usage:
     >>> dataset = load_from_disk("data/synthcxr")  # DatasetDict: pretrain / train / validation / test
 """
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -1037,18 +1037,45 @@ def save_synthcxr(dataset, output_dir: str, overwrite: bool = False):
     logger.info(f"Saved SynthCXR to {output_dir}.")
 
 
-def load_or_generate_synthcxr(path, training_args, **generate_kwargs):
-    """`datasets.load_from_disk(path)`; when `path` does not exist, SynthCXR is first generated with
-    `generate_synthcxr(**generate_kwargs)` and saved there, by the main process while the others wait (`training_args`
-    is the script's `TrainingArguments`)."""
+@dataclass(kw_only=True)
+class SynthCXRGenerationArguments:
+    """
+    The SynthCXR that the training and evaluation scripts generate when their dataset folder does not exist; one set
+    of sizes for every script, so that the folder holds the same dataset whichever script created it. Keyword-only,
+    so that the scripts' argument dataclasses can extend it with fields of their own.
+    """
+
+    synthcxr_num_pretrain: int = field(default=4000, metadata={"help": "SynthCXR pretrain studies, if generated."})
+    synthcxr_num_train: int = field(default=1000, metadata={"help": "SynthCXR labelled train studies, if generated."})
+    synthcxr_num_validation: int = field(default=500, metadata={"help": "SynthCXR validation studies, if generated."})
+    synthcxr_num_test: int = field(default=500, metadata={"help": "SynthCXR test studies, if generated."})
+    synthcxr_image_size: Optional[int] = field(
+        default=None, metadata={"help": "Image side of a generated SynthCXR (default: the model's input size)."}
+    )
+    synthcxr_seed: int = field(default=0, metadata={"help": "Seed of a generated SynthCXR."})
+
+    def generation_kwargs(self, image_size: int, splits=SPLITS) -> dict:
+        """`generate_synthcxr` keyword arguments; `image_size` is the model's, used unless `synthcxr_image_size`."""
+        sizes = {f"num_{split}": getattr(self, f"synthcxr_num_{split}") if split in splits else 0 for split in SPLITS}
+        return {**sizes, "image_size": self.synthcxr_image_size or image_size, "seed": self.synthcxr_seed}
+
+
+def load_or_generate_synthcxr(path, generation: SynthCXRGenerationArguments, image_size: int, training_args=None,
+                              num_proc: Optional[int] = None):
+    """`datasets.load_from_disk(path)`; when `path` does not exist, SynthCXR is first generated with `generation`'s
+    sizes and saved there, by the main process while the others wait (`training_args` is the script's
+    `TrainingArguments`; without it, one process is assumed)."""
     from datasets import load_from_disk
 
     path = Path(path)
-    with training_args.main_process_first(desc="SynthCXR generation"):
-        if not path.exists() and training_args.process_index == 0:
+    main_first = (training_args.main_process_first(desc="SynthCXR generation") if training_args is not None
+                  else contextlib.nullcontext())
+    with main_first:
+        if not path.exists() and (training_args is None or training_args.process_index == 0):
+            generate_kwargs = generation.generation_kwargs(image_size)
             sizes = ", ".join(f"{name}={value}" for name, value in generate_kwargs.items())
             logger.warning(f"{path} does not exist: generating SynthCXR there ({sizes}). Later runs reuse it.")
-            save_synthcxr(generate_synthcxr(**generate_kwargs), str(path))
+            save_synthcxr(generate_synthcxr(**generate_kwargs, num_proc=num_proc), str(path))
     return load_from_disk(str(path))
 
 
@@ -1107,60 +1134,3 @@ def plot_examples(dataset, output_path: str, num_examples: int = 8, num_columns:
     figure.savefig(output_path, dpi=80, bbox_inches="tight")
     plt.close(figure)
     logger.info(f"Saved example grid to {output_path}.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SynthCXRArguments:
-    """Arguments of ``python examples/synthcxr.py``."""
-
-    output_dir: str = field(
-        default="data/synthcxr", metadata={"help": "Where to save the DatasetDict (save_to_disk)."}
-    )
-    image_size: int = field(default=224, metadata={"help": "Image height and width in pixels (>= 32)."})
-    num_pretrain: int = field(default=10000, metadata={"help": "Studies in the `pretrain` split (image + report)."})
-    num_train: int = field(default=2000, metadata={"help": "Studies in the labelled `train` split."})
-    num_validation: int = field(default=500, metadata={"help": "Studies in the labelled `validation` split."})
-    num_test: int = field(default=1000, metadata={"help": "Studies in the labelled `test` split."})
-    seed: int = field(default=0, metadata={"help": "Dataset seed."})
-    num_proc: Optional[int] = field(default=None, metadata={"help": "Worker processes (default: one)."})
-    plot_examples: Optional[str] = field(
-        default=None, metadata={"help": "If set, also write a PNG grid of examples to this path."}
-    )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing output_dir."})
-
-
-def main(args: Optional[list] = None):
-    from transformers import HfArgumentParser
-
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    (arguments,) = HfArgumentParser(SynthCXRArguments).parse_args_into_dataclasses(args=args)
-    if Path(arguments.output_dir).exists() and not arguments.overwrite_output_dir:
-        raise ValueError(
-            f"`--output_dir` {arguments.output_dir!r} already exists; pass --overwrite_output_dir to replace it."
-        )
-    dataset = generate_synthcxr(
-        num_pretrain=arguments.num_pretrain,
-        num_train=arguments.num_train,
-        num_validation=arguments.num_validation,
-        num_test=arguments.num_test,
-        image_size=arguments.image_size,
-        seed=arguments.seed,
-        num_proc=arguments.num_proc,
-    )
-    save_synthcxr(dataset, arguments.output_dir, overwrite=arguments.overwrite_output_dir)
-    for split, data in dataset.items():
-        labels = np.asarray(data["labels"])
-        logger.info(f"{split}: {len(data)} studies, {np.mean(labels.sum(1) == 0):.1%} normal.")
-    if arguments.plot_examples:
-        plot_examples(
-            dataset["train"] if "train" in dataset else next(iter(dataset.values())), arguments.plot_examples
-        )
-
-
-if __name__ == "__main__":
-    main()

@@ -11,13 +11,12 @@ Reads the `report_embeds` column the pre-training runs used (the study's shared 
    `report_embeddings.similarity_precision_recall` (and `suggest_threshold` at precision >= 0.95), which justifies
    (or not) the default.
 
-    python benchmarks/fn_analysis.py --dataset_dir outputs/reproduce/synthcxr --batch_size 32
+    python research/fn_analysis.py --dataset_dir outputs/reproduce/synthcxr --batch_size 32
 Writes docs/results/fn_analysis.json and docs/results/fn_analysis.png.
 """
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -25,16 +24,13 @@ import numpy as np
 
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "examples"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
 
 logger = logging.getLogger("fn_analysis")
 
 
 def default_sia_threshold() -> float:
     """The `--sia_threshold` default of examples/pretrain.py (read, not copied)."""
-    from pretrain import ModelArguments
+    from sista_examples.training.pretraining import ModelArguments
 
     return next(item.default for item in fields(ModelArguments) if item.name == "sia_threshold")
 
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     from datasets import load_from_disk
     from transformers import HfArgumentParser
 
-    from report_embeddings import similarity_precision_recall, suggest_threshold
+    from sista_examples.data.report_embeddings import similarity_precision_recall, suggest_threshold
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     (args,) = HfArgumentParser(FalseNegativeArguments).parse_args_into_dataclasses(args=argv)

@@ -19,12 +19,13 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
     docs/results/reproduce_table.md       mean ± std over seeds
     docs/results/reproduce_*.png          metric against label fraction, one line per objective, std error bars
 
-    python benchmarks/reproduce.py                       # the full study
-    python benchmarks/reproduce.py --quick               # 1 seed, tiny budgets, a subset of tasks (minutes)
-    python benchmarks/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
-    python benchmarks/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
+    python research/reproduce.py                       # the full study
+    python research/reproduce.py --quick               # 1 seed, tiny budgets, a subset of tasks (minutes)
+    python research/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
+    python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
 """
 
+import importlib.util
 import json
 import logging
 import os
@@ -41,9 +42,7 @@ import numpy as np
 
 
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "examples"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+EXAMPLES = ROOT / "examples"
 
 logger = logging.getLogger("reproduce")
 
@@ -214,8 +213,8 @@ def prepare_dataset(args: ReproduceArguments) -> Path:
     if (path / "dataset_dict.json").is_file():
         logger.info("Dataset found at %s (reused).", path)
         return path
-    from report_embeddings import add_report_embeddings
-    from synthcxr import generate_synthcxr, save_synthcxr
+    from sista_examples.data.report_embeddings import add_report_embeddings
+    from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
 
     start = time.time()
     dataset = generate_synthcxr(
@@ -342,10 +341,18 @@ def headline_from_results(task: str, results: dict) -> dict:
 
 
 def script_hash(relative_path: str) -> str:
-    """Which version of a colleague's script produced a record (they may change while a study runs)."""
+    """Which version of a script produced a record (the code may change while a study runs)."""
     import hashlib
 
     return hashlib.sha1((ROOT / relative_path).read_bytes()).hexdigest()[:12]
+
+
+def example_script(name: str):
+    """`examples/<name>.py` loaded as a module (not run as `__main__`), for its `main`."""
+    spec = importlib.util.spec_from_file_location(f"sista_script_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -364,11 +371,9 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
     model_dir = base / "pretrain"
     pretrain_record = record_path(args, objective, seed, "pretrain", None)
     if not (pretrain_record.is_file() and pretrain_done(model_dir)):
-        import pretrain
-
         cli = pretrain_arguments(args, objective, seed, model_dir)
         start = time.time()
-        trainer = pretrain.main(cli)
+        trainer = example_script("pretrain").main(cli)
         wall = time.time() - start
         history = [entry for entry in trainer.state.log_history if "loss" in entry]
         write_record(pretrain_record, {
@@ -377,7 +382,8 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
             "first_log": history[0] if history else None, "last_log": history[-1] if history else None,
             "sia_threshold": trainer.model.config.sia_threshold, "sta_weight": trainer.model.config.sta_weight,
             "command": shlex.join(["python", "examples/pretrain.py", *cli]),
-            "script_sha1": {name: script_hash(name) for name in ("examples/pretrain.py", "examples/sista_trainer.py",
+            "script_sha1": {name: script_hash(name) for name in ("examples/pretrain.py",
+                                                                 "examples/sista_examples/training/trainer.py",
                                                                  "modeling_sista.py")},
         })
         del trainer
@@ -402,8 +408,7 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
                   "script_sha1": script_hash(f"examples/{module_name}.py")}
         start = time.time()
         try:
-            module = __import__(module_name)
-            results = module.main(cli)
+            results = example_script(module_name).main(cli)
             record["metrics"] = headline_from_results(task, results)
         except Exception as error:  # a failing script is reported in the study, with its exact error
             record["error"] = f"{type(error).__name__}: {error}"
@@ -636,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         run_one(args, objective, int(seed))
         return None
 
-    command = shlex.join(["python", "benchmarks/reproduce.py", *argv])
+    command = shlex.join(["python", "research/reproduce.py", *argv])
     if args.aggregate_only:
         return aggregate(args, command)
     start = time.time()
