@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (output_dir / f"benchmarks_results{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    header = (f"Measured {payload['date_utc']} UTC with `{payload['command']}` (torch {torch.__version__}, "
-              f"{os.cpu_count()} CPUs; load average before each script in the JSON).\n\n")
+    header = f"Measured with `{payload['command']}` (torch {torch.__version__}, {os.cpu_count()} CPUs).\n\n"
     (output_dir / f"benchmarks_table{suffix}.md").write_text(header + table)
     print(table)
     return payload

@@ -176,7 +176,7 @@ def main(args: list[str] | None = None):
 
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
-        # the script's own arguments beside the Trainer's training_args.bin (read by examples/model_card.py)
+        # the script's own arguments beside the Trainer's training_args.bin (read by sista_examples.hub.model_card)
         run_arguments = {"model": asdict(model_args), "data": asdict(data_args)}
         (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"

@@ -6,24 +6,11 @@ Releases a SISTA checkpoint (the pre-trained model or a fine-tuned task head) on
     python examples/push_to_hub.py --model_dir outputs/sista-synthcxr --repo_id me/sista-synthcxr \
         --results outputs/eval --tag v0.1.0 --commit_message "SISTA pre-trained on SynthCXR"
 
-Three steps, each usable alone:
-
-1. `prepare_release_folder` builds, offline, exactly the folder that is uploaded: `config.json` (with `auto_map`),
-   the safetensors weights, the processor and tokenizer files, the three code files (`configuration_sista.py`,
-   `modeling_sista.py`, `processing_sista.py`, the last taken from the project when only the model was saved) and
-   `README.md`, the model card filled from the run's results files (examples/model_card.py).
-2. `check_release_folder` loads that folder in a clean interpreter (`python -I`, the project's modules blocked)
-   through the Auto classes with `trust_remote_code=True`, as a Hub user would.
-3. `push_sista_to_hub` creates the repository (`create_repo(exist_ok=True)`), the branch if `--revision` names a
-   new one, and uploads the folder in one commit (`HfApi.upload_folder`); `--tag` then tags that commit, and the
-   card's usage code pins that tag.
-
-The training scripts take the Trainer's `--push_to_hub` (with `--hub_model_id`, `--hub_revision`,
-`--hub_private_repo`, `--hub_token`): [`hub_push_request`] checks the token before training and turns off the
-Trainer's own upload, and [`push_after_training`] releases the output folder through these three steps.
-
-`--dry_run` (or `--output_dir` without `--repo_id`) stops after step 2. Pushing needs the network and a token
-(`hf auth login`, `HF_TOKEN` or `--token`); both are checked before any work, and a failure prints one line.
+It builds the exact folder to upload (weights, config with `auto_map`, processor, tokenizer, the three code files
+and a model card filled from the results), loads it in a clean interpreter through the Auto classes, then uploads
+it in one commit. `--dry_run --output_dir DIR` builds and checks the folder offline and pushes nothing. Pushing needs
+the network and a token (`hf auth login`, `HF_TOKEN` or `--token`); both are checked before any work, and a failure
+prints one line. The steps are those of `sista_examples.hub.release`.
 """
 
 import logging

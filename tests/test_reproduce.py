@@ -80,7 +80,7 @@ def test_aggregate_reads_records_and_writes_outputs(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     args = reproduce.parse_arguments(["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out")])
-    payload = reproduce.aggregate(args, "python benchmarks/reproduce.py")
+    payload = reproduce.aggregate(args, "python research/reproduce.py")
     assert payload["num_records"] == len(records)
     assert (tmp_path / "out" / "reproduce_table.md").is_file()
     assert (tmp_path / "out" / "reproduce_label_fractions.png").is_file()

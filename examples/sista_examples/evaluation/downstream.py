@@ -336,7 +336,7 @@ def headline_markdown(task: str, headline: dict) -> str:
 def run_description(
     model_args: ModelArguments, data_args: DataArguments, num_train: int, num_test: int, script: str, argv
 ) -> dict:
-    """What the results describe (read by examples/model_card.py): encoder, data, split, fraction, the command."""
+    """What the results describe (read by `sista_examples.hub.model_card`): encoder, data, split, fraction, the command."""
     return {
         "command": command_line(script, argv),
         "encoder": "scratch" if model_args.from_scratch else os.fspath(model_args.model_name_or_path),

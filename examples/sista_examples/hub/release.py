@@ -1,10 +1,8 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
 Releases a SISTA checkpoint (the pre-trained model or a fine-tuned task head) on the Hugging Face Hub.
 
-    python examples/push_to_hub.py --model_dir outputs/sista-synthcxr --repo_id me/sista-synthcxr \
-        --results outputs/eval --tag v0.1.0 --commit_message "SISTA pre-trained on SynthCXR"
-
-Three steps, each usable alone:
+Its command line is `examples/push_to_hub.py`. Three steps, each usable alone:
 
 1. `prepare_release_folder` builds, offline, exactly the folder that is uploaded: `config.json` (with `auto_map`),
    the safetensors weights, the processor and tokenizer files, the three code files (`configuration_sista.py`,
@@ -175,7 +173,7 @@ def prepare_release_folder(
     Args:
         model_dir: the `save_pretrained` folder of a [`SistaModel`] or a SISTA task head (safetensors weights).
         output_dir: the folder to build; must be absent or empty unless `overwrite=True` (which deletes it first).
-        results: results JSON files or folders for the card (see examples/model_card.py); `None` reads the results
+        results: results JSON files or folders for the card (see `sista_examples.hub.model_card`); `None` reads the results
             files in `model_dir` and `run_dir`.
         processor_dir: where the processor and tokenizer were saved, when not in `model_dir` (a fine-tuned head
             saved alone takes them from its pre-training folder).

@@ -1,7 +1,7 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """Mean average precision of object detection from pycocotools' COCOeval, as a local `evaluate` metric.
 
-Load it offline with `evaluate.load("examples/metrics/detection_map.py")`.
+Load it offline with `evaluate.load("examples/sista_examples/evaluation/metrics/detection_map.py")`.
 """
 
 import contextlib
@@ -29,7 +29,7 @@ Returns:
     dict with `map_40_75`, `map`, `map_50`, `map_75`, `map_40_75_per_class` (label → AP, for the labels with ground
     truth), `num_images`, `num_ground_truth_boxes`.
 Examples:
-    >>> metric = evaluate.load("examples/metrics/detection_map.py")
+    >>> metric = evaluate.load("examples/sista_examples/evaluation/metrics/detection_map.py")
     >>> box = {"boxes": [[0, 0, 10, 10]], "labels": [0]}
     >>> metric.compute(predictions=[{**box, "scores": [0.9]}], references=[box])["map"]
     1.0

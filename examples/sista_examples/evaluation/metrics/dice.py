@@ -1,7 +1,7 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """Dice of segmentation masks as a local `evaluate` metric: scikit-learn's F1 of flattened masks, which is Dice.
 
-Load it offline with `evaluate.load("examples/metrics/dice.py")`.
+Load it offline with `evaluate.load("examples/sista_examples/evaluation/metrics/dice.py")`.
 """
 
 import datasets
@@ -30,7 +30,7 @@ Args:
 Returns:
     dict with `dice`, `mean_image_dice`, `num_images` (and `per_class_dice` for multi-class masks).
 Examples:
-    >>> metric = evaluate.load("examples/metrics/dice.py")
+    >>> metric = evaluate.load("examples/sista_examples/evaluation/metrics/dice.py")
     >>> metric.compute(predictions=[[1, 1, 0, 0]], references=[[1, 0, 0, 0]])["dice"]
     0.6666666666666666
 """

@@ -1,8 +1,8 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """AUROC and accuracy of image classification, from scikit-learn, as a local `evaluate` metric.
 
-Load it offline with `evaluate.load("examples/metrics/multilabel_auroc.py")` (multi-label, the default) or
-`evaluate.load("examples/metrics/multilabel_auroc.py", "multiclass")` (single-label).
+Load it offline with `evaluate.load("examples/sista_examples/evaluation/metrics/multilabel_auroc.py")` (multi-label, the default) or
+`evaluate.load("examples/sista_examples/evaluation/metrics/multilabel_auroc.py", "multiclass")` (single-label).
 """
 
 import datasets
@@ -31,7 +31,7 @@ Returns:
     dict with `auroc`, `accuracy`, `per_class_auroc` (None for undefined classes), `num_samples` (and multilabel
     `label_accuracy`, `classes_without_both_labels`).
 Examples:
-    >>> metric = evaluate.load("examples/metrics/multilabel_auroc.py")
+    >>> metric = evaluate.load("examples/sista_examples/evaluation/metrics/multilabel_auroc.py")
     >>> metric.compute(predictions=[[0.1], [0.4], [0.35], [0.8]], references=[[0], [0], [1], [1]])["auroc"]
     0.75
 """
