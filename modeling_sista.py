@@ -28,8 +28,10 @@ if torch.distributed.is_available():
 
 try:
     from .configuration_sista import PROBLEM_TYPES, SistaConfig
+    from .processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 except ImportError:  # a flat checkout imported without a package
     from configuration_sista import PROBLEM_TYPES, SistaConfig
+    from processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 
 
 logger = logging.get_logger(__name__)
@@ -1024,47 +1026,6 @@ def segmentation_loss(
     return ce_weight * cross_entropy + dice_weight * soft_dice_loss(probabilities, targets)
 
 
-def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
-    """`(center_x, center_y, width, height)` → `(x_min, y_min, x_max, y_max)`."""
-    center_x, center_y, width, height = boxes.unbind(-1)
-    return torch.stack([center_x - width / 2, center_y - height / 2, center_x + width / 2, center_y + height / 2], -1)
-
-
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of `(N, 4)` and `(M, 4)` corner boxes `(x_min, y_min, x_max, y_max)`: shape `(N, M)`."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp_min(0) * (boxes1[:, 3] - boxes1[:, 1]).clamp_min(0)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp_min(0) * (boxes2[:, 3] - boxes2[:, 1]).clamp_min(0)
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    intersection = (bottom_right - top_left).clamp_min(0).prod(dim=-1)
-    union = area1[:, None] + area2[None, :] - intersection
-    return intersection / union.clamp_min(torch.finfo(intersection.dtype).tiny)
-
-
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    r"""
-    Greedy non-maximum suppression within each class (torchvision's `batched_nms` semantics): a box is dropped when it
-    overlaps a kept, higher-scoring box of the same class by IoU > `iou_threshold`.
-
-    Args:
-        boxes (`torch.Tensor` of shape `(N, 4)`): corner boxes. scores (`(N,)`). classes (`(N,)` integers).
-
-    Returns:
-        `torch.LongTensor`: indices of the kept boxes, by decreasing score.
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = scores.argsort(descending=True, stable=True)
-    overlaps = box_iou(boxes[order], boxes[order])
-    suppressible = (overlaps > iou_threshold) & (classes[order][:, None] == classes[order][None, :])
-    keep = torch.ones(order.numel(), dtype=torch.bool, device=boxes.device)
-    # greedy by construction; at most `detection_max_detections` boxes per image, so the loop is short
-    for index in range(order.numel()):
-        if keep[index]:
-            keep[index + 1 :] &= ~suppressible[index, index + 1 :]
-    return order[keep]
-
-
 def focal_heatmap_loss(
     heatmap_logits: torch.Tensor, target_heatmap: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
 ) -> torch.Tensor:
@@ -1122,41 +1083,6 @@ def encode_detection_targets(
             offsets[image_index, :, row, column] = torch.tensor([center_x - column, center_y - row], device=device)
             regression_mask[image_index, row, column] = True
     return {"heatmap": heatmap, "sizes": sizes, "offsets": offsets, "regression_mask": regression_mask}
-
-
-def decode_detections(
-    heatmap_logits: torch.Tensor, box_sizes: torch.Tensor, box_offsets: torch.Tensor, max_detections: int = 100
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""
-    CenterNet decoding: the heatmap's local maxima (3×3) are the detections; the `max_detections` best per image are
-    returned with their boxes rebuilt from the cell, the predicted offset and the predicted size.
-
-    Returns:
-        `(scores, class_labels, boxes)` of shapes `(batch_size, K)`, `(batch_size, K)` and `(batch_size, K, 4)`, boxes
-        normalised `(center_x, center_y, width, height)`, by decreasing score; `K = min(max_detections, cells ×
-        classes)`.
-    """
-    batch_size, num_classes, grid_height, grid_width = heatmap_logits.shape
-    probabilities = heatmap_logits.detach().float().sigmoid()
-    is_peak = probabilities == F.max_pool2d(probabilities, kernel_size=3, stride=1, padding=1)
-    peak_scores = (probabilities * is_peak).flatten(1)
-    num_detections = min(max_detections, peak_scores.shape[1])
-    scores, flat_index = peak_scores.topk(num_detections, dim=1)
-    class_labels = flat_index // (grid_height * grid_width)
-    cell = flat_index % (grid_height * grid_width)
-    rows, columns = cell // grid_width, cell % grid_width
-    offsets = box_offsets.detach().float().flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))
-    sizes = box_sizes.detach().float().flatten(2).gather(2, cell[:, None].expand(-1, 2, -1)).clamp_min(0)
-    boxes = torch.stack(
-        [
-            (columns + offsets[:, 0]) / grid_width,
-            (rows + offsets[:, 1]) / grid_height,
-            sizes[:, 0] / grid_width,
-            sizes[:, 1] / grid_height,
-        ],
-        dim=-1,
-    )
-    return scores, class_labels, boxes
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1693,35 +1619,6 @@ class SistaForObjectDetection(SistaVisionHeadModel):
         return post_process_detections(
             outputs, threshold, nms_iou_threshold, target_sizes, None if target_sizes is None else scale
         )
-
-
-def post_process_detections(
-    outputs, threshold: float, nms_iou_threshold: float, target_sizes=None, to_pixels=None, drop_empty: bool = False
-):
-    """
-    Shared by [`SistaForObjectDetection.post_process_object_detection`] and the image processor's: per image, the
-    detections above `threshold`, as corners, mapped by `to_pixels(index, boxes)` (normalised xyxy → pixels; `None`
-    keeps them normalised), with `drop_empty` the boxes left without area dropped (mapped into the padding and
-    clipped), then class-wise NMS (`nms_iou_threshold` 1 disables it).
-    """
-    batch_size = outputs.scores.shape[0]
-    if target_sizes is not None and len(target_sizes) != batch_size:
-        raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
-    results = []
-    for index in range(batch_size):
-        keep = outputs.scores[index] > threshold
-        scores, labels = outputs.scores[index][keep], outputs.pred_class_labels[index][keep]
-        boxes = center_to_corners(outputs.pred_boxes[index][keep].float())
-        if to_pixels is not None:
-            boxes = to_pixels(index, boxes)
-        if drop_empty:
-            has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-            scores, labels, boxes = scores[has_area], labels[has_area], boxes[has_area]
-        if nms_iou_threshold < 1:
-            kept = batched_nms(boxes, scores, labels, nms_iou_threshold)
-            scores, labels, boxes = scores[kept], labels[kept], boxes[kept]
-        results.append({"scores": scores, "labels": labels, "boxes": boxes})
-    return results
 
 
 SistaForImageClassification.register_for_auto_class("AutoModelForImageClassification")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-Benchmark of `examples/prepare_datasets.py mimic_cxr`: throughput and memory.
+Benchmark of `examples/prepare_datasets.py mimic_cxr` (`sista_examples.data.prepare.prepare_mimic_cxr`): throughput and memory.
 
 Writes a synthetic fixture in the MIMIC-CXR-JPG layout (metadata, split and labeler csv files,
 `files/pXX/pXXXXXXXX/sXXXXXXXX/<dicom_id>.jpg` and the study reports; the images are smooth noise
@@ -95,8 +95,8 @@ def subset_fixture(full: Path, root: Path, num_images: int) -> None:
 
 def prepare_once(data_dir: str, output_dir: str, num_proc: int, image_size: int, image_format: str) -> dict:
     """Run in a fresh worker process: time `prepare_mimic_cxr` and report its own and its workers' peak RSS."""
-    # Imported here, in the worker process whose PYTHONPATH the parent points at the repository.
-    from prepare_datasets import MimicCxrArguments, prepare_mimic_cxr
+    # Imported here, in the worker process, so that its own import cost and memory are measured.
+    from sista_examples.data.prepare import MimicCxrArguments, prepare_mimic_cxr
 
     args = MimicCxrArguments(
         data_dir=data_dir, output_dir=output_dir, num_proc=num_proc, image_size=image_size, image_format=image_format
@@ -128,8 +128,6 @@ def proportional_memory(pid: int) -> tuple[int, int]:
 def run_in_fresh_process(data_dir: Path, output_dir: Path, num_proc: int, image_size: int, image_format: str) -> dict:
     """Run [`prepare_once`] in a child process while sampling the memory of its process tree."""
     environment = dict(os.environ)
-    python_path = [str(REPO_ROOT), str(REPO_ROOT / "examples"), environment.get("PYTHONPATH", "")]
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, python_path))
     command = [sys.executable, __file__, "--worker", str(data_dir), str(output_dir), str(num_proc), str(image_size)]
     child = subprocess.Popen(
         [*command, image_format], env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True

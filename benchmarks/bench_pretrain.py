@@ -23,12 +23,15 @@ import time
 import torch
 from transformers import BertConfig, ViTConfig
 
-import pretrain
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
-from sista_trainer import PretrainingDataset, SistaDataCollator, XRayAugmentation, train_report_tokenizer
-from synthcxr import generate_synthcxr
+from sista_examples.data.synthcxr import generate_synthcxr
+from sista_examples.training.augmentation import XRayAugmentation
+from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.dataset import PretrainingDataset
+from sista_examples.training.pretraining import ModelArguments, build_model
+from sista_examples.training.tokenizer import train_report_tokenizer
 
 
 def demo_data(num_samples: int, image_size: int = 128):
@@ -58,7 +61,7 @@ def train_step_seconds(model: SistaModel, batch: dict, steps: int, warmup: int =
 
 def demo_model_and_batch(dataset, batch_size: int, objective: str = "sista"):
     tokenizer = train_report_tokenizer(dataset["report"], vocab_size=3000)
-    model = pretrain.build_model(pretrain.ModelArguments(model_preset="small", objective=objective), tokenizer)
+    model = build_model(ModelArguments(model_preset="small", objective=objective), tokenizer)
     rows = PretrainingDataset(dataset, SistaImageProcessor(size=128)).__getitems__(list(range(batch_size)))
     batch = SistaDataCollator(tokenizer, max_length=128)(rows)
     batch.pop("return_loss")

@@ -12,16 +12,12 @@ much less, and CPU seconds / cores is the wall time to expect on idle cores.
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 
+import datasets
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-
-import datasets  # noqa: E402
-
-from synthcxr import generate_synthcxr  # noqa: E402
+from sista_examples.data.synthcxr import generate_synthcxr
 
 
 def _cpu_seconds() -> float:

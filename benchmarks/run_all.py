@@ -2,7 +2,7 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """One entry point for the performance benchmarks: runs the colleagues' scripts, collects one README-ready table.
 
-Runs, each in its own process (with `PYTHONPATH=.:examples`), one after the other so they do not compete for cores:
+Runs, each in its own process, one after the other so they do not compete for cores:
 
 * `benchmarks/bench_core.py`      SISTA / CLIP train-step time ratio (interleaved rounds), STA memory over B, L, P;
 * `benchmarks/bench_pretrain.py`  pre-training samples/s of the demo model, data-pipeline images/s (and ViT-B/16);
@@ -104,11 +104,10 @@ PARSERS = {"core": parse_core, "pretrain": parse_pretrain, "synthcxr": parse_syn
 def run_benchmark(name: str, quick: bool, raw_dir: Path, timeout: int) -> dict:
     script, full_args, quick_args = BENCHMARKS[name]
     command = [sys.executable, script, *(quick_args if quick else full_args)]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([".", "examples", os.environ.get("PYTHONPATH", "")])}
     start = time.time()
     load_before = os.getloadavg()
     try:
-        completed = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout)
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         output, returncode = completed.stdout + completed.stderr, completed.returncode
     except subprocess.TimeoutExpired as error:
         output = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
@@ -201,8 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (output_dir / f"benchmarks_results{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    header = (f"Measured {payload['date_utc']} UTC with `{payload['command']}` (torch {torch.__version__}, "
-              f"{os.cpu_count()} CPUs; load average before each script in the JSON).\n\n")
+    header = f"Measured with `{payload['command']}` (torch {torch.__version__}, {os.cpu_count()} CPUs).\n\n"
     (output_dir / f"benchmarks_table{suffix}.md").write_text(header + table)
     print(table)
     return payload

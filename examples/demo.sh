@@ -10,15 +10,15 @@ OUTPUT_DIR=${OUTPUT_DIR:-outputs/sista-small-demo}
 NUM_PRETRAIN=${NUM_PRETRAIN:-4000}
 NUM_EPOCHS=${NUM_EPOCHS:-5}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-# 1 compute thread + 1 loader worker = 2 cores. Two OpenMP threads beside a loader (or other jobs) on 2 cores
-# oversubscribe them, and the step time then grows several-fold (measured 6.4 s vs 2.2 s per step under load).
+# 1 compute thread + 1 loader worker = 2 cores: two OpenMP threads beside a loader on 2 cores oversubscribe them
+# and each step becomes several times slower.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 start=$(date +%s)
 python examples/pretrain.py \
     --dataset_path "$DATA_DIR" \
     --synthcxr_num_pretrain "$NUM_PRETRAIN" --synthcxr_num_validation 500 \
-    --synthcxr_num_train 500 --synthcxr_num_test 500 --preprocessing_num_workers 2 \
+    --synthcxr_num_train 500 --synthcxr_num_test 500 --synthcxr_seed 42 --preprocessing_num_workers 2 \
     --model_preset small --image_size 128 --objective sista --vision_pooling mean --text_pooling mean \
     --output_dir "$OUTPUT_DIR" \
     --num_train_epochs "$NUM_EPOCHS" --per_device_train_batch_size 32 --per_device_eval_batch_size 32 \

@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-import downstream_utils as utils
-from push_to_hub import push_after_training
-from sista_trainer import CheckpointTrainer
+import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForImageClassification
+from sista_examples.evaluation.results import arguments_dict, write_results
+from sista_examples.hub.release import hub_push_request, push_after_training
+from sista_examples.training.trainer import CheckpointTrainer
+from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -73,10 +75,11 @@ def main(args: list[str] | None = None):
         (utils.ModelArguments, utils.DataArguments, ClassificationArguments, TrainingArguments)
     )
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
-    utils.setup_logging(training_args)
-    hub_push = utils.check_arguments(model_args, data_args, training_args)
+    setup_logging(training_args)
+    utils.check_arguments(model_args, data_args, training_args)
+    hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, training_args)
+    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "labels"], "Classification")
     num_labels = len(train_dataset[0]["labels"])
     for split in (train_dataset, test_dataset):
@@ -99,10 +102,12 @@ def main(args: list[str] | None = None):
             "labels": labels_tensor(batch["labels"], task_args.problem_type),
         }
 
+    augmentation = utils.augmentation_of(data_args)
+
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         if augment:
-            pixel_values, _, _ = utils.augment_batch(pixel_values, data_args)
+            pixel_values, _, _ = augmentation.augment_batch(pixel_values)
         return {"pixel_values": pixel_values, "labels": torch.stack([example["labels"] for example in examples])}
 
     trainer = CheckpointTrainer(
@@ -155,7 +160,8 @@ def main(args: list[str] | None = None):
         headline["per-label accuracy (p >= 0.5)"] = metrics["label_accuracy"]
     else:
         headline["accuracy (arg-max)"] = metrics["accuracy"]
-    utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args, task_args])
+    results["arguments"] = arguments_dict(model_args, data_args, task_args)
+    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

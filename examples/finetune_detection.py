@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-import downstream_utils as utils
-from push_to_hub import push_after_training
-from sista_trainer import CheckpointTrainer
-from modeling_sista import SistaForObjectDetection, center_to_corners
+import sista_examples.evaluation.downstream as utils
+from modeling_sista import SistaForObjectDetection
+from processing_sista import center_to_corners
+from sista_examples.evaluation.results import arguments_dict, write_results
+from sista_examples.hub.release import hub_push_request, push_after_training
+from sista_examples.training.trainer import CheckpointTrainer
+from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -79,10 +82,11 @@ def check_objects(dataset, split_name: str, num_categories: int) -> int:
 def main(args: list[str] | None = None):
     parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, DetectionArguments, TrainingArguments))
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
-    utils.setup_logging(training_args)
-    hub_push = utils.check_arguments(model_args, data_args, training_args)
+    setup_logging(training_args)
+    utils.check_arguments(model_args, data_args, training_args)
+    hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, training_args)
+    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "objects"], "Detection")
     all_names = category_names_of(train_dataset)
     if task_args.categories:
@@ -117,11 +121,13 @@ def main(args: list[str] | None = None):
             targets.append({"class_labels": class_labels, "boxes": boxes})
         return {"pixel_values": utils.process_images(image_processor, batch["image"]), "labels": targets}
 
+    augmentation = utils.augmentation_of(data_args)
+
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         labels = [example["labels"] for example in examples]
         if augment:
-            pixel_values, _, boxes = utils.augment_batch(pixel_values, data_args, boxes=[t["boxes"] for t in labels])
+            pixel_values, _, boxes = augmentation.augment_batch(pixel_values, boxes=[t["boxes"] for t in labels])
             labels = [
                 {"class_labels": target["class_labels"][(moved[:, 2:] > 0).all(dim=1)],
                  "boxes": moved[(moved[:, 2:] > 0).all(dim=1)]}
@@ -186,7 +192,8 @@ def main(args: list[str] | None = None):
         "mAP@[.50:.95]": metrics["map"],
         "AP50": metrics["map_50"],
     }
-    utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args, task_args])
+    results["arguments"] = arguments_dict(model_args, data_args, task_args)
+    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

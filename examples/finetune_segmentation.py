@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-import downstream_utils as utils
-from push_to_hub import push_after_training
-from sista_trainer import CheckpointTrainer
+import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForSemanticSegmentation
+from sista_examples.evaluation.results import arguments_dict, write_results
+from sista_examples.hub.release import hub_push_request, push_after_training
+from sista_examples.training.trainer import CheckpointTrainer
+from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -46,10 +48,11 @@ def check_masks(dataset, split_name: str) -> None:
 def main(args: list[str] | None = None):
     parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args)
-    utils.setup_logging(training_args)
-    hub_push = utils.check_arguments(model_args, data_args, training_args)
+    setup_logging(training_args)
+    utils.check_arguments(model_args, data_args, training_args)
+    hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, training_args)
+    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "mask"], "Segmentation")
     check_masks(train_dataset, data_args.train_split)
     check_masks(test_dataset, data_args.test_split)
@@ -65,11 +68,13 @@ def main(args: list[str] | None = None):
             "labels": utils.process_masks(image_processor, batch["mask"]),
         }
 
+    augmentation = utils.augmentation_of(data_args)
+
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
         masks = torch.stack([example["labels"] for example in examples])
         if augment:
-            pixel_values, masks, _ = utils.augment_batch(pixel_values, data_args, masks=masks)
+            pixel_values, masks, _ = augmentation.augment_batch(pixel_values, masks=masks)
         return {"pixel_values": pixel_values, "labels": masks}
 
     trainer = CheckpointTrainer(
@@ -118,7 +123,8 @@ def main(args: list[str] | None = None):
         "Dice": metrics["dice"],
         "mean image Dice": metrics["mean_image_dice"],
     }
-    utils.write_results(training_args.output_dir, TASK, results, headline, [model_args, data_args])
+    results["arguments"] = arguments_dict(model_args, data_args)
+    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

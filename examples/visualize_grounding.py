@@ -55,21 +55,18 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-import synthcxr
-from eval_utils import (
+from sista_examples.data import synthcxr
+from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.evaluation.common import (
     EvaluationArguments,
-    arguments_dict,
-    command_line,
     batch_ranges,
     load_evaluation_split,
-    load_sista,
-    markdown_table,
     report_texts,
     require_columns,
-    setup_logging,
     text_max_length,
-    write_results,
 )
+from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
+from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)

@@ -32,21 +32,18 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import HfArgumentParser
 
-from eval_utils import (
+from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.evaluation.common import (
     EvaluationArguments,
     LazyColumn,
-    arguments_dict,
-    command_line,
     embed_images,
     embed_texts,
     load_evaluation_split,
-    load_sista,
-    markdown_table,
     require_columns,
     resolve_class_names,
-    setup_logging,
-    write_results,
 )
+from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
+from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)

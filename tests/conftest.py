@@ -27,12 +27,19 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
 SPECIAL_TOKEN_IDS = [0, 1, 2, 3, 4]
 
 
-def load_benchmark(name: str):
-    """A script of benchmarks/ imported as a module (benchmarks/ is not a package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """
+    A runnable script (`examples/pretrain.py`, `research/reproduce.py`, ...) loaded from its path as a module, for
+    its `main` and its own functions; scripts are not importable by name.
+    """
+    path = REPOSITORY / relative_path
+    name = f"script_{path.parent.name}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
 

@@ -21,10 +21,9 @@ from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from conftest import tiny_sista_config  # noqa: E402
-from modeling_sista import SistaModel, gather_global_batch  # noqa: E402
+# run as a script, so its own folder (tests/) is first on the import path
+from conftest import tiny_sista_config
+from modeling_sista import SistaModel, gather_global_batch
 
 
 def shard_with_fsdp2(model: torch.nn.Module, rank: int) -> torch.nn.Module:

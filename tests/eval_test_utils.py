@@ -27,7 +27,7 @@ def save_tiny_sista(directory: Path, seed: int = 0) -> Path:
 
 @lru_cache(maxsize=1)
 def tiny_synthcxr_test_split():
-    import synthcxr
+    from sista_examples.data import synthcxr
 
     return synthcxr.generate_synthcxr(
         num_pretrain=0, num_train=0, num_validation=0, num_test=NUM_TEST_STUDIES, image_size=IMAGE_SIZE, seed=0

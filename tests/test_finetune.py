@@ -7,13 +7,16 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from transformers import BertConfig, BertModel
 
-import downstream_utils
-import finetune_classification
-import finetune_detection
-import finetune_segmentation
-from conftest import tiny_sista_config
+import sista_examples.evaluation.downstream as downstream
+from conftest import load_script, tiny_sista_config
 from modeling_sista import SistaForImageClassification, SistaModel
-from synthcxr import generate_synthcxr, save_synthcxr
+from sista_examples.data.label_fractions import select_label_fraction
+from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
+
+
+finetune_classification = load_script("examples/finetune_classification.py")
+finetune_detection = load_script("examples/finetune_detection.py")
+finetune_segmentation = load_script("examples/finetune_segmentation.py")
 
 
 TINY_SCRATCH = [
@@ -96,7 +99,7 @@ def test_empty_test_split_is_an_error_not_nan(dataset_dir):
     dataset = load_from_disk(str(dataset_dir))
     empty = DatasetDict({"train": dataset["train"], "test": dataset["test"].select([])})
     with pytest.raises(ValueError, match="'test'.*is empty.*undefined"):
-        downstream_utils.select_splits(empty, downstream_utils.DataArguments(), ["image", "labels"], "Classification")
+        downstream.select_splits(empty, downstream.DataArguments(), ["image", "labels"], "Classification")
 
 
 def test_out_of_range_label_fraction_and_model_choice_are_refused(dataset_dir, tmp_path):
@@ -109,20 +112,20 @@ def test_out_of_range_label_fraction_and_model_choice_are_refused(dataset_dir, t
 def test_label_fractions_are_nested_deterministic_and_keep_a_minimum(dataset_dir):
     train = load_from_disk(str(dataset_dir))["train"]
     subsets = {
-        fraction: downstream_utils.label_fraction_subset(train, fraction, seed=0, min_samples=4)["study_id"]
+        fraction: select_label_fraction(train, fraction, seed=0, min_samples=4)["study_id"]
         for fraction in (0.01, 0.5, 1.0)
     }
     assert len(subsets[0.01]) == 4 and len(subsets[0.5]) == 12 and len(subsets[1.0]) == 24
     assert set(subsets[0.01]) <= set(subsets[0.5]) <= set(subsets[1.0])
-    assert downstream_utils.label_fraction_subset(train, 0.5, seed=0, min_samples=4)["study_id"] == subsets[0.5]
-    assert downstream_utils.label_fraction_subset(train, 0.5, seed=1, min_samples=4)["study_id"] != subsets[0.5]
+    assert select_label_fraction(train, 0.5, seed=0, min_samples=4)["study_id"] == subsets[0.5]
+    assert select_label_fraction(train, 0.5, seed=1, min_samples=4)["study_id"] != subsets[0.5]
 
 
 def test_boxes_follow_the_pad_resize_into_the_model_frame():
     from processing_sista import SistaImageProcessor
 
     # a 200×100 (width × height) image padded into 64×64: scale 0.32, 16 px of padding above and below
-    boxes, kept = downstream_utils.boxes_to_model_frame(
+    boxes, kept = downstream.boxes_to_model_frame(
         [[50, 25, 100, 50], [0, 0, 0, 5]], 200, 100, SistaImageProcessor(size=64)
     )
     assert kept == [0]
@@ -130,12 +133,12 @@ def test_boxes_follow_the_pad_resize_into_the_model_frame():
 
 
 def test_augmentation_moves_boxes_with_the_image():
-    args = downstream_utils.DataArguments(intensity_jitter=0.0)
+    args = downstream.DataArguments(intensity_jitter=0.0)
     image = torch.zeros(1, 1, 64, 64)
     image[:, :, 16:32, 24:40] = 1.0  # x 24..40, y 16..32
     box = torch.tensor([[32 / 64, 24 / 64, 16 / 64, 16 / 64]])
     torch.manual_seed(3)
-    moved_image, _, (moved_box,) = downstream_utils.augment_batch(image, args, boxes=[box])
+    moved_image, _, (moved_box,) = downstream.augmentation_of(args).augment_batch(image, boxes=[box])
     rows, columns = (moved_image[0, 0] > 0.5).nonzero(as_tuple=True)
     center = torch.tensor([(columns.float().mean() + 0.5) / 64, (rows.float().mean() + 0.5) / 64])
     torch.testing.assert_close(moved_box[0, :2], center, atol=1.5 / 64, rtol=0)

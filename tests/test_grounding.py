@@ -10,11 +10,14 @@ from datasets import DatasetDict
 from PIL import Image
 from transformers import BertTokenizer
 
-import synthcxr
-import visualize_grounding as grounding
+from conftest import load_script
 from eval_test_utils import read_results, save_tiny_sista, save_tiny_synthcxr, tiny_synthcxr_test_split
-from eval_utils import load_sista
 from processing_sista import SistaImageProcessor
+from sista_examples.data import synthcxr
+from sista_examples.evaluation.checkpoints import load_sista
+
+
+grounding = load_script("examples/visualize_grounding.py")
 
 
 @pytest.fixture(scope="module")

@@ -135,7 +135,7 @@ def test_frozen_encoder_gets_no_gradient_and_stays_unchanged_through_a_trainer_s
 def test_checkpoint_trainer_reloads_every_weight_of_a_checkpoint(tmp_path, trainer_name):
     from safetensors.torch import load_file
 
-    from sista_trainer import CheckpointTrainer
+    from sista_examples.training.trainer import CheckpointTrainer
 
     model = tiny_head(SistaForImageClassification, num_labels=2).train()
     data = [{"pixel_values": pixels(1, seed)[0], "labels": torch.tensor(seed % 2)} for seed in range(4)]

@@ -16,15 +16,15 @@ import torch
 from huggingface_hub import ModelCard, metadata_load
 from safetensors.torch import load_file
 
-import model_card
 import modeling_sista
-import push_to_hub
-from conftest import build_tiny_tokenizer, tiny_sista_config
-from model_card import build_model_card, load_results
+import sista_examples.hub.model_card as model_card
+import sista_examples.hub.release as push_to_hub
+from conftest import build_tiny_tokenizer, load_script, tiny_sista_config
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor, SistaProcessor
-from push_to_hub import ReleaseError, check_release_folders, prepare_release_folder, push_sista_to_hub
-from release_load_check import CHECK_TEXTS, check_images
+from sista_examples.hub.load_check import CHECK_TEXTS, check_images
+from sista_examples.hub.model_card import build_model_card, load_results
+from sista_examples.hub.release import ReleaseError, check_release_folders, prepare_release_folder, push_sista_to_hub
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -159,6 +159,8 @@ def test_release_takes_processor_and_missing_code_from_elsewhere(tmp_path, base_
     model.save_pretrained(tmp_path / "model_only")
     tiny_processor.save_pretrained(tmp_path / "processor")
     (tmp_path / "processor" / "processing_sista.py").unlink()
+    # modeling_sista.py imports the post-processing of processing_sista.py, so the model saves it too: remove it here
+    (tmp_path / "model_only" / "processing_sista.py").unlink()
     assert not (tmp_path / "model_only" / "processing_sista.py").exists()
 
     with pytest.raises(ReleaseError, match="processor_dir"):
@@ -547,7 +549,7 @@ def test_training_flag_hands_the_push_to_the_release_path(monkeypatch, tmp_path,
     import huggingface_hub
     from transformers import TrainingArguments
 
-    from push_to_hub import hub_push_request, push_after_training
+    from sista_examples.hub.release import hub_push_request, push_after_training
 
     run_dir, _ = base_run
     FakeHfApi.calls = []
@@ -580,9 +582,7 @@ def test_training_flag_hands_the_push_to_the_release_path(monkeypatch, tmp_path,
     "script", ["pretrain", "finetune_classification", "finetune_segmentation", "finetune_detection"]
 )
 def test_training_scripts_with_push_to_hub_offline_stop_before_training(monkeypatch, tmp_path, base_run, script):
-    import importlib
-
-    module = importlib.import_module(script)
+    module = load_script(f"examples/{script}.py")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     output_dir = tmp_path / "run"
     encoder = [] if script == "pretrain" else ["--model_name_or_path", str(base_run[0])]
@@ -592,7 +592,7 @@ def test_training_scripts_with_push_to_hub_offline_stop_before_training(monkeypa
 
 
 def test_a_head_pushed_from_scratch_is_refused_before_training(tmp_path):
-    import finetune_classification
+    finetune_classification = load_script("examples/finetune_classification.py")
 
     with pytest.raises(ValueError, match=r"--push_to_hub.*--model_name_or_path.*processor_config.json.*--from_scratch"):
         finetune_classification.main(
@@ -604,7 +604,7 @@ def test_a_head_is_pushed_with_the_processor_of_its_pre_training_folder(monkeypa
     import huggingface_hub
 
     from modeling_sista import SistaForImageClassification
-    from push_to_hub import push_after_training
+    from sista_examples.hub.release import push_after_training
 
     run_dir, _ = base_run
     head_dir = tmp_path / "head"

@@ -1,12 +1,9 @@
-"""The local `evaluate` metric modules (examples/metrics) against hand-computed cases."""
-
-from pathlib import Path
+"""The local `evaluate` metric modules (`sista_examples/evaluation/metrics`) against hand-computed cases."""
 
 import evaluate
 import pytest
 
-
-METRICS_DIR = Path(__file__).resolve().parents[1] / "examples" / "metrics"
+from sista_examples.evaluation.downstream import METRICS_DIR
 
 
 def load(name, config_name=None):

@@ -1,5 +1,5 @@
 """
-Tests of `examples/prepare_datasets.py` and `examples/prepare_utils.py`.
+Tests of `examples/prepare_datasets.py` and `sista_examples.data.prepare`.
 
 Every dataset is prepared from a small fixture that the test writes in that dataset's real file
 format (column names, value formats, folder layout; DICOMs with real tags and 8/12/16-bit pixel
@@ -20,8 +20,10 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-import prepare_datasets
-from prepare_datasets import (
+import sista_examples.data.prepare as prepare_datasets
+from conftest import load_script
+from sista_examples.data.label_fractions import label_fraction_ranks, select_label_fraction
+from sista_examples.data.prepare import (
     ChexpertArguments,
     CovidxArguments,
     MimicCxrArguments,
@@ -38,20 +40,16 @@ from prepare_datasets import (
     prepare_rsna_pneumonia,
     prepare_siim_pneumothorax,
     resolve_chexpert_path,
-)
-from prepare_utils import (
     SkipExample,
     SkipLog,
     assign_group_splits,
     build_objects,
     clip_box,
     decode_siim_rle,
-    label_fraction_ranks,
     load_prepared_dataset,
     read_image,
     read_image_or_skip,
     resized_size,
-    select_label_fraction,
 )
 
 
@@ -813,7 +811,7 @@ def test_covidx_num_proc_does_not_change_the_output(tmp_path):
     outputs = []
     for num_proc in (1, 2):
         output_dir = tmp_path / f"out{num_proc}"
-        prepare_datasets.main(
+        load_script("examples/prepare_datasets.py").main(
             ["covidx", "--data_dir", str(root), "--output_dir", str(output_dir), "--image_size", "16",
              "--num_proc", str(num_proc), "--num_shards", "2", "--image_format", "jpeg"]
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests of `examples/pretrain.py` and `examples/sista_trainer.py`: data pipeline, launch modes, gradient cache,
+"""Tests of `examples/pretrain.py` and `sista_examples.training`: data pipeline, launch modes, gradient cache,
 resume, bad input. Tiny configs (hidden 32, 32-pixel SynthCXR), a few optimizer steps each."""
 
 import json
@@ -14,17 +14,18 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
-import pretrain
-from conftest import tiny_batch, tiny_sista_config
+from conftest import load_script, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
-from sista_trainer import (
-    PretrainingDataset,
-    SistaDataCollator,
-    XRayAugmentation,
-    gradient_cache_backward,
-    train_report_tokenizer,
-)
+from sista_examples.training.augmentation import XRayAugmentation
+from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.dataset import PretrainingDataset
+from sista_examples.training.gradient_cache import gradient_cache_backward
+from sista_examples.training.pretraining import ModelArguments, objective_config
+from sista_examples.training.tokenizer import train_report_tokenizer
+
+
+pretrain = load_script("examples/pretrain.py")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ TINY_ARGS = [
 @pytest.fixture(scope="module")
 def tiny_dataset_path(tmp_path_factory) -> str:
     """32-pixel SynthCXR with `report_embeds` in groups of near-duplicates, so SIA flags false negatives."""
-    from synthcxr import generate_synthcxr
+    from sista_examples.data.synthcxr import generate_synthcxr
 
     dataset = generate_synthcxr(num_pretrain=48, num_train=0, num_validation=16, num_test=0, image_size=32, seed=0)
     rng = np.random.default_rng(0)
@@ -149,7 +150,7 @@ def test_report_tokenizer_is_deterministic(tmp_path):
     [("clip", 2.0, 0.0), ("sia", 0.44, 0.0), ("sta", 2.0, 1.0), ("sista", 0.44, 1.0)],
 )
 def test_objectives(objective, sia_threshold, sta_weight):
-    config = pretrain.objective_config(pretrain.ModelArguments(objective=objective))
+    config = objective_config(ModelArguments(objective=objective))
     assert (config["sia_threshold"], config["sta_weight"], config["sia_weight"]) == (sia_threshold, sta_weight, 1.0)
 
 
@@ -364,7 +365,6 @@ def test_resume_from_checkpoint_of_another_model(resumed_runs, tiny_dataset_path
 
 
 def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
-    pytest.importorskip("report_embeddings", reason="examples/report_embeddings.py is not there yet")
     from datasets import load_from_disk
 
     dataset = load_from_disk(tiny_dataset_path)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from datasets import Dataset, DatasetDict, Sequence, Value, load_from_disk
 
-import report_embeddings
-from report_embeddings import (
+import sista_examples.data.report_embeddings as report_embeddings
+from conftest import load_script
+from sista_examples.data.report_embeddings import (
     TfidfReportEncoder,
     add_report_embeddings,
     analyze_report_similarity,
@@ -210,14 +211,14 @@ def test_analysis_writes_json_and_png(tmp_path):
 def test_cli_in_place_and_to_new_directory(tmp_path):
     source = tmp_path / "data"
     DatasetDict({"pretrain": Dataset.from_dict({"report": REPORTS})}).save_to_disk(str(source))
-    report_embeddings.main(
+    load_script("examples/report_embeddings.py").main(
         ["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8", "--output_dir", str(tmp_path / "out")]
     )
     assert load_from_disk(str(tmp_path / "out"))["pretrain"].features["report_embeds"].length == 8
     assert "report_embeds" not in load_from_disk(str(source))["pretrain"].column_names
-    report_embeddings.main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"])
+    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"])
     in_place = load_from_disk(str(source))["pretrain"]
     assert np.allclose(in_place["report_embeds"], load_from_disk(str(tmp_path / "out"))["pretrain"]["report_embeds"])
-    report_embeddings.main(["--dataset_dir", str(source), "--dim", "4", "--overwrite_column", "true"])
+    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source), "--dim", "4", "--overwrite_column", "true"])
     assert load_from_disk(str(source))["pretrain"].features["report_embeds"].length == 4
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "out"], "no staging directory left behind"

@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import load_benchmark
+from conftest import load_script
 
 
-reproduce = load_benchmark("reproduce")
+reproduce = load_script("research/reproduce.py")
 
 
 def fake_records():
@@ -80,7 +80,7 @@ def test_aggregate_reads_records_and_writes_outputs(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     args = reproduce.parse_arguments(["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out")])
-    payload = reproduce.aggregate(args, "python benchmarks/reproduce.py")
+    payload = reproduce.aggregate(args, "python research/reproduce.py")
     assert payload["num_records"] == len(records)
     assert (tmp_path / "out" / "reproduce_table.md").is_file()
     assert (tmp_path / "out" / "reproduce_label_fractions.png").is_file()
@@ -109,7 +109,7 @@ def test_bad_arguments_are_refused(argv):
 
 
 def test_in_batch_false_negative_flags_against_hand_count():
-    fn_analysis = load_benchmark("fn_analysis")
+    fn_analysis = load_script("research/fn_analysis.py")
     # 4 studies: 0 and 1 identical reports with the same labels, 2 similar to 0 but other labels, 3 orthogonal
     embeddings = np.array([[1, 0, 0], [1, 0, 0], [0.8, 0.6, 0], [0, 0, 1]], dtype=np.float32)
     label_ids = np.array([0, 0, 1, 2])
@@ -121,7 +121,7 @@ def test_in_batch_false_negative_flags_against_hand_count():
 
 
 def test_run_all_parsers():
-    run_all = load_benchmark("run_all")
+    run_all = load_script("benchmarks/run_all.py")
     core = run_all.parse_core(
         "batch 64, demo encoders: CLIP 1.237 s/step, SISTA 1.254 s/step, ratio 1.014 (target <= 1.05)\n"
         "| 256 | 128 | 196 | 128 | 429 | 0.51 |\n| 64 | 128 | 196 | 128 | 122 | 0.10 |\n"
@@ -145,9 +145,12 @@ def test_pretrain_extra_args_are_appended_last(tmp_path):
     assert cli.count("--warmup_steps") == 2  # the study's 20, then the override (argparse keeps the last)
     default = reproduce.pretrain_arguments(reproduce.parse_arguments(["--work_dir", str(tmp_path)]), "clip", 0, tmp_path / "run")
     assert cli[: len(default)] == default
-    import pretrain
+    from transformers import HfArgumentParser
 
-    parsed = pretrain.HfArgumentParser(
-        (pretrain.ModelArguments, pretrain.DataArguments, pretrain.SistaTrainingArguments)
-    ).parse_args_into_dataclasses(args=cli)
+    from sista_examples.training.pretraining import DataArguments, ModelArguments
+    from sista_examples.training.trainer import SistaTrainingArguments
+
+    parsed = HfArgumentParser((ModelArguments, DataArguments, SistaTrainingArguments)).parse_args_into_dataclasses(
+        args=cli
+    )
     assert parsed[2].warmup_steps == 50 and parsed[1].augment is False and parsed[0].text_model_name_or_path == "a dir"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import DatasetDict
 
-import retrieval
+from conftest import load_script
 from eval_test_utils import (
     NUM_TEST_STUDIES,
     read_results,
@@ -14,7 +14,11 @@ from eval_test_utils import (
     save_tiny_synthcxr,
     tiny_synthcxr_test_split,
 )
-from eval_utils import load_sista
+from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.evaluation.retrieval import recall_at_k, retrieval_positives
+
+
+retrieval = load_script("examples/retrieval.py")
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +48,14 @@ def naive_recall(similarity, labels, k, semantic):
 def test_known_answer_on_a_three_by_three_matrix():
     similarity = np.array([[0.9, 0.1, 0.0], [0.8, 0.7, 0.2], [0.3, 0.2, 0.1]])
     labels = np.array([[0, 1], [0, 1], [1, 0]])
-    paired = retrieval.retrieval_positives(3)
-    semantic = retrieval.retrieval_positives(3, labels)
+    paired = retrieval_positives(3)
+    semantic = retrieval_positives(3, labels)
     # image->report: query 0 hits at rank 1; query 1 ranks its pair second; query 2 ranks its pair last
-    assert retrieval.recall_at_k(similarity, paired, [1, 2, 3]) == {"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0}
+    assert recall_at_k(similarity, paired, [1, 2, 3]) == {"R@1": 1 / 3, "R@2": 2 / 3, "R@3": 1.0}
     # semantic: report 0 has query 1's labels, so query 1 hits at rank 1
-    assert retrieval.recall_at_k(similarity, semantic, [1, 2, 3]) == {"R@1": 2 / 3, "R@2": 2 / 3, "R@3": 1.0}
+    assert recall_at_k(similarity, semantic, [1, 2, 3]) == {"R@1": 2 / 3, "R@2": 2 / 3, "R@3": 1.0}
     # report->image is the transpose: report 0's best image is image 0; report 1's is image 1; report 2's is 1
-    assert retrieval.recall_at_k(similarity.T, paired.T, [1]) == {"R@1": 2 / 3}
+    assert recall_at_k(similarity.T, paired.T, [1]) == {"R@1": 2 / 3}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -61,9 +65,9 @@ def test_recall_equals_a_naive_loop_with_ties_and_shared_labels(seed):
     similarity = rng.integers(0, 4, (num_items, num_items)).astype(float)  # many ties
     labels = rng.integers(0, 2, (num_items, 2))  # 4 label vectors over 12 items: many semantic positives
     for semantic in (False, True):
-        positives = retrieval.retrieval_positives(num_items, labels if semantic else None)
+        positives = retrieval_positives(num_items, labels if semantic else None)
         for matrix in (similarity, similarity.T):
-            got = retrieval.recall_at_k(matrix, positives, [1, 2, 5, 10, 20])
+            got = recall_at_k(matrix, positives, [1, 2, 5, 10, 20])
             for k in (1, 2, 5, 10, 20):
                 assert got[f"R@{k}"] == pytest.approx(naive_recall(matrix, labels, k, semantic)), (semantic, k)
 
@@ -71,11 +75,11 @@ def test_recall_equals_a_naive_loop_with_ties_and_shared_labels(seed):
 def test_ties_count_against_the_query_so_a_collapsed_model_scores_its_worst_case():
     constant = np.ones((4, 4))  # every item equally similar to every query
     labels = np.array([[0, 0], [0, 0], [0, 0], [1, 0]])  # three studies share a label vector
-    assert retrieval.recall_at_k(constant, retrieval.retrieval_positives(4), [1, 3, 4]) == {
+    assert recall_at_k(constant, retrieval_positives(4), [1, 3, 4]) == {
         "R@1": 0.0, "R@3": 0.0, "R@4": 1.0
     }
-    semantic = retrieval.retrieval_positives(4, labels)  # the shared-label queries have 1 non-hit, the last has 3
-    assert retrieval.recall_at_k(constant, semantic, [1, 2]) == {"R@1": 0.0, "R@2": 0.75}
+    semantic = retrieval_positives(4, labels)  # the shared-label queries have 1 non-hit, the last has 3
+    assert recall_at_k(constant, semantic, [1, 2]) == {"R@1": 0.0, "R@2": 0.75}
 
 
 def test_semantic_positives_are_the_pair_and_identical_label_vectors():
@@ -83,17 +87,17 @@ def test_semantic_positives_are_the_pair_and_identical_label_vectors():
     expected = np.array(
         [[1, 0, 1, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=bool
     )  # the two normal studies (all zeros) match each other
-    assert np.array_equal(retrieval.retrieval_positives(4, labels), expected)
-    assert np.array_equal(retrieval.retrieval_positives(4), np.eye(4, dtype=bool))
+    assert np.array_equal(retrieval_positives(4, labels), expected)
+    assert np.array_equal(retrieval_positives(4), np.eye(4, dtype=bool))
 
 
 def test_bad_similarity_matrices_are_errors():
     with pytest.raises(ValueError, match="at least one query"):
-        retrieval.recall_at_k(np.zeros((0, 0)), np.zeros((0, 0), bool), [1])
+        recall_at_k(np.zeros((0, 0)), np.zeros((0, 0), bool), [1])
     with pytest.raises(ValueError, match="NaN"):
-        retrieval.recall_at_k(np.array([[np.nan]]), np.eye(1, dtype=bool), [1])
+        recall_at_k(np.array([[np.nan]]), np.eye(1, dtype=bool), [1])
     with pytest.raises(ValueError, match="one shape"):
-        retrieval.recall_at_k(np.zeros((2, 2)), np.eye(3, dtype=bool), [1])
+        recall_at_k(np.zeros((2, 2)), np.eye(3, dtype=bool), [1])
     with pytest.raises(ValueError, match="recall_at"):
         retrieval.RetrievalArguments(recall_at="0,5")
 

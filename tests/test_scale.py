@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import SPECIAL_TOKEN_IDS, load_benchmark, tiny_batch, tiny_sista_config
+from conftest import SPECIAL_TOKEN_IDS, load_script, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel, false_negative_mask, sia_loss, sta_loss
 
 
@@ -254,7 +254,7 @@ def test_losses_compile_without_graph_breaks_and_match_eager():
 
 
 def test_gpu_scale_benchmark_runs_tiny_on_cpu(tmp_path):
-    bench_gpu_scale = load_benchmark("bench_gpu_scale")
+    bench_gpu_scale = load_script("benchmarks/bench_gpu_scale.py")
     output = tmp_path / "bench.json"
     report = bench_gpu_scale.main(["--tiny", "--steps", "2", "--warmup", "1", "--output", str(output)])
     assert json.loads(output.read_text()) == report

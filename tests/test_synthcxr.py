@@ -1,5 +1,5 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
-"""Tests of the SynthCXR generator (examples/synthcxr.py): determinism, schema, ground-truth
+"""Tests of the SynthCXR generator (`sista_examples.data.synthcxr`, `examples/generate_synthcxr.py`): determinism, schema, ground-truth
 consistency, report <-> label agreement, and that side-specific labels need location."""
 
 import re
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-import synthcxr
-from synthcxr import (
+from conftest import load_script
+from sista_examples.data import synthcxr
+from sista_examples.data.synthcxr import (
     CLASS_NAMES,
     FINDING_SYNONYMS,
     NEGATION_WORDS,
@@ -289,7 +290,7 @@ def test_cli_and_plot(tmp_path):
         "--plot_examples",
         str(grid),
     ]
-    synthcxr.main(arguments)
+    load_script("examples/generate_synthcxr.py").main(arguments)
     loaded = load_from_disk(str(output_dir))
     assert {split: len(data) for split, data in loaded.items()} == {
         "pretrain": 4,
@@ -300,6 +301,6 @@ def test_cli_and_plot(tmp_path):
     assert loaded["train"][0]["image"].size == (48, 48)
     assert grid.stat().st_size > 10_000
     with pytest.raises(ValueError, match="already exists"):
-        synthcxr.main(arguments)
-    synthcxr.main(arguments + ["--overwrite_output_dir", "true", "--seed", "1"])
+        load_script("examples/generate_synthcxr.py").main(arguments)
+    load_script("examples/generate_synthcxr.py").main(arguments + ["--overwrite_output_dir", "true", "--seed", "1"])
     assert load_from_disk(str(output_dir))["train"][0]["study_id"] == "train-1-0000000"

@@ -1,14 +1,14 @@
-"""benchmarks/warm_start.py: the warm start's backbones are exported standalone and reload equal (no training)."""
+"""research/warm_start.py: the warm start's backbones are exported standalone and reload equal (no training)."""
 
 import json
 
 import torch
-from conftest import load_benchmark, tiny_sista_config
+from conftest import load_script, tiny_sista_config
 
 from modeling_sista import SistaModel
 
 
-warm_start = load_benchmark("warm_start")
+warm_start = load_script("research/warm_start.py")
 
 
 def test_export_backbones_reload_equal_and_rebuild_the_model(tmp_path):

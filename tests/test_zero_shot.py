@@ -10,7 +10,7 @@ import torch
 from datasets import DatasetDict
 from PIL import Image
 
-import zero_shot
+from conftest import load_script
 from eval_test_utils import (
     NUM_TEST_STUDIES,
     read_results,
@@ -18,8 +18,11 @@ from eval_test_utils import (
     save_tiny_synthcxr,
     tiny_synthcxr_test_split,
 )
-from eval_utils import check_sista_checkpoint, load_sista
-from synthcxr import CLASS_NAMES
+from sista_examples.data.synthcxr import CLASS_NAMES
+from sista_examples.evaluation.checkpoints import check_sista_checkpoint, load_sista
+
+
+zero_shot = load_script("examples/zero_shot.py")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ another transformers installation (another venv's interpreter):
 
 Builds the releases (pre-trained model and each task head, tiny random weights) with the current environment,
 computes their reference outputs here, loads every release in a clean interpreter of `--python` through the Auto
-classes with `trust_remote_code=True` (examples/release_load_check.py) and compares. Prints one line per release and
+classes with `trust_remote_code=True` (`examples/sista_examples/hub/load_check.py`) and compares. Prints one line per release and
 exits 0 when all load and match (`torch.equal`, or within `--atol` when the two transformers differ in kernels).
 tests/compat/check_transformers_version.sh VERSION creates the venv and runs this.
 """
@@ -24,8 +24,8 @@ from transformers import BertConfig, BertTokenizer, ViTConfig
 import modeling_sista
 from configuration_sista import SistaConfig
 from processing_sista import SistaImageProcessor, SistaProcessor
-from push_to_hub import ReleaseError, check_release_folders, prepare_release_folder
-from release_load_check import CHECK_TEXTS, MODEL_INPUTS, check_images
+from sista_examples.hub.load_check import CHECK_TEXTS, MODEL_INPUTS, check_images
+from sista_examples.hub.release import ReleaseError, check_release_folders, prepare_release_folder
 
 
 IMAGE_SIZE = 32

@@ -1,0 +1,268 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Shared pieces of the evaluation scripts without labels to train on (`zero_shot.py`, `retrieval.py`,
+`visualize_grounding.py`): their arguments, the evaluation split (SynthCXR generated in memory when the dataset folder
+does not exist), class names, and embedding images and reports in batches.
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
+from tqdm.auto import tqdm
+
+from processing_sista import clean_report
+
+from ..data import synthcxr
+from ..data.metadata import METADATA_FILE, read_dataset_metadata
+from ..data.synthcxr import SynthCXRGenerationArguments
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET_DIR = "data/synthcxr"
+
+
+@dataclass
+class EvaluationArguments(SynthCXRGenerationArguments):
+    """
+    Arguments shared by the evaluation scripts.
+
+    Args:
+        model_name_or_path (`str`):
+            Folder of a SISTA checkpoint saved with `save_pretrained`, holding the model and its `SistaProcessor`
+            (the output folder of `examples/pretrain.py`).
+        output_dir (`str`, *optional*, defaults to `"outputs/evaluation"`):
+            Where the results JSON, the markdown table (and figures) are written.
+        dataset_dir (`str`, *optional*, defaults to `"data/synthcxr"`):
+            A `DatasetDict` saved with `save_to_disk` (SynthCXR or a dataset prepared by
+            `examples/prepare_datasets.py`). When the folder does not exist, a small SynthCXR split is generated in
+            memory (nothing is written there).
+        split (`str`, *optional*, defaults to `"test"`):
+            The split to evaluate.
+        max_samples (`int`, *optional*):
+            Evaluate only the first `max_samples` rows of the split.
+        batch_size (`int`, *optional*, defaults to 32):
+            Images or reports per forward pass.
+        clean_reports (`bool`, *optional*, defaults to `False`):
+            Pass reports through `processing_sista.clean_report` before tokenising. Off by default because
+            `examples/pretrain.py` reads the `report` column as stored (prepared real datasets store cleaned text).
+        max_length (`int`, *optional*, defaults to 128):
+            Maximum number of tokens of a report or prompt.
+        class_names (`str`, *optional*):
+            Comma-separated names of the `labels` entries; by default read from the dataset (SynthCXR's
+            `CLASS_NAMES`, `class_names` in `sista_dataset.json`, or a `ClassLabel` feature).
+        synthcxr_num_* (`int`), synthcxr_image_size (`int`, *optional*), synthcxr_seed (`int`):
+            The SynthCXR split generated in memory when `dataset_dir` does not exist (`SynthCXRGenerationArguments`;
+            the image size defaults to the processor's input height).
+        device (`str`, *optional*):
+            `"cpu"`, `"cuda"`, ...; defaults to CUDA when available.
+    """
+
+    model_name_or_path: str = field(metadata={"help": "Folder of a saved SISTA checkpoint with its processor."})
+    output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results JSON/markdown go."})
+    dataset_dir: str = field(
+        default=DEFAULT_DATASET_DIR,
+        metadata={"help": "Saved DatasetDict; if the folder does not exist a small SynthCXR is generated in memory."},
+    )
+    split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first rows of the split."})
+    batch_size: int = field(default=32, metadata={"help": "Images or reports per forward pass."})
+    clean_reports: bool = field(
+        default=False, metadata={"help": "Clean reports with clean_report first (pre-training reads them as stored)."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Maximum tokens per report or prompt."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated names of the labels entries (default: from the dataset)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Torch device (default: cuda if available)."})
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}.")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"`max_samples` must be at least 1 when given, got {self.max_samples}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model and processor
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def text_max_length(model, requested: int) -> int:
+    """`requested`, capped at the text backbone's number of position embeddings (longer inputs cannot be encoded)."""
+    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    return min(requested, limit) if limit else requested
+
+
+def processor_image_size(processor) -> int | None:
+    size = getattr(processor.image_processor, "size", None)
+    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
+    return int(height) if height else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Dataset, dict]:
+    """
+    The split to evaluate and a description of where it came from (`{"dataset": ..., "split": ..., "generated":
+    bool, "metadata": {...}}`).
+
+    A missing `dataset_dir` gives a freshly generated SynthCXR split (logged); a missing split, or an empty one,
+    raises a `ValueError` (an empty split has no metric to report).
+    """
+    source = {"dataset": args.dataset_dir, "split": args.split, "generated": False, "metadata": {}}
+    if not Path(args.dataset_dir).exists():
+        if args.split not in synthcxr.SPLITS:
+            raise ValueError(f"`split` must be one of SynthCXR's {synthcxr.SPLITS}, got {args.split!r}.")
+        default_size = (processor_image_size(processor) if processor else None) or 224
+        generate_kwargs = args.generation_kwargs(default_size, splits=(args.split,))
+        if generate_kwargs[f"num_{args.split}"] < 1:
+            raise ValueError(
+                f"`synthcxr_num_{args.split}` must be at least 1 to generate the {args.split!r} split, got "
+                f"{generate_kwargs[f'num_{args.split}']}."
+            )
+        logger.info(
+            "Dataset folder %s does not exist: generating a small SynthCXR %s split in memory (%d studies, %d px, "
+            "seed %d). Run `python examples/generate_synthcxr.py --output_dir %s` to build the full dataset.",
+            args.dataset_dir,
+            args.split,
+            generate_kwargs[f"num_{args.split}"],
+            generate_kwargs["image_size"],
+            generate_kwargs["seed"],
+            args.dataset_dir,
+        )
+        dataset = synthcxr.generate_synthcxr(**generate_kwargs)[args.split]
+        source.update(generated=True, dataset="SynthCXR (generated)", synthcxr_image_size=generate_kwargs["image_size"])
+        source["metadata"] = {"class_names": list(synthcxr.CLASS_NAMES)}
+    else:
+        try:
+            loaded = load_from_disk(str(args.dataset_dir))
+        except (IndexError, FileNotFoundError) as error:
+            # datasets 5 writes no shard for a 0-row split and then fails to read it back with an IndexError
+            raise ValueError(
+                f"`dataset_dir` {args.dataset_dir} could not be loaded with datasets.load_from_disk "
+                f"({type(error).__name__}: {error}); a split saved with no rows cannot be read back: is a split empty?"
+            ) from error
+        source["metadata"] = read_dataset_metadata(args.dataset_dir) or {}
+        if isinstance(loaded, DatasetDict):
+            if args.split not in loaded:
+                raise ValueError(
+                    f"`split` {args.split!r} is not in {args.dataset_dir}; its splits are {sorted(loaded)}."
+                )
+            dataset = loaded[args.split]
+        else:
+            logger.info("%s holds a single Dataset, not a DatasetDict: evaluating all of it.", args.dataset_dir)
+            dataset = loaded
+    if len(dataset) == 0:
+        raise ValueError(
+            f"The {args.split!r} split of {source['dataset']} is empty: there is nothing to evaluate (a metric over "
+            "no sample is undefined)."
+        )
+    if args.max_samples is not None and args.max_samples < len(dataset):
+        dataset = dataset.select(range(args.max_samples))
+    logger.info("Evaluating %d rows of %s/%s.", len(dataset), source["dataset"], args.split)
+    return dataset, source
+
+
+def require_columns(dataset: Dataset, columns: Sequence[str], task: str) -> None:
+    """Raises a `ValueError` naming the first missing column and the task that needs it."""
+    for column in columns:
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"{task} needs the column {column!r}, which this dataset lacks (columns: {dataset.column_names})."
+            )
+
+
+def resolve_class_names(dataset: Dataset, source: dict, class_names: str | None = None) -> list[str]:
+    """Names of the `labels` entries: `--class_names`, then the dataset's metadata, then a `ClassLabel` feature."""
+    require_columns(dataset, ["labels"], "Resolving class names")
+    num_labels = len(dataset[0]["labels"])
+    if class_names:
+        names = [name.strip() for name in class_names.split(",") if name.strip()]
+        origin = "--class_names"
+    elif source.get("metadata", {}).get("class_names"):
+        names, origin = list(source["metadata"]["class_names"]), "the dataset metadata"
+    else:
+        feature = dataset.features["labels"]
+        inner = getattr(feature, "feature", None)
+        if isinstance(inner, ClassLabel):
+            names, origin = list(inner.names), "the labels feature"
+        elif {"findings", "objects"} <= set(dataset.column_names):
+            names, origin = list(synthcxr.CLASS_NAMES), "SynthCXR's CLASS_NAMES"
+        else:
+            raise ValueError(
+                "The class names of `labels` are unknown: pass --class_names (comma-separated) or add `class_names` "
+                f"to {METADATA_FILE} beside the dataset."
+            )
+    if len(names) != num_labels:
+        raise ValueError(f"{len(names)} class names from {origin} ({names}) for label vectors of length {num_labels}.")
+    return names
+
+
+def report_texts(reports: Sequence[str], clean: bool) -> list[str]:
+    """The texts the model reads: cleaned with `clean_report` (as in pre-training) or as stored."""
+    if not clean:
+        return list(reports)
+    return [clean_report(report).text for report in reports]
+
+
+def batch_ranges(num_items: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, num_items, batch_size):
+        yield start, min(start + batch_size, num_items)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_images(model, processor, images: Sequence, batch_size: int = 32, desc: str = "images") -> torch.Tensor:
+    """L2-normalised global image embeddings, `(num_images, projection_dim)`, float32 on the CPU."""
+    embeds = []
+    for start, stop in tqdm(list(batch_ranges(len(images), batch_size)), desc=f"Embedding {desc}"):
+        pixel_values = processor(images=list(images[start:stop]), return_tensors="pt")["pixel_values"]
+        features = model.get_image_features(pixel_values=pixel_values.to(model.device, model.dtype)).pooler_output
+        embeds.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(embeds)
+
+
+@torch.no_grad()
+def embed_texts(
+    model, processor, texts: Sequence[str], batch_size: int = 32, max_length: int = 128, desc: str = "reports"
+) -> torch.Tensor:
+    """L2-normalised global report (or prompt) embeddings, `(num_texts, projection_dim)`, float32 on the CPU."""
+    embeds = []
+    batches = list(batch_ranges(len(texts), batch_size))
+    for start, stop in tqdm(batches, desc=f"Embedding {desc}", disable=len(batches) < 2):
+        inputs = processor(
+            text=list(texts[start:stop]),
+            return_tensors="pt",
+            padding=True,
+            max_length=text_max_length(model, max_length),
+        )
+        inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
+        features = model.get_text_features(**inputs).pooler_output
+        embeds.append(F.normalize(features.float(), dim=-1).cpu())
+    return torch.cat(embeds)
+
+
+class LazyColumn:
+    """A dataset column read slice by slice, so that a split's images are never all decoded at once."""
+
+    def __init__(self, dataset: Dataset, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int | slice):
+        return self.dataset[index][self.column]

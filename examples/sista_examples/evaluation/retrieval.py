@@ -1,0 +1,65 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+The one retrieval rule of the project: Recall@K from a similarity matrix and a matrix of hits, where a hit tied with
+a non-hit ranks after it (ties count against the query, so a collapsed model that scores everything alike gets no
+credit). The retrieval evaluation and pre-training's end-of-run check both use it.
+"""
+
+import numpy as np
+
+
+def retrieval_positives(num_items: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """
+    `(num_items, num_items)` boolean matrix of hits for paired queries and galleries: the diagonal (each query's own
+    pair), plus, when `labels` is given, every pair of items with identical label vectors. Symmetric, so it serves
+    both directions.
+    """
+    positives = np.eye(num_items, dtype=bool)
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape[0] != num_items:
+            raise ValueError(f"`labels` must have {num_items} rows, got {labels.shape[0]}.")
+        positives |= (labels[:, None, :] == labels[None, :, :]).all(axis=-1)
+    return positives
+
+
+def first_hit_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """
+    0-based rank of each query's best-ranked hit (`inf` for a query with no hit): the number of non-hits whose
+    similarity is at least that of the query's most similar hit, so ties count against the query.
+    """
+    similarity, positives = np.asarray(similarity), np.asarray(positives, dtype=bool)
+    if similarity.ndim != 2 or similarity.shape != positives.shape:
+        raise ValueError(
+            f"`similarity` and `positives` must be 2-D of one shape, got {similarity.shape} and {positives.shape}."
+        )
+    if similarity.size == 0:
+        raise ValueError(f"Retrieval needs at least one query and one gallery item, got shape {similarity.shape}.")
+    if not np.isfinite(similarity).all():
+        raise ValueError("`similarity` holds NaN or infinite values.")
+    best_hit = np.where(positives, similarity, -np.inf).max(axis=1, keepdims=True)
+    rank = ((similarity >= best_hit) & ~positives).sum(axis=1)
+    return np.where(positives.any(axis=1), rank, np.inf)
+
+
+def recall_at_k(similarity: np.ndarray, positives: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """`{"R@k": fraction of queries with a hit among their top k}` (k larger than the gallery means all of it)."""
+    ranks = first_hit_ranks(similarity, positives)
+    return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+
+
+def retrieval_metrics(
+    image_embeds: np.ndarray, text_embeds: np.ndarray, ks: list[int], labels: np.ndarray | None = None
+) -> dict:
+    """Recall@K image→report and report→image, paired and (with `labels`) semantic, from normalised embeddings."""
+    similarity = np.asarray(image_embeds) @ np.asarray(text_embeds).T
+    views = {"paired": retrieval_positives(len(similarity))}
+    if labels is not None:
+        views["semantic"] = retrieval_positives(len(similarity), labels)
+    return {
+        view: {
+            "image_to_report": recall_at_k(similarity, positives, ks),
+            "report_to_image": recall_at_k(similarity.T, positives.T, ks),
+        }
+        for view, positives in views.items()
+    }

@@ -1,0 +1,333 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+The pieces of `examples/pretrain.py`: its arguments, the dataset (SynthCXR generated when absent), the report
+tokenizer, the model (from presets, two backbones or a whole SISTA checkpoint, with the chosen objective), report
+embeddings for SIA, the loss curve and the end-of-run retrieval check.
+"""
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer, BertConfig, ViTConfig
+
+from configuration_sista import SistaConfig
+from modeling_sista import SistaModel
+
+from ..data.report_embeddings import add_report_embeddings
+from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
+from ..evaluation.checkpoints import read_sista_config
+from ..evaluation.retrieval import recall_at_k, retrieval_positives
+from .tokenizer import train_report_tokenizer
+
+
+logger = logging.getLogger(__name__)
+
+# Backbone sizes by preset; "base" is the paper-size ViT-B/16 + BERT-base.
+MODEL_PRESETS = {
+    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+             "patch_size": 8, "image_size": 32, "projection_dim": 16},
+    "small": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768,
+              "patch_size": 16, "image_size": 128, "projection_dim": 128},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "patch_size": 16, "image_size": 224, "projection_dim": 512},
+}
+OBJECTIVES = ("clip", "sia", "sta", "sista")
+# sia_threshold above 1 flags no false negative: SIA reduces exactly to the CLIP loss
+NO_FALSE_NEGATIVES = 2.0
+REQUIRED_COLUMNS = ("image", "report")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to pre-train and with which objective."""
+
+    model_preset: str = field(
+        default="small",
+        metadata={"help": f"Backbone sizes when training from scratch: one of {tuple(MODEL_PRESETS)}.",
+                  "choices": tuple(MODEL_PRESETS)},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A SISTA checkpoint (folder or Hub id) to continue pre-training from: backbones, "
+                          "projections, logit scale and tokenizer; this run's --objective and SIA/STA options "
+                          "replace the checkpoint's, its pooling and image size are kept unless given."},
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Pre-trained vision backbone (with --text_model_name_or_path); else preset."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Pre-trained text backbone (with --vision_model_name_or_path); else preset."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer path or Hub id. Default: the text backbone's tokenizer, or, from scratch, a "
+                          "WordPiece tokenizer built from the training reports (no download)."},
+    )
+    tokenizer_vocab_size: int = field(default=3000, metadata={"help": "Vocabulary size of a tokenizer built here."})
+    image_size: int | None = field(default=None, metadata={"help": "Image side in pixels (default: the preset's)."})
+    projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding size (default: preset's)."})
+    dropout: float = field(
+        default=0.0,
+        metadata={"help": "Hidden and attention dropout of preset backbones (0, as in CLIP pre-training)."},
+    )
+    vision_pooling: str | None = field(
+        default=None,
+        metadata={"help": "Global image feature: cls token or mean of patches (default: cls, or the checkpoint's).",
+                  "choices": ("cls", "mean")},
+    )
+    text_pooling: str | None = field(
+        default=None,
+        metadata={"help": "Global report feature: cls token or mean of tokens (default: cls, or the checkpoint's).",
+                      "choices": ("cls", "mean")},
+    )
+    objective: str = field(
+        default="sista",
+        metadata={"help": "clip: CLIP loss only; sia: SIA only; sta: CLIP + STA; sista: SIA + STA.",
+                  "choices": OBJECTIVES},
+    )
+    sia_threshold: float = field(
+        default=0.44,
+        metadata={
+            "help": "Report similarity at or above which a pair is a false negative (sia/sista). The default is "
+            "calibrated for the tfidf report encoder on SynthCXR (precision 0.95 against 'same label vector', "
+            "docs/results/report_similarity.json); the same rule gives 0.92 for minilm."
+        },
+    )
+    sia_mode: str = field(
+        default="eliminate", metadata={"help": "eliminate or soft.", "choices": ("eliminate", "soft")}
+    )
+    sta_weight: float = field(default=1.0, metadata={"help": "Weight of STA for objectives sta and sista."})
+    sta_temperature: float = field(default=0.1, metadata={"help": "Temperature of the STA token contrast."})
+    max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens (longer are truncated)."})
+
+
+@dataclass
+class DataArguments(SynthCXRGenerationArguments):
+    """Which data to pre-train on (SynthCXR generated there when absent) and how to augment them."""
+
+    dataset_path: str = field(
+        default="data/synthcxr",
+        metadata={"help": "A dataset saved with `save_to_disk` (DatasetDict or Dataset) with `image` and `report` "
+                          "columns. If the path does not exist, SynthCXR is generated there."},
+    )
+    train_split: str = field(default="pretrain", metadata={"help": "Split of a DatasetDict to pre-train on."})
+    eval_split: str | None = field(default="validation", metadata={"help": "Split evaluated with --do_eval."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation samples."})
+    report_encoder: str = field(
+        default="tfidf",
+        metadata={"help": "Frozen encoder of the report-similarity embeddings for SIA, when the dataset has no "
+                          "`report_embeds` column: tfidf (offline), minilm, or a local model path."},
+    )
+    augment: bool = field(default=True, metadata={"help": "Apply training augmentations."})
+    crop_scale_min: float = field(default=0.8, metadata={"help": "Smallest area fraction of the random crop."})
+    rotation_degrees: float = field(default=10.0, metadata={"help": "Largest rotation in degrees."})
+    translate: float = field(default=0.05, metadata={"help": "Largest translation, fraction of the image side."})
+    brightness: float = field(default=0.1, metadata={"help": "Largest brightness shift (intensities in [0, 1])."})
+    contrast: float = field(default=0.1, metadata={"help": "Largest relative contrast change."})
+    horizontal_flip: bool = field(
+        default=False, metadata={"help": "Random horizontal flips. Off: reports name the patient's side."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for SynthCXR generation."}
+    )
+
+
+def check_output_dir_writable(output_dir: str) -> None:
+    """A clear error now rather than a failed checkpoint after an hour of training."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir} is not writable: {error.strerror or error}.") from error
+
+
+def load_or_generate_dataset(data_args: DataArguments, image_size: int, training_args) -> DatasetDict:
+    """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist."""
+    dataset = load_or_generate_synthcxr(
+        data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
+    )
+    if not isinstance(dataset, DatasetDict):
+        dataset = DatasetDict({data_args.train_split: dataset})
+    return dataset
+
+
+def select_split(dataset: DatasetDict, split: str, max_samples: int | None, dataset_path: str):
+    if split not in dataset:
+        raise ValueError(f"Split {split!r} is not in {dataset_path}; it has {list(dataset)}.")
+    split_dataset = dataset[split]
+    missing = [column for column in REQUIRED_COLUMNS if column not in split_dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {split!r} of {dataset_path} lacks the column(s) {missing}: pre-training needs "
+            f"{list(REQUIRED_COLUMNS)} (an image and its report text); found {split_dataset.column_names}."
+        )
+    if max_samples is not None:
+        split_dataset = split_dataset.select(range(min(max_samples, len(split_dataset))))
+    return split_dataset
+
+
+def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str | None, training_args):
+    """A given tokenizer, the text backbone's, the one saved in the resumed checkpoint, or one built here."""
+    name = model_args.tokenizer_name_or_path or model_args.text_model_name_or_path or model_args.model_name_or_path
+    if name is not None:
+        return AutoTokenizer.from_pretrained(name)
+    if checkpoint is not None and (Path(checkpoint) / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(checkpoint)
+    # built once by the main process and read back by the others, so every process holds the same vocabulary
+    tokenizer_dir = Path(training_args.output_dir)
+    with training_args.main_process_first(desc="tokenizer"):
+        if training_args.process_index == 0:
+            logger.info(f"Building a WordPiece tokenizer from {len(train_dataset)} reports into {tokenizer_dir}.")
+            return train_report_tokenizer(
+                train_dataset["report"], vocab_size=model_args.tokenizer_vocab_size, save_directory=tokenizer_dir
+            )
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def objective_config(model_args: ModelArguments) -> dict:
+    """SistaConfig fields of the ablation chosen with --objective, and the pooling where given (else SistaConfig's
+    default "cls", or a --model_name_or_path checkpoint's own)."""
+    uses_sia = model_args.objective in ("sia", "sista")
+    uses_sta = model_args.objective in ("sta", "sista")
+    pooling = {"vision_pooling": model_args.vision_pooling, "text_pooling": model_args.text_pooling}
+    return {
+        "sia_weight": 1.0,
+        "sia_threshold": model_args.sia_threshold if uses_sia else NO_FALSE_NEGATIVES,
+        "sia_mode": model_args.sia_mode,
+        "sta_weight": model_args.sta_weight if uses_sta else 0.0,
+        "sta_temperature": model_args.sta_temperature,
+        **{key: value for key, value in pooling.items() if value is not None},
+    }
+
+
+def starting_config(model_args: ModelArguments) -> SistaConfig:
+    """
+    The config of a --model_name_or_path checkpoint with this run's objective fields applied, after the checks that
+    it is one this run can start from. Rebuilt through SistaConfig's constructor, so those fields are validated like
+    a new config's.
+    """
+    if model_args.vision_model_name_or_path is not None or model_args.text_model_name_or_path is not None:
+        raise ValueError(
+            "--model_name_or_path (a whole SISTA checkpoint) excludes --vision_model_name_or_path and "
+            f"--text_model_name_or_path (two backbones); got {model_args.model_name_or_path!r} with "
+            f"{model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
+        )
+    config_dict = read_sista_config(model_args.model_name_or_path)
+    checkpoint_size = SistaConfig.from_dict(config_dict).vision_config.image_size
+    if model_args.image_size is not None and model_args.image_size != checkpoint_size:
+        raise ValueError(
+            f"--image_size {model_args.image_size} differs from the {checkpoint_size} px of --model_name_or_path "
+            f"{model_args.model_name_or_path!r}; leave --image_size out to use the checkpoint's."
+        )
+    return SistaConfig.from_dict({**config_dict, **objective_config(model_args)})
+
+
+def build_model(model_args: ModelArguments, tokenizer, start_config: SistaConfig | None = None) -> SistaModel:
+    """The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it."""
+    sista_kwargs = objective_config(model_args)
+    sista_kwargs["sta_ignore_token_ids"] = sorted(set(tokenizer.all_special_ids))
+    if model_args.model_name_or_path is not None:
+        config = start_config if start_config is not None else starting_config(model_args)
+        config.sta_ignore_token_ids = sista_kwargs["sta_ignore_token_ids"]
+        return SistaModel.from_pretrained(model_args.model_name_or_path, config=config)
+    if (model_args.vision_model_name_or_path is None) != (model_args.text_model_name_or_path is None):
+        raise ValueError(
+            "--vision_model_name_or_path and --text_model_name_or_path go together (two pre-trained backbones); "
+            f"got {model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
+        )
+    preset = MODEL_PRESETS[model_args.model_preset]
+    projection_dim = model_args.projection_dim or preset["projection_dim"]
+    if model_args.vision_model_name_or_path is not None:
+        return SistaModel.from_vision_text_pretrained(
+            model_args.vision_model_name_or_path,
+            model_args.text_model_name_or_path,
+            tokenizer=tokenizer,
+            projection_dim=projection_dim,
+            **sista_kwargs,
+        )
+    size_keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    sizes = {key: preset[key] for key in size_keys}
+    dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
+    vision_config = ViTConfig(
+        **sizes, **dropout, patch_size=preset["patch_size"], image_size=model_args.image_size or preset["image_size"]
+    )
+    text_config = BertConfig(
+        **sizes,
+        **dropout,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(model_args.max_length, 64),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = SistaConfig.from_vision_text_configs(
+        vision_config, text_config, projection_dim=projection_dim, **sista_kwargs
+    )
+    return SistaModel(config)
+
+
+def ensure_report_embeds(splits: DatasetDict, data_args: DataArguments, training_args) -> DatasetDict:
+    """Adds the frozen report-similarity embeddings SIA needs, one encoder for all `splits` (cached by `datasets`)."""
+    if all("report_embeds" in split.column_names for split in splits.values()):
+        return splits
+    with training_args.main_process_first(desc="report embeddings"):
+        logger.info(f"Computing report_embeds of {list(splits)} with the {data_args.report_encoder!r} encoder.")
+        return add_report_embeddings(splits, encoder=data_args.report_encoder, seed=training_args.seed)
+
+
+def save_loss_curve(log_history: list[dict], path: Path) -> None:
+    """loss, loss_sia and loss_sta against the optimizer step, from `trainer.state.log_history`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "loss_sia", "loss_sta", "eval_loss"):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if points:
+            steps, values = zip(*points)
+            axis.plot(steps, values, marker="o" if key == "eval_loss" else None, markersize=3, label=key)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.set_title("SISTA pre-training")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@torch.no_grad()
+def retrieval_sanity(
+    model: SistaModel, dataset, collator, labels: list[list[int]] | None = None, batch_size: int = 64
+) -> dict[str, float]:
+    """Image-to-report top-1 on `dataset`: the exact pair and, given multi-hot `labels`, a report with the same
+    labels (near-identical reports count as hits), beside the chance rate of the latter."""
+    model.eval()
+    image_embeds, text_embeds = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
+        token_type_ids = batch.get("token_type_ids")
+        outputs = model(
+            input_ids=batch["input_ids"].to(model.device),
+            attention_mask=batch["attention_mask"].to(model.device),
+            token_type_ids=None if token_type_ids is None else token_type_ids.to(model.device),
+            pixel_values=batch["pixel_values"].to(model.device, model.dtype),
+        )
+        image_embeds.append(outputs.image_embeds.float().cpu())
+        text_embeds.append(outputs.text_embeds.float().cpu())
+    similarity = (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).numpy()
+    # the evaluation's retrieval rule: a hit tied with a non-hit ranks after it
+    results = {"retrieval_exact_top1": recall_at_k(similarity, retrieval_positives(len(similarity)), [1])["R@1"]}
+    if labels is not None:
+        same = retrieval_positives(len(similarity), np.asarray(labels))
+        results["retrieval_same_labels_top1"] = recall_at_k(similarity, same, [1])["R@1"]
+        results["retrieval_same_labels_chance"] = float(same.mean())
+    return results

@@ -1,0 +1,243 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+The `Trainer` subclasses: `SistaTrainer` (pre-training; logs `loss_sia` and `loss_sta`, optional gradient cache)
+and `CheckpointTrainer` (reloads checkpoints through `from_pretrained`), their arguments, and the checks of a
+checkpoint to resume from.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .gradient_cache import gradient_cache_backward
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SistaTrainingArguments(TrainingArguments):
+    r"""
+    `TrainingArguments` with defaults that SISTA pre-training needs, plus `gradient_cache_chunk_size`.
+
+    * `remove_unused_columns=False`: the dataset yields `report` text for the collator, not model inputs;
+    * `ddp_find_unused_parameters=False`: every parameter gets a gradient (the backbones have no pooler);
+    * `dataloader_drop_last=True`: global-batch SIA needs the same batch size on every process;
+    * `do_train=True`, `report_to="tensorboard"`, `logging_steps=10`, `save_strategy="steps"`.
+    """
+
+    do_train: bool = field(
+        default=True, metadata={"help": "Pre-train (the point of the script); False to only evaluate."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the collator needs the `report` text."}
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every SISTA parameter gets a gradient, so no extra search pass."}
+    )
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "Global-batch SIA needs equal batch sizes on every process."}
+    )
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Logging integrations."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pinned host memory (only helps with a GPU)."}
+    )
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluation reports the losses; gathering every output would cost memory."}
+    )
+    gradient_cache_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Micro-batch size of a gradient cache (GradCache): the loss and gradients of the full "
+            "per-device batch with the activation memory of this many samples. None: one pass per batch."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gradient_cache_chunk_size is not None:
+            if self.gradient_cache_chunk_size <= 0:
+                raise ValueError(f"`gradient_cache_chunk_size` must be > 0, got {self.gradient_cache_chunk_size}.")
+            if self.gradient_accumulation_steps > 1:
+                raise ValueError(
+                    "`gradient_cache_chunk_size` replaces gradient accumulation for contrastive losses: set "
+                    f"`gradient_accumulation_steps=1` (got {self.gradient_accumulation_steps}) and raise "
+                    "`per_device_train_batch_size` to the batch you want."
+                )
+
+
+class CheckpointTrainer(Trainer):
+    r"""
+    `Trainer` that reloads checkpoints (`--resume_from_checkpoint`, `--load_best_model_at_end`) through
+    `from_pretrained`. Trainer loads a checkpoint's tensors by name with `strict=False`, but transformers 5 saves some
+    backbones (ViT) under legacy tensor names that only `from_pretrained` maps back, so the vision tower would
+    silently keep its current weights. FSDP and DeepSpeed checkpoints keep Trainer's own loading.
+    """
+
+    def _load_through_from_pretrained(self, checkpoint: str, model=None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        saved = type(target).from_pretrained(checkpoint, dtype=next(target.parameters()).dtype)
+        target.load_state_dict(saved.state_dict())
+        logger.info(f"Loaded the model weights of {checkpoint}.")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_through_from_pretrained(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        logger.info(f"Best checkpoint: {self.state.best_model_checkpoint} ({self.state.best_metric}).")
+        self._load_through_from_pretrained(self.state.best_model_checkpoint)
+
+
+class SistaTrainer(CheckpointTrainer):
+    r"""
+    `Trainer` for [`SistaModel`] pre-training: the loss is the model's (`return_loss=True`), and `loss_sia` and
+    `loss_sta` are logged beside `loss`, averaged over the steps since the last log and over processes (also for
+    evaluation, as `eval_loss_sia` and `eval_loss_sta`). With `args.gradient_cache_chunk_size`, each training step
+    runs [`gradient_cache_backward`].
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SistaModel.forward takes **kwargs, so Trainer would assume a token-count loss and multiply by world size
+        self.model_accepts_loss_kwargs = False
+        self._component_sums = {True: torch.zeros(3, dtype=torch.float64), False: torch.zeros(3, dtype=torch.float64)}
+        if self.args.gradient_cache_chunk_size is not None and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            raise ValueError(
+                "`gradient_cache_chunk_size` supports single-process and DDP training, not FSDP/DeepSpeed."
+            )
+        sista = self.accelerator.unwrap_model(self.model)
+        if self.args.gradient_accumulation_steps > 1 and sista.config.sia_weight > 0:
+            logger.warning(
+                f"gradient_accumulation_steps={self.args.gradient_accumulation_steps}: SIA is a contrastive loss, so "
+                "each micro-batch contrasts only its own samples; the accumulated gradient is NOT that of the larger "
+                "batch. Use `--gradient_cache_chunk_size` for large contrastive batches with small-batch memory."
+            )
+
+    def _accumulate_components(self, loss_sia: torch.Tensor | None, loss_sta: torch.Tensor | None, training: bool):
+        sums = self._component_sums[training]
+        sums[0] += 0.0 if loss_sia is None else loss_sia.detach().double().item()
+        sums[1] += 0.0 if loss_sta is None else loss_sta.detach().double().item()
+        sums[2] += 1
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = {**inputs, "return_loss": True}
+        outputs = model(**inputs)
+        self._accumulate_components(outputs.loss_sia, outputs.loss_sta, training=model.training)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        chunk_size = self.args.gradient_cache_chunk_size
+        if chunk_size is None or chunk_size >= inputs["input_ids"].shape[0]:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            losses = gradient_cache_backward(
+                model,
+                inputs,
+                chunk_size,
+                backward=self.accelerator.backward,
+                no_sync=lambda: self.accelerator.no_sync(model),
+            )
+        self._accumulate_components(losses["loss_sia"], losses["loss_sta"], training=True)
+        return losses["loss"].to(self.args.device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Trainer calls `log` on every process at the same steps, so the reduction below is a matching collective
+        for training, prefix, key in ((True, "", "loss"), (False, "eval_", "eval_loss")):
+            if key not in logs or self._component_sums[training][2] == 0:
+                continue
+            sums = self._component_sums[training]
+            if self.accelerator.num_processes > 1:
+                sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+            config = self.accelerator.unwrap_model(self.model).config
+            if config.sia_weight > 0:
+                logs[f"{prefix}loss_sia"] = round((sums[0] / sums[2]).item(), 6)
+            if config.sta_weight > 0:
+                logs[f"{prefix}loss_sta"] = round((sums[1] / sums[2]).item(), 6)
+            self._component_sums[training].zero_()
+        super().log(logs, start_time)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """`None`, a checkpoint folder, or `"last"`/`"true"` for the newest `checkpoint-*` folder in `output_dir`."""
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint.lower() in ("last", "true"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ValueError(
+                f"--resume_from_checkpoint {resume_from_checkpoint}: no checkpoint-* folder in {output_dir}."
+            )
+        return last
+    if not os.path.isdir(resume_from_checkpoint):
+        raise ValueError(f"--resume_from_checkpoint: {resume_from_checkpoint} is not a folder.")
+    return resume_from_checkpoint
+
+
+def check_checkpoint_matches(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> None:
+    r"""
+    Raises a `ValueError` before training when the weights in `checkpoint_dir` cannot be loaded into `model`: it
+    names the model sizes that differ between the two configs and the first parameters whose shapes differ.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    config_file = checkpoint_dir / "config.json"
+    if not config_file.is_file() or not (checkpoint_dir / "model.safetensors").is_file():
+        raise ValueError(f"--resume_from_checkpoint {checkpoint_dir} has no config.json and model.safetensors.")
+    saved = json.loads(config_file.read_text())
+    if saved.get("model_type") != model.config.model_type:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint_dir} holds a {saved.get('model_type')!r} model, expected "
+            f"{model.config.model_type!r}."
+        )
+    # the checkpoint's architecture on the meta device: parameter shapes without memory or file reads; names are
+    # compared in memory because transformers renames some tensors in the files
+    with torch.device("meta"):
+        saved_model = type(model)(type(model.config).from_dict(saved))
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in saved_model.state_dict().items()}
+    mismatches = [
+        f"{name}: checkpoint {found.get(name, 'missing')} vs this run {expected.get(name, 'missing')}"
+        for name in sorted(expected.keys() | found.keys())
+        if found.get(name) != expected.get(name)
+    ]
+    if not mismatches:
+        return
+
+    current = model.config.to_dict()
+    size_keys = (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size",
+        "num_channels", "vocab_size", "max_position_embeddings",
+    )  # fmt: skip
+    differences = [
+        f"{sub}.{key}: checkpoint {saved.get(sub, {}).get(key)} vs this run {current[sub].get(key)}"
+        for sub in ("vision_config", "text_config")
+        for key in size_keys
+        if saved.get(sub, {}).get(key) != current[sub].get(key)
+    ]
+    if saved.get("projection_dim") != current["projection_dim"]:
+        differences.append(
+            f"projection_dim: checkpoint {saved.get('projection_dim')} vs this run {current['projection_dim']}"
+        )
+    raise ValueError(
+        f"--resume_from_checkpoint {checkpoint_dir} was saved from a different model and cannot be resumed with "
+        f"these model arguments. Config: {'; '.join(differences) or 'no size field differs'}. "
+        f"Parameters ({len(mismatches)} differ): {'; '.join(mismatches[:3])}{' ...' if len(mismatches) > 3 else ''}. "
+        "Use the model arguments of that run, or a new output_dir."
+    )
