@@ -52,7 +52,7 @@ REPORT_EMBEDDINGS_PATHS = (
 ENCODERS = ("labeler", "tfidf", "minilm")
 # The thresholds `pretrain.py` documents for the text encoders.
 TEXT_ENCODER_THRESHOLDS = {"tfidf": 0.44, "minilm": 0.92}
-SWEEP = tuple(round(value, 2) for value in np.arange(0.1, 1.0, 0.05)) + (0.92, 0.97, 0.99)
+SWEEP = tuple(sorted({round(float(value), 2) for value in np.arange(0.1, 1.0, 0.05)} | {0.92, 0.97, 0.99}))
 
 # Significant finding groups of the issue: MeSH main headings (the text before the first `/`).
 MESH_FINDING_GROUPS = {

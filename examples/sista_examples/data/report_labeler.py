@@ -3,24 +3,26 @@
 
 The labeler follows the CheXpert labeler and NegBio: it finds mentions of the 14 CheXpert observations
 in a report and classifies each mention as positive, negated or uncertain, here with medspacy (a
-target matcher for the mentions, ConText for negation and uncertainty, PyRuSH for sentences) and
+target matcher for the mentions, ConText for negation and uncertainty within a sentence) and
 radiology-specific rules. Output per report and observation, as in MIMIC-CXR's CheXpert CSV:
 
 * ``1`` positive, ``0`` negated, ``-1`` uncertain, ``nan`` not mentioned; a mention that is
   positive anywhere in the report wins over an uncertain one, which wins over a negated one.
+  Hypothetical ("if", "to evaluate for") and historical ("history of") mentions do not count.
 * ``No Finding`` is ``1`` when no observation other than Support Devices is positive or uncertain
   and no other significant abnormality (emphysema, COPD, fibrosis, hiatal hernia) is mentioned,
   ``nan`` otherwise. Incidental findings (calcified granulomas, degenerative spine changes,
   scarring, tortuous aorta, low lung volumes) are not observations and leave a report normal.
 
-A label vector becomes a report embedding (`label_embeddings`): one dimension per observation,
-No Finding included, set when the observation is positive (uncertain mentions follow the
-``uncertain`` policy), then L2-normalised. Two reports have cosine 1 exactly when they have the
-same set of observations, so normal reports match each other and nothing else; any two different
-sets are at most ``sqrt(n / (n + 1)) < 0.99`` apart for ``n < 49`` dimensions, which makes
-`SAME_FINDINGS_THRESHOLD` = 0.99 the SIA threshold of "same label vector". A report with no
-observation at all (empty text, or only an abnormality outside the 14) embeds to zero and matches
-nothing.
+A label vector becomes a report embedding (`label_embeddings`): one dimension per observation
+(No Finding included) set when it is positive, plus, with the default ``uncertain="separate"``,
+one dimension per observation set when it is uncertain; then L2-normalised. Two reports have
+cosine 1 exactly when they have the same label vector up to negated versus not mentioned, so
+normal reports match each other and nothing else. Two different sets of n and n + 1 dimensions
+have cosine ``sqrt(n / (n + 1))``, the largest possible between different sets, which is below
+0.99 for every n < 49: `SAME_FINDINGS_THRESHOLD` = 0.99 is the SIA threshold of "same label vector"
+for any label set of fewer than 49 dimensions. A report with no observation at all (empty text, or
+only an abnormality outside the 14) embeds to zero and matches nothing.
 
 The same embedding serves a dataset's own labels (the ``labels`` encoder): MIMIC-CXR's CheXpert
 columns, or multi-hot classes without a no-finding column (SynthCXR), where an all-zero row is
@@ -36,16 +38,12 @@ True
 ```
 """
 
-import logging
 import math
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
-
-
-logger = logging.getLogger(__name__)
 
 # The 14 observations of the CheXpert labeler, in the column order of MIMIC-CXR's CheXpert CSV.
 OBSERVATIONS = (
@@ -122,6 +120,7 @@ _TARGET_PATTERNS = {
         _enlarged_before(_HEART_OUTLINE),
         _phrase("enlargement of the heart|cardiac"),
         _phrase("enlargement of the cardiac silhouette"),
+        _phrase("borderline heart|cardiac size|silhouette|enlargement"),
     ],
     "Consolidation": [_phrase("consolidation|consolidations|consolidative|consolidated")],
     "Edema": [
@@ -154,11 +153,13 @@ _TARGET_PATTERNS = {
     "Pleural Effusion": [
         _phrase("effusion|effusions|hydrothorax"),
         _phrase("pleural fluid"),
-        _phrase("blunting|blunted|obscuration of the costophrenic angle|angles|sulcus|sulci"),
-        _phrase("blunting|blunted|obscuration of the right|left costophrenic angle|angles|sulcus|sulci"),
-        _phrase("blunting|blunted of the costophrenic angle|angles|sulcus|sulci"),
-        _phrase("costophrenic angle|angles|sulcus|sulci blunting"),
-        _phrase("blunted|blunting costophrenic angle|angles|sulcus|sulci"),
+        # De-identification often removed "angle": "blunting of the left costophrenic."
+        [
+            {"LOWER": {"IN": ["blunting", "blunted", "obscuration"]}},
+            {"LOWER": {"IN": ["of", "the", "right", "left", "lateral", "posterior", "bilateral", "both"]}, "OP": "*"},
+            {"LOWER": "costophrenic"},
+        ],
+        _phrase("costophrenic angle|angles|sulcus|sulci blunting|blunted"),
     ],
     "Pleural Other": [
         _phrase("pleural thickening|plaque|plaques|scarring|calcification|calcifications"),
@@ -181,11 +182,11 @@ _TARGET_PATTERNS = {
         _phrase("sternal|sternotomy wires|wire"),
         _phrase("valve replacement|replacements|prosthesis|prostheses"),
         _phrase("prosthetic valve|valves"),
-        _phrase("prosthetic|arthroplasty|electrode|electrodes"),
+        _phrase("prosthetic|prosthesis|prostheses|arthroplasty|electrode|electrodes|device|devices"),
         _phrase("tip|tips in|at|overlying|overlies|near|terminating|terminates|projecting|projects"),
     ],
     OTHER_ABNORMALITY: [
-        _phrase("emphysema|emphysematous|copd|bullae|bullous"),
+        _phrase("emphysema|emphysematous|copd|bullae|bullous|hyperlucent|hyperlucency"),
         _phrase("chronic obstructive pulmonary|lung disease"),
         _phrase("hiatal|hiatus hernia"),
         _phrase("fibrosis|fibrotic"),
@@ -196,9 +197,8 @@ _TARGET_PATTERNS = {
         _phrase("calcified nodule|nodules|granuloma|granulomas|density|densities|lymph"),
         _phrase("granulomatous nodule|nodules|disease"),
         _phrase("nipple shadow|shadows"),
-        _phrase("bone|bony|osseous density|densities|lesion|lesions"),
+        _phrase("bone|bony|osseous|sclerotic|lytic density|densities|lesion|lesions"),
         _phrase("soft tissue density|densities|mass|masses"),
-        _phrase("no|without evidence of fracture"),
         _phrase("cystic fibrosis"),
         _phrase("soft tissue edema|swelling"),
         _phrase("subcutaneous|mediastinal emphysema"),
@@ -316,6 +316,7 @@ def _pipeline():
 
 
 _NEGATION_WORDS = {"not", "no"}
+_UNCERTAINTY_WORDS = {"possibly", "borderline"}
 
 
 def _mention_state(entity) -> Optional[float]:
@@ -325,10 +326,11 @@ def _mention_state(entity) -> Optional[float]:
         return None
     if entity._.is_hypothetical or entity._.is_historical or entity._.is_family:
         return None
-    # "heart is not enlarged": the negation sits inside the mention, where ConText does not look.
+    # "heart is not enlarged", "heart is possibly enlarged": the modifier sits inside the mention, where
+    # ConText does not look.
     if entity._.is_negated or any(token.lower_ in _NEGATION_WORDS for token in entity):
         return NEGATIVE
-    if entity._.is_uncertain:
+    if entity._.is_uncertain or any(token.lower_ in _UNCERTAINTY_WORDS for token in entity):
         return UNCERTAIN
     return POSITIVE
 
