@@ -83,19 +83,18 @@ MESH_FINDING_GROUPS = {
     "fibrosis": ("Pulmonary Fibrosis", "Fibrosis"),
 }
 GROUP_OF_HEADING = {heading: group for group, headings in MESH_FINDING_GROUPS.items() for heading in headings}
-# Labeler observation -> MeSH group, for the per-observation agreement table.
-OBSERVATION_GROUPS = {
-    "Cardiomegaly": "cardiomegaly",
-    "Lung Opacity": "opacity",
-    "Atelectasis": "atelectasis",
-    "Pleural Effusion": "effusion",
-    "Edema": "edema",
-    "Consolidation": "consolidation",
-    "Pneumonia": "consolidation",
-    "Pneumothorax": "pneumothorax",
-    "Lung Lesion": "nodule",
-    "Support Devices": "device",
-    "Fracture": "fracture",
+# MeSH group -> the labeler observations that stand for it, for the per-observation agreement table.
+GROUP_OBSERVATIONS = {
+    "cardiomegaly": ("Cardiomegaly",),
+    "opacity": ("Lung Opacity",),
+    "atelectasis": ("Atelectasis",),
+    "effusion": ("Pleural Effusion",),
+    "edema": ("Edema",),
+    "consolidation": ("Consolidation", "Pneumonia"),
+    "pneumothorax": ("Pneumothorax",),
+    "nodule": ("Lung Lesion",),
+    "device": ("Support Devices",),
+    "fracture": ("Fracture",),
 }
 
 
@@ -160,34 +159,27 @@ def pair_metrics(embeddings: np.ndarray, groups: list, normal: np.ndarray, thres
             {
                 "threshold": float(threshold),
                 "fraction_flagged": float(flagged.mean()),
-                "precision": true_positives / int(flagged.sum()) if flagged.any() else float("nan"),
+                # None (JSON null) where undefined: no pair flagged, or no normal-normal pair.
+                "precision": true_positives / int(flagged.sum()) if flagged.any() else None,
                 "recall": true_positives / max(int(same.sum()), 1),
-                "normal_normal_recall": float(flagged[normal_pair].mean()) if normal_pair.any() else float("nan"),
+                "normal_normal_recall": float(flagged[normal_pair].mean()) if normal_pair.any() else None,
             }
         )
     return rows
 
 
 def observation_agreement(labels: np.ndarray, observations, groups: list, uncertain_counts: bool) -> list[dict]:
-    """Per labeler observation: its positive reports against the studies with the matching MeSH group.
-    No Finding is compared with the empty group set."""
+    """Per MeSH group: the reports where the labeler finds one of its observations against the studies
+    with that group; last, No Finding against the studies with no group."""
     rows = []
-    targets = {**OBSERVATION_GROUPS, "No Finding": None}
-    for observation, group in targets.items():
-        values = labels[:, observations.index(observation)]
-        predicted = (values == 1) | ((values == -1) & uncertain_counts)
-        if observation in ("Consolidation", "Pneumonia"):
-            other = "Pneumonia" if observation == "Consolidation" else "Consolidation"
-            other_values = labels[:, observations.index(other)]
-            predicted |= (other_values == 1) | ((other_values == -1) & uncertain_counts)
-            observation = "Consolidation or Pneumonia"
-            if any(row["observation"] == observation for row in rows):
-                continue
-        reference = np.array([(not study) if group is None else group in study for study in groups])
+    for group, group_observations in [*GROUP_OBSERVATIONS.items(), (None, ("No Finding",))]:
+        values = labels[:, [observations.index(name) for name in group_observations]]
+        predicted = ((values == 1) | ((values == -1) & uncertain_counts)).any(axis=1)
+        reference = np.array([not study if group is None else group in study for study in groups])
         true_positives = int((predicted & reference).sum())
         rows.append(
             {
-                "observation": observation,
+                "observation": " or ".join(group_observations),
                 "mesh_group": "(none)" if group is None else group,
                 "mesh_studies": int(reference.sum()),
                 "labeler_positive": int(predicted.sum()),
@@ -210,6 +202,16 @@ def text_encoder_embeddings(name: str, texts: list) -> np.ndarray:
     return encoder(texts)
 
 
+def _metric_row(name: str, row: dict) -> str:
+    def number(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"| {name} | {row['threshold']:.2f} | {row['fraction_flagged']:.2%} | {number(row['precision'])} | "
+        f"{number(row['recall'])} | {number(row['normal_normal_recall'])} |"
+    )
+
+
 def format_markdown(results: dict) -> str:
     table_header = [
         "| encoder | threshold | pairs flagged | precision | recall | normal-normal recall |",
@@ -229,26 +231,20 @@ def format_markdown(results: dict) -> str:
         *table_header,
     ]
     for name, encoder in results["encoders"].items():
-        row = encoder["default"]
-        lines.append(
-            f"| {name} | {row['threshold']:.2f} | {row['fraction_flagged']:.2%} | {row['precision']:.3f} | "
-            f"{row['recall']:.3f} | {row['normal_normal_recall']:.3f} |"
-        )
+        lines.append(_metric_row(name, encoder["default"]))
     lines += ["", "## Threshold sweep", "", *table_header]
     for name, encoder in results["encoders"].items():
-        for row in encoder["sweep"]:
-            lines.append(
-                f"| {name} | {row['threshold']:.2f} | {row['fraction_flagged']:.2%} | {row['precision']:.3f} | "
-                f"{row['recall']:.3f} | {row['normal_normal_recall']:.3f} |"
-            )
+        lines.extend(_metric_row(name, row) for row in encoder["sweep"])
     if "labeler_agreement" in results:
+        policy = results["labeler_uncertain_policy"]
         lines += [
             "",
             "## Labeler against the MeSH groups, per observation",
             "",
-            "Labeler positive: 1, or -1 where the default uncertainty policy "
-            f"(`{results['labeler_uncertain_policy']}`) counts uncertain as present. No Finding is compared with the "
-            "empty group set (a device does not rule out No Finding, but is a MeSH group).",
+            "Labeler positive: labeled 1"
+            + (" or -1" if policy == "positive" else " (uncertain mentions not counted)")
+            + f", as the default uncertainty policy `{policy}` embeds them. No Finding is "
+            "compared with the empty group set (a device does not rule out No Finding, but is a MeSH group).",
             "",
             "| observation | MeSH group | MeSH studies | labeler positive | precision | recall |",
             "|---|---|---|---|---|---|",
@@ -300,6 +296,7 @@ def main(argv=None):
         "num_pairs": num_pairs,
         "fraction_same_pairs": sum(n * (n - 1) // 2 for n in group_counts.values()) / num_pairs,
         "fraction_normal_pairs": int(normal.sum()) * (int(normal.sum()) - 1) // 2 / num_pairs,
+        "mesh_finding_groups": MESH_FINDING_GROUPS,
         "encoders": {},
     }
     for name in args.encoders:
@@ -323,11 +320,7 @@ def main(argv=None):
             seconds = time.perf_counter() - start
         default, *sweep = pair_metrics(embeddings, groups, normal, (threshold, *SWEEP))
         results["encoders"][name] = {"seconds": seconds, "default": default, "sweep": sweep}
-        logger.info(
-            "%s @ %.2f: flagged %.2f%%, precision %.3f, recall %.3f, normal-normal recall %.3f (%.1f s)",
-            name, threshold, 100 * default["fraction_flagged"], default["precision"], default["recall"],
-            default["normal_normal_recall"], seconds,
-        )
+        logger.info("%s (%.1f s)", _metric_row(name, default), seconds)
 
     markdown = format_markdown(results)
     print(markdown)
