@@ -35,6 +35,7 @@ Example:
 >>> embeddings = label_embeddings(labels, OBSERVATIONS)
 >>> float(embeddings[0] @ embeddings[1]) < SAME_FINDINGS_THRESHOLD
 True
+
 ```
 """
 
@@ -226,7 +227,7 @@ _CONTEXT_RULES = [
             "not identified", "not visualized", "not present", "absent", "is gone", "are gone", "none",
             "has been removed", "have been removed", "unlikely", "is unlikely", "not evident", "not appreciated",
             "are not seen", "is not seen", "excluded", "not demonstrated", "within normal limits",
-            "within limits of normal", "within the limits of normal", "within normal limits", "is normal",
+            "within limits of normal", "within the limits of normal", "is normal",
             "are normal", "appears normal", "appear normal",
         )
     ],
@@ -244,11 +245,9 @@ _CONTEXT_RULES = [
     ],
     *[
         (literal, "POSSIBLE_EXISTENCE", "BACKWARD")
+        # "cannot be excluded" and its variants: the token pattern in `_build_pipeline`.
         for literal in (
-            "cannot be excluded", "can not be excluded", "not excluded", "cannot be ruled out", "not ruled out",
-            "is not excluded", "are not excluded", "not entirely excluded", "is possible", "are possible",
-            "is not entirely excluded", "cannot be entirely excluded", "could be excluded", "is suspected",
-            "are suspected", "is questioned", "not completely excluded", "?",
+            "is possible", "are possible", "could be excluded", "is suspected", "are suspected", "is questioned", "?",
         )
     ],
     *[(literal, "HISTORICAL", "FORWARD") for literal in ("history of", "h/o", "prior history of")],
