@@ -1,0 +1,478 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""Rule-based chest X-ray report labeler and label-vector report embeddings for SIA.
+
+The labeler follows the CheXpert labeler and NegBio: it finds mentions of the 14 CheXpert observations
+in a report and classifies each mention as positive, negated or uncertain, here with medspacy (a
+target matcher for the mentions, ConText for negation and uncertainty within a sentence) and
+radiology-specific rules. Output per report and observation, as in MIMIC-CXR's CheXpert CSV:
+
+* ``1`` positive, ``0`` negated, ``-1`` uncertain, ``nan`` not mentioned; a mention that is
+  positive anywhere in the report wins over an uncertain one, which wins over a negated one.
+  Hypothetical ("if", "to evaluate for") and historical ("history of") mentions do not count.
+* ``No Finding`` is ``1`` when no observation other than Support Devices is positive or uncertain
+  and no other significant abnormality (emphysema, COPD, fibrosis, hiatal hernia) is mentioned,
+  ``nan`` otherwise. Incidental findings (calcified granulomas, degenerative spine changes,
+  scarring, tortuous aorta, low lung volumes) are not observations and leave a report normal.
+
+A label vector becomes a report embedding (`label_embeddings`): one dimension per observation
+(No Finding included) set when it is positive, plus, with the default ``uncertain="separate"``,
+one dimension per observation set when it is uncertain; then L2-normalised. Two reports have
+cosine 1 exactly when they have the same label vector up to negated versus not mentioned, so
+normal reports match each other and nothing else. Two different sets of n and n + 1 dimensions
+have cosine ``sqrt(n / (n + 1))``, the largest possible between different sets, which is below
+0.99 for every n < 49: `SAME_FINDINGS_THRESHOLD` = 0.99 is the SIA threshold of "same label vector"
+for any label set of fewer than 49 dimensions. A report with no observation at all (empty text, or
+only an abnormality outside the 14) embeds to zero and matches nothing.
+
+The same embedding serves a dataset's own labels (the ``labels`` encoder): MIMIC-CXR's CheXpert
+columns, or multi-hot classes without a no-finding column (SynthCXR), where an all-zero row is
+normal.
+
+Example:
+
+```python
+>>> labels = label_reports(["No focal consolidation, pneumothorax or effusion.", "Mild cardiomegaly."])
+>>> embeddings = label_embeddings(labels, OBSERVATIONS)
+>>> float(embeddings[0] @ embeddings[1]) < SAME_FINDINGS_THRESHOLD
+True
+
+```
+"""
+
+import math
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import numpy as np
+
+# The 14 observations of the CheXpert labeler, in the column order of MIMIC-CXR's CheXpert CSV.
+OBSERVATIONS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+NO_FINDING = "No Finding"
+SUPPORT_DEVICES = "Support Devices"
+POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
+UNCERTAIN_POLICIES = ("positive", "negative", "separate")
+DEFAULT_UNCERTAIN_POLICY = "separate"
+# Cosine of two different sets of n and n + 1 observations is sqrt(n / (n + 1)) < 0.99 for n < 49.
+SAME_FINDINGS_THRESHOLD = 0.99
+# Target category of abnormalities outside the 14 observations: they only rule out No Finding.
+OTHER_ABNORMALITY = "OTHER_ABNORMALITY"
+# Target category of phrases that contain an observation's word but are not that observation.
+NOT_AN_OBSERVATION = "NOT_AN_OBSERVATION"
+
+_COPULA = {"is", "are", "appears", "appear", "remains", "remain", "seems", "again", "now", "still", "be", "been"}
+_DEGREE = {
+    "mildly", "moderately", "markedly", "severely", "slightly", "minimally", "borderline", "stably", "massively",
+    "significantly", "somewhat", "likely", "probably", "possibly", "not", "no", "longer",
+}
+_ENLARGED = {"enlarged", "enlargement", "large", "increased", "prominent", "widened", "widening"}
+
+
+def _phrase(text: str) -> list:
+    """Token pattern matching `text` word by word (case-insensitive); `|` separates alternatives of one word."""
+    return [{"LOWER": {"IN": word.split("|")}} for word in text.split()]
+
+
+def _enlarged_after(subject: str) -> list:
+    """`<subject> [is|appears ...] [mildly|not ...] enlarged`: the degree words may include a negation,
+    which `_mention_state` reads inside the mention."""
+    return [
+        *_phrase(subject),
+        {"LOWER": {"IN": sorted(_COPULA)}, "OP": "*"},
+        {"LOWER": {"IN": sorted(_DEGREE)}, "OP": "*"},
+        {"LOWER": {"IN": sorted(_ENLARGED)}},
+    ]
+
+
+def _enlarged_before(subject: str) -> list:
+    return [{"LOWER": {"IN": sorted(_ENLARGED | {"enlarging"})}}, *_phrase(subject)]
+
+
+_HEART = "heart|cardiac"
+_HEART_OUTLINE = "heart|cardiac size|silhouette|shadow|contour|contours"
+_MEDIASTINUM = "cardiomediastinal|mediastinal silhouette|contour|contours|shadow"
+
+# Mentions of each observation, as token patterns; plural and spelling variants are listed.
+_TARGET_PATTERNS = {
+    "Atelectasis": [
+        _phrase("atelectasis|atelectases|atelectatic"),
+        _phrase("collapse|collapsed"),
+    ],
+    "Cardiomegaly": [
+        _phrase("cardiomegaly"),
+        _enlarged_after(_HEART),
+        _enlarged_after(_HEART_OUTLINE),
+        _enlarged_before(_HEART),
+        _enlarged_before(_HEART_OUTLINE),
+        _phrase("enlargement of the heart|cardiac"),
+        _phrase("enlargement of the cardiac silhouette"),
+        _phrase("borderline heart|cardiac size|silhouette|enlargement"),
+    ],
+    "Consolidation": [_phrase("consolidation|consolidations|consolidative|consolidated")],
+    "Edema": [
+        _phrase("edema|oedema"),
+        _phrase("vascular|pulmonary|venous congestion"),
+        _phrase("congestive heart failure|changes"),
+        _phrase("chf"),
+        _phrase("vascular redistribution|prominence|engorgement"),
+        _phrase("cephalization"),
+        _phrase("kerley"),
+    ],
+    "Enlarged Cardiomediastinum": [
+        _enlarged_after(_MEDIASTINUM),
+        _enlarged_before(_MEDIASTINUM),
+        _enlarged_after("mediastinum"),
+        _enlarged_before("mediastinum"),
+        _phrase("mediastinal widening|enlargement"),
+        _phrase("widening of the mediastinum"),
+    ],
+    "Fracture": [_phrase("fracture|fractures|fractured|fx")],
+    "Lung Lesion": [
+        _phrase("nodule|nodules|mass|masses|lesion|lesions|neoplasm|neoplasms|carcinoma|metastasis|metastases"),
+    ],
+    "Lung Opacity": [
+        _phrase("opacity|opacities|opacification|opacifications|opacified|infiltrate|infiltrates|infiltration"),
+        _phrase("density|densities|haziness|hazy"),
+        _phrase("airspace|air-space disease|process|processes|opacity|opacities"),
+        _phrase("air space disease|process|opacity|opacities"),
+    ],
+    "Pleural Effusion": [
+        _phrase("effusion|effusions|hydrothorax"),
+        _phrase("pleural fluid"),
+        # De-identification often removed "angle": "blunting of the left costophrenic."
+        [
+            {"LOWER": {"IN": ["blunting", "blunted", "obscuration"]}},
+            {"LOWER": {"IN": ["of", "the", "right", "left", "lateral", "posterior", "bilateral", "both"]}, "OP": "*"},
+            {"LOWER": "costophrenic"},
+        ],
+        _phrase("costophrenic angle|angles|sulcus|sulci blunting|blunted"),
+    ],
+    "Pleural Other": [
+        _phrase("pleural thickening|plaque|plaques|scarring|calcification|calcifications"),
+        _phrase("fibrothorax"),
+    ],
+    "Pneumonia": [
+        _phrase("pneumonia|pneumonias|pneumonitis|bronchopneumonia"),
+        _phrase("infection|infectious|inflammatory process|processes"),
+        _phrase("infection"),
+    ],
+    "Pneumothorax": [_phrase("pneumothorax|pneumothoraces|hydropneumothorax|pneumothoraxes")],
+    "Support Devices": [
+        _phrase(
+            "pacemaker|pacer|defibrillator|aicd|icd|catheter|catheters|picc|port|port-a-cath|portacath|stent|stents"
+        ),
+        _phrase("clip|clips|staples|sutures|suture|cerclage|hardware|tube|tubes|tracheostomy|drain|drains"),
+        _phrase("central|venous|dialysis|picc line|lines"),
+        _phrase("loop recorder"),
+        _phrase("cardiac|pacemaker|pacer generator|device|leads|lead"),
+        _phrase("sternal|sternotomy wires|wire"),
+        _phrase("valve replacement|replacements|prosthesis|prostheses"),
+        _phrase("prosthetic valve|valves"),
+        _phrase("prosthetic|prosthesis|prostheses|arthroplasty|electrode|electrodes|device|devices"),
+        _phrase("tip|tips in|at|overlying|overlies|near|terminating|terminates|projecting|projects"),
+    ],
+    OTHER_ABNORMALITY: [
+        _phrase("emphysema|emphysematous|copd|bullae|bullous|hyperlucent|hyperlucency"),
+        _phrase("chronic obstructive pulmonary|lung disease"),
+        _phrase("hiatal|hiatus hernia"),
+        _phrase("fibrosis|fibrotic"),
+    ],
+    NOT_AN_OBSERVATION: [
+        # Longer matches win, so these keep their words from being read as the observation.
+        _phrase("pericardial effusion|effusions"),
+        _phrase("calcified nodule|nodules|granuloma|granulomas|density|densities|lymph"),
+        _phrase("granulomatous nodule|nodules|disease"),
+        _phrase("nipple shadow|shadows"),
+        _phrase("bone|bony|osseous|sclerotic|lytic density|densities|lesion|lesions"),
+        _phrase("soft tissue density|densities|mass|masses"),
+        _phrase("cystic fibrosis"),
+        _phrase("soft tissue edema|swelling"),
+        _phrase("subcutaneous|mediastinal emphysema"),
+        _phrase("port film|view"),
+    ],
+}
+
+# ConText modifiers for radiology reports (the spirit of NegBio's and the CheXpert labeler's rules).
+# Each entry: (literal, category, direction); FORWARD modifies what follows in the sentence,
+# BACKWARD what precedes, TERMINATE ends a modifier's scope, PSEUDO blocks a shorter modifier.
+_CONTEXT_RULES = [
+    *[
+        (literal, "NEGATED_EXISTENCE", "FORWARD")
+        for literal in (
+            "no", "not", "without", "negative for", "free of", "clear of", "absence of", "absent", "no evidence of",
+            "no signs of", "no sign of", "no definite", "no convincing", "rather than", "resolution of",
+            "resolved", "no longer", "removal of", "excluded", "rules out", "ruled out", "nor", "never",
+            "negative", "deny", "denies", "instead of", "cleared", "no acute", "no new", "no residual",
+        )
+    ],
+    *[
+        (literal, "NEGATED_EXISTENCE", "BACKWARD")
+        for literal in (
+            "resolved", "has resolved", "have resolved", "has cleared", "have cleared", "removed", "not seen",
+            "not identified", "not visualized", "not present", "absent", "is gone", "are gone", "none",
+            "has been removed", "have been removed", "unlikely", "is unlikely", "not evident", "not appreciated",
+            "are not seen", "is not seen", "excluded", "not demonstrated", "within normal limits",
+            "within limits of normal", "within the limits of normal", "is normal",
+            "are normal", "appears normal", "appear normal",
+        )
+    ],
+    *[
+        (literal, "POSSIBLE_EXISTENCE", "FORWARD")
+        for literal in (
+            "possible", "possibly", "may", "might", "could", "questionable", "question of", "suspicious for",
+            "suspected", "concerning for", "concern for", "suggestive of", "suggesting", "suggests", "cannot exclude",
+            "can not exclude", "cannot rule out", "can not rule out", "not excluded", "not entirely excluded",
+            "differential", "versus", "vs", "equivocal", "indeterminate", "uncertain", "borderline",
+            "cannot be excluded", "can't exclude", "difficult to exclude", "worrisome for", "probable",
+            "presumably", "suspicious", "?", "not completely excluded", "not ruled out", "cannot be ruled out",
+            "would be difficult to exclude", "less likely", "suggestion of",
+        )
+    ],
+    *[
+        (literal, "POSSIBLE_EXISTENCE", "BACKWARD")
+        # "cannot be excluded" and its variants: the token pattern in `_build_pipeline`.
+        for literal in (
+            "is possible", "are possible", "could be excluded", "is suspected", "are suspected", "is questioned", "?",
+        )
+    ],
+    *[(literal, "HISTORICAL", "FORWARD") for literal in ("history of", "h/o", "prior history of")],
+    *[
+        (literal, "HYPOTHETICAL", "FORWARD")
+        for literal in ("if", "evaluate for", "assess for", "to assess", "to evaluate", "rule out", "r/o", "eval for")
+    ],
+    *[
+        (literal, "TERMINATE", "TERMINATE")
+        for literal in (
+            "but", "however", "although", "though", "which", "except", "aside from", "apart from", "otherwise",
+            "there is", "there are", "likely", "due to", "secondary to", "represents", "representing",
+            "consistent with", "compatible with", "yet", "whereas", "persistent", "persists", "unchanged", "stable",
+            "again",
+        )
+    ],
+    *[
+        (literal, "PSEUDO", "PSEUDO")
+        for literal in (
+            "no change", "no significant change", "no interval change", "no significant interval change",
+            "not changed", "without change", "without interval change", "not significantly changed",
+            "no substantial change", "no appreciable change", "no increase", "no decrease",
+            "not well seen", "not well visualized", "not only",
+        )
+    ],
+]
+
+
+def _build_pipeline():
+    """A medspacy pipeline (sentences, target matcher, ConText) with this module's rules."""
+    import medspacy
+    from medspacy.context import ConTextRule
+    from medspacy.ner import TargetRule
+
+    # Cleaned reports end their sentences with punctuation: spaCy's sentencizer splits them as PyRuSH
+    # does, a hundred times faster.
+    nlp = medspacy.load(medspacy_enable=["medspacy_target_matcher"], load_rules=False)
+    nlp.add_pipe("sentencizer", first=True)
+    target_matcher = nlp.get_pipe("medspacy_target_matcher")
+    target_matcher.add(
+        [
+            TargetRule(f"{category}_{index}", category, pattern=pattern)
+            for category, patterns in _TARGET_PATTERNS.items()
+            for index, pattern in enumerate(patterns)
+        ]
+    )
+    context = nlp.add_pipe("medspacy_context", config={"rules": None})
+    context.add(
+        [ConTextRule(literal, category, direction=direction) for literal, category, direction in _CONTEXT_RULES]
+    )
+    # "cannot be excluded", "not entirely ruled out", "can not be completely excluded", ...
+    not_excluded = [
+        {"LOWER": {"IN": ["cannot", "can", "not"]}},
+        {"LOWER": {"IN": ["not", "be", "been"]}, "OP": "*"},
+        {"LOWER": {"IN": ["entirely", "completely", "definitely", "confidently"]}, "OP": "?"},
+        {"LOWER": {"IN": ["excluded", "ruled"]}},
+    ]
+    context.add([ConTextRule("not excluded", "POSSIBLE_EXISTENCE", pattern=not_excluded, direction="BACKWARD")])
+    return nlp
+
+
+@lru_cache(maxsize=1)
+def _pipeline():
+    return _build_pipeline()
+
+
+_NEGATION_WORDS = {"not", "no"}
+_UNCERTAINTY_WORDS = {"possibly", "borderline"}
+
+
+def _mention_state(entity) -> Optional[float]:
+    """Positive, negated or uncertain for one mention; None for a mention that does not count
+    (hypothetical, historical, family, or a phrase that only contains an observation's word)."""
+    if entity.label_ == NOT_AN_OBSERVATION:
+        return None
+    if entity._.is_hypothetical or entity._.is_historical or entity._.is_family:
+        return None
+    # "heart is not enlarged", "heart is possibly enlarged": the modifier sits inside the mention, where
+    # ConText does not look.
+    if entity._.is_negated or any(token.lower_ in _NEGATION_WORDS for token in entity):
+        return NEGATIVE
+    if entity._.is_uncertain or any(token.lower_ in _UNCERTAINTY_WORDS for token in entity):
+        return UNCERTAIN
+    return POSITIVE
+
+
+def _labels_of_doc(doc) -> np.ndarray:
+    """The label vector of one processed report (see the module docstring for the rules)."""
+    labels = np.full(len(OBSERVATIONS), np.nan, dtype=np.float32)
+    if not doc.text.strip():
+        return labels
+    other_abnormality = False
+    for entity in doc.ents:
+        state = _mention_state(entity)
+        if state is None:
+            continue
+        if entity.label_ == OTHER_ABNORMALITY:
+            other_abnormality |= state != NEGATIVE
+            continue
+        column = OBSERVATIONS.index(entity.label_)
+        current = labels[column]
+        # Positive beats uncertain beats negated.
+        if math.isnan(current) or state == POSITIVE or (state == UNCERTAIN and current == NEGATIVE):
+            labels[column] = state
+    findings = [
+        labels[column] for column, name in enumerate(OBSERVATIONS) if name not in (NO_FINDING, SUPPORT_DEVICES)
+    ]
+    if not other_abnormality and not any(value in (POSITIVE, UNCERTAIN) for value in findings):
+        labels[OBSERVATIONS.index(NO_FINDING)] = POSITIVE
+    return labels
+
+
+def _label_chunk(texts: list, batch_size: int) -> np.ndarray:
+    nlp = _pipeline()
+    rows = [_labels_of_doc(doc) for doc in nlp.pipe(texts, batch_size=batch_size)]
+    return np.stack(rows) if rows else np.zeros((0, len(OBSERVATIONS)), dtype=np.float32)
+
+
+def _check_texts(texts) -> list:
+    if isinstance(texts, str):
+        raise TypeError("`texts` must be a sequence of report strings, got a single str; wrap it in a list.")
+    texts = list(texts)
+    for row, text in enumerate(texts):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"`texts` must contain strings (or None), got {type(text).__name__} at row {row}.")
+    return ["" if text is None else text for text in texts]
+
+
+def label_reports(texts: Sequence[str], batch_size: int = 256, num_workers: int = 1) -> np.ndarray:
+    """
+    Label reports with the 14 CheXpert observations.
+
+    Args:
+        texts (`Sequence[str]`): report texts (cleaned with `processing_sista.clean_report` or raw);
+            `None` and empty texts get an all-NaN row.
+        batch_size (`int`, *optional*, defaults to 256): reports per `nlp.pipe` batch.
+        num_workers (`int`, *optional*, defaults to 1): processes; each builds its own pipeline and
+            labels a contiguous chunk, so the rows keep the order of `texts`.
+
+    Returns:
+        `np.ndarray` of shape `(len(texts), 14)`, float32, columns in `OBSERVATIONS` order, values
+        1 (positive), 0 (negated), -1 (uncertain) or NaN (not mentioned).
+    """
+    texts = _check_texts(texts)
+    for name, value in (("batch_size", batch_size), ("num_workers", num_workers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if num_workers == 1 or len(texts) < 2 * batch_size:
+        return _label_chunk(texts, batch_size)
+    chunk_size = math.ceil(len(texts) / num_workers)
+    chunks = [texts[start : start + chunk_size] for start in range(0, len(texts), chunk_size)]
+    with ProcessPoolExecutor(max_workers=num_workers) as executor:
+        return np.concatenate(list(executor.map(_label_chunk, chunks, [batch_size] * len(chunks))))
+
+
+def _no_finding_column(class_names) -> Optional[int]:
+    normalized = [str(name).strip().lower().replace("_", " ") for name in class_names]
+    matches = [column for column, name in enumerate(normalized) if name == NO_FINDING.lower()]
+    if len(matches) > 1:
+        raise ValueError(f"`class_names` must name at most one no-finding column, got {list(class_names)}.")
+    return matches[0] if matches else None
+
+
+def label_embeddings(
+    labels, class_names: Optional[Sequence[str]] = None, uncertain: str = DEFAULT_UNCERTAIN_POLICY
+) -> np.ndarray:
+    """
+    Turn label vectors into L2-normalised report embeddings: same set of findings <=> cosine 1.
+
+    Dimensions: one per finding class (positive), then No Finding; with ``uncertain="separate"`` one
+    more per finding class for its uncertain state. The No Finding dimension is the data's own
+    no-finding column when ``class_names`` has one (`"No Finding"`, any case, `_` for space), else it
+    is set when no finding class is positive (multi-hot labels such as SynthCXR's, where an
+    all-zero row is normal).
+
+    Args:
+        labels (array-like or `pandas.DataFrame`): shape `(N, K)`, values in {1, 0, -1, NaN}
+            (positive, negative, uncertain, not mentioned); NaN and 0 mean absent. A DataFrame's
+            columns are its class names.
+        class_names (`Sequence[str]`, *optional*): the K column names, to find a no-finding column.
+        uncertain (`str`, *optional*, defaults to `"separate"`): `"positive"` counts an uncertain
+            finding as present (U-Ones), `"negative"` as absent (U-Zeros), `"separate"` gives it
+            its own dimension so it matches only the same uncertain finding.
+
+    Returns:
+        `np.ndarray` of shape `(N, D)`, float32; rows with no dimension set are zero and match nothing.
+    """
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"`uncertain` must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}.")
+    if class_names is None and hasattr(labels, "columns"):
+        class_names = list(labels.columns)
+    try:
+        values = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"`labels` must be numeric (1, 0, -1 or NaN), got values that are not: {error}") from error
+    if values.ndim != 2:
+        raise ValueError(f"`labels` must have shape (N, num_classes), got shape {values.shape}.")
+    known = np.isnan(values) | np.isin(values, (POSITIVE, NEGATIVE, UNCERTAIN))
+    if not known.all():
+        row, column = np.argwhere(~known)[0]
+        raise ValueError(
+            f"`labels` values must be 1, 0, -1 or NaN, got {float(values[row, column])} at row {row}, column {column}."
+        )
+    if class_names is not None and len(class_names) != values.shape[1]:
+        raise ValueError(f"`class_names` must name the {values.shape[1]} label columns, got {len(class_names)} names.")
+    no_finding_column = None if class_names is None else _no_finding_column(class_names)
+    finding_columns = [column for column in range(values.shape[1]) if column != no_finding_column]
+    findings = values[:, finding_columns]
+    positive = findings == POSITIVE
+    if uncertain == "positive":
+        positive |= findings == UNCERTAIN
+    if no_finding_column is None:
+        no_finding = ~positive.any(axis=1)
+    else:
+        no_finding = values[:, no_finding_column] == POSITIVE
+    parts = [positive, no_finding[:, None]]
+    if uncertain == "separate":
+        parts.append(findings == UNCERTAIN)
+    embeddings = np.concatenate(parts, axis=1).astype(np.float32)
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.where(norms > 0, norms, 1.0)
+
+
+def embed_reports(
+    texts: Sequence[str], uncertain: str = DEFAULT_UNCERTAIN_POLICY, batch_size: int = 256, num_workers: int = 1
+) -> np.ndarray:
+    """`label_embeddings(label_reports(texts), OBSERVATIONS, uncertain)`: the labeler as a report encoder."""
+    return label_embeddings(label_reports(texts, batch_size, num_workers), OBSERVATIONS, uncertain)
