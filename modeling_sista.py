@@ -7,20 +7,23 @@ then the models; then the task heads (classification, segmentation, detection) w
 utilities.
 """
 
+import glob
 import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput, SemanticSegmenterOutput
-from transformers.utils import ModelOutput, logging
+from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 
 if torch.distributed.is_available():
@@ -330,6 +333,190 @@ class SistaOutput(ModelOutput):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Input validation
+# ---------------------------------------------------------------------------------------------------------------------
+# Shape and dtype checks read only metadata and always run. Value checks (id ranges, finiteness) read the tensor on the
+# host: they run for CPU tensors and outside training, never in a compiled graph, so a training step on an accelerator
+# stays free of host syncs. A data collator can call the same functions on its CPU batches.
+
+
+def values_are_checkable(tensor: torch.Tensor, training: bool = True) -> bool:
+    """
+    Whether checks that read `tensor`'s values run: for a CPU tensor, where reading costs nothing, or outside training
+    (`training=False`); never in a compiled graph, whose batches are to be validated before the step.
+    """
+    return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not training)
+
+
+def _check_index_tensor(tensor, name: str, shape: str) -> None:
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"`{name}` must be a LongTensor of shape {shape}, got {type(tensor).__name__}.")
+    if tensor.dtype not in (torch.int64, torch.int32):  # the only index types of embedding lookups
+        raise TypeError(f"`{name}` must be an integer tensor of dtype torch.int64 or torch.int32, got {tensor.dtype}.")
+
+
+def check_text_inputs(
+    input_ids: torch.Tensor,
+    text_config,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    training: bool = True,
+) -> None:
+    r"""
+    Check tokenised reports against the text tower before its embeddings fail with an unexplained `IndexError` or
+    size mismatch.
+
+    Always checked (no host sync): `input_ids` is a non-empty 2-d int64 or int32 tensor `(batch_size,
+    sequence_length)` no longer than `text_config.max_position_embeddings`; `attention_mask` and `token_type_ids`
+    are tensors of its shape. Checked only where [`values_are_checkable`] (a CPU tensor, or `training=False`; never
+    under `torch.compile`): every id lies in `[0, text_config.vocab_size)`, every token type in `[0,
+    text_config.type_vocab_size)`, every position in `[0, text_config.max_position_embeddings)`, and the attention
+    mask holds only 0 and 1.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids.
+        text_config (`PreTrainedConfig`): the text tower's config; limits it does not define are not checked.
+        attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*).
+        token_type_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*).
+        position_ids (`torch.LongTensor`, *optional*).
+        training (`bool`, *optional*, defaults to `True`): whether this is a training step (see
+            [`values_are_checkable`]).
+
+    Raises:
+        `TypeError` for a non-tensor or non-integer `input_ids`, `ValueError` for a wrong shape, a sequence longer
+        than the text tower's positions or ids outside its vocabulary.
+    """
+    _check_index_tensor(input_ids, "input_ids", "(batch_size, sequence_length)")
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}; a single "
+            "report needs a batch dimension (`input_ids[None]`)."
+        )
+    if 0 in input_ids.shape:
+        raise ValueError(
+            f"`input_ids` must hold at least one report and one token, got shape {tuple(input_ids.shape)}."
+        )
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(max_positions, int) and input_ids.shape[1] > max_positions:
+        raise ValueError(
+            f"`input_ids` has {input_ids.shape[1]} tokens, more than the text tower's max_position_embeddings="
+            f"{max_positions}; truncate the reports (the processor does so with `truncation=True` and the tokenizer's "
+            "`model_max_length`, or pass `max_length`)."
+        )
+    for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if tensor is None:
+            continue
+        if not torch.is_tensor(tensor):
+            raise TypeError(f"`{name}` must be a tensor of the shape of `input_ids`, got {type(tensor).__name__}.")
+        if tensor.shape != input_ids.shape:
+            raise ValueError(
+                f"`{name}` must have the shape of `input_ids` {tuple(input_ids.shape)}, got {tuple(tensor.shape)}."
+            )
+    if position_ids is not None:
+        _check_index_tensor(position_ids, "position_ids", "(batch_size, sequence_length)")
+    if not values_are_checkable(input_ids, training):
+        return
+    if attention_mask is not None and values_are_checkable(attention_mask, training):
+        if ((attention_mask != 0) & (attention_mask != 1)).any():
+            values = attention_mask.unique().tolist()
+            raise ValueError(f"`attention_mask` must hold only 0 (padding) and 1 (token), got values {values}.")
+    vocab_size = getattr(text_config, "vocab_size", None)
+    if isinstance(vocab_size, int) and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
+        raise ValueError(
+            f"`input_ids` must lie in [0, {vocab_size - 1}] (the text tower's vocab_size={vocab_size}), got ids from "
+            f"{input_ids.min().item()} to {input_ids.max().item()}: was the tokenizer made for this model?"
+        )
+    type_vocab_size = getattr(text_config, "type_vocab_size", None)
+    checkable_types = token_type_ids is not None and values_are_checkable(token_type_ids, training)
+    if checkable_types and isinstance(type_vocab_size, int):
+        if token_type_ids.min() < 0 or token_type_ids.max() >= type_vocab_size:
+            raise ValueError(
+                f"`token_type_ids` must lie in [0, {type_vocab_size - 1}] (type_vocab_size={type_vocab_size}), got "
+                f"values from {token_type_ids.min().item()} to {token_type_ids.max().item()}."
+            )
+    if position_ids is not None and isinstance(max_positions, int) and values_are_checkable(position_ids, training):
+        if position_ids.numel() and (position_ids.min() < 0 or position_ids.max() >= max_positions):
+            raise ValueError(
+                f"`position_ids` must lie in [0, {max_positions - 1}] (max_position_embeddings={max_positions}), got "
+                f"values from {position_ids.min().item()} to {position_ids.max().item()}."
+            )
+
+
+def check_report_embeds(report_embeds: torch.Tensor, batch_size: int, training: bool = True) -> None:
+    r"""
+    Check the report-similarity embeddings `e_i` that SIA compares to find false negatives.
+
+    Always checked (no host sync): a real-valued tensor of shape `(batch_size, dim)`; integer or boolean label
+    vectors are allowed (SIA normalises them as floats). Checked only where [`values_are_checkable`] (a CPU tensor,
+    or `training=False`; never under `torch.compile`): every value is finite; a NaN row would silently find no false
+    negative, turning SIA into plain CLIP for that sample. An all-zero row is allowed and is similar to no other
+    report.
+
+    Raises:
+        `TypeError` for a non-tensor or complex tensor, `ValueError` for a wrong shape or non-finite values.
+    """
+    if not torch.is_tensor(report_embeds) or report_embeds.is_complex():
+        got = f"complex {report_embeds.dtype}" if torch.is_tensor(report_embeds) else type(report_embeds).__name__
+        raise TypeError(f"`report_embeds` must be a float tensor of shape ({batch_size}, dim), got a {got}.")
+    if report_embeds.dim() != 2 or report_embeds.shape[0] != batch_size or report_embeds.shape[1] == 0:
+        raise ValueError(
+            f"`report_embeds` must have shape ({batch_size}, dim) with dim >= 1, got {tuple(report_embeds.shape)}."
+        )
+    if report_embeds.is_floating_point() and values_are_checkable(report_embeds, training):
+        bad_rows = (~torch.isfinite(report_embeds)).any(dim=1).nonzero().flatten().tolist()
+        if bad_rows:
+            raise ValueError(f"`report_embeds` must be finite, got NaN or infinite values in rows {bad_rows}.")
+
+
+def check_label_tensor(labels, name: str = "labels", training: bool = True) -> None:
+    r"""
+    Check that a task head's `labels` are a tensor and, where [`values_are_checkable`] (a CPU tensor, or
+    `training=False`; never under `torch.compile`), that float labels are finite: a NaN label would silently make the
+    loss NaN.
+
+    Raises:
+        `TypeError` for a non-tensor, `ValueError` for NaN or infinite values.
+    """
+    if not torch.is_tensor(labels):
+        raise TypeError(f"`{name}` must be a tensor, got {type(labels).__name__}.")
+    if labels.is_floating_point() and values_are_checkable(labels, training) and not torch.isfinite(labels).all():
+        raise ValueError(f"`{name}` must be finite, got NaN or infinite values.")
+
+
+def check_local_checkpoint(folder: str | os.PathLike, needs_config: bool = True) -> None:
+    r"""
+    Check a local checkpoint folder before transformers reads it, so that a missing `config.json` or a truncated
+    `*.safetensors` file is named (transformers reports the first as a config of an unknown model type and the
+    second as a header error without a file name). Anything that is not a local folder (a Hub id) is left to
+    transformers.
+
+    Raises:
+        `FileNotFoundError` for a path that cannot be a Hub id (absolute, or starting with `.` or `~`) and does not
+        exist, or when `needs_config` and the folder has no `config.json`; `OSError` naming a
+        `*.safetensors` file whose header or size is inconsistent (cut short by an interrupted copy or download).
+    """
+    if not os.path.exists(folder) and (os.path.isabs(folder) or str(folder).startswith((".", "~"))):
+        raise FileNotFoundError(f"The checkpoint folder {str(folder)!r} does not exist.")
+    if not os.path.isdir(folder):
+        return
+    if needs_config and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise FileNotFoundError(
+            f"{str(folder)!r} has no {CONFIG_NAME}: a SISTA checkpoint folder holds {CONFIG_NAME} and "
+            f"model.safetensors as `save_pretrained` writes them; found {sorted(os.listdir(folder))[:10]}."
+        )
+    for weights_file in sorted(glob.glob(os.path.join(glob.escape(str(folder)), "*.safetensors"))):
+        try:
+            with safe_open(weights_file, framework="pt"):
+                pass
+        except SafetensorError as error:
+            raise OSError(
+                f"{weights_file} is not a complete safetensors file ({error}); it was probably cut short: save or "
+                "download it again."
+            ) from error
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -521,6 +708,12 @@ class SistaPreTrainedModel(PreTrainedModel):
         SISTA task head): a checkpoint of another architecture would otherwise load as a SISTA config with default
         backbones, leaving the weights silently random.
         """
+        if pretrained_model_name_or_path is not None:
+            subfolder = kwargs.get("subfolder")
+            check_local_checkpoint(
+                os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path,
+                needs_config=kwargs.get("config") is None,
+            )
         if kwargs.get("config") is None and pretrained_model_name_or_path is not None:
             hub_kwargs = {
                 name: kwargs[name]
@@ -528,6 +721,11 @@ class SistaPreTrainedModel(PreTrainedModel):
                 if name in kwargs
             }
             config_dict, _ = SistaConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            if not isinstance(config_dict, dict):
+                raise ValueError(
+                    f"The {CONFIG_NAME} of {str(pretrained_model_name_or_path)!r} must hold a JSON object, got a "
+                    f"{type(config_dict).__name__}."
+                )
             model_type = config_dict.get("model_type")
             if model_type != SistaConfig.model_type:
                 raise ValueError(
@@ -553,6 +751,8 @@ class SistaPreTrainedModel(PreTrainedModel):
         if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
             raise TypeError(f"`pixel_values` must be a float tensor, got {type(pixel_values).__name__}.")
         expected_channels = getattr(self.config.vision_config, "num_channels", None)
+        if pixel_values.dim() == 4 and pixel_values.shape[0] == 0:
+            raise ValueError(f"`pixel_values` must hold at least one image, got shape {tuple(pixel_values.shape)}.")
         if pixel_values.dim() != 4 or (expected_channels is not None and pixel_values.shape[1] != expected_channels):
             raise ValueError(
                 f"`pixel_values` must have shape (batch_size, {expected_channels}, height, width) for this vision "
@@ -563,6 +763,8 @@ class SistaPreTrainedModel(PreTrainedModel):
                 f"`pixel_values` of size {tuple(pixel_values.shape[-2:])} is smaller than one patch "
                 f"({self.patch_size} pixels): images must be at least {self.patch_size}×{self.patch_size}."
             )
+        if values_are_checkable(pixel_values, self.training) and not torch.isfinite(pixel_values).all():
+            raise ValueError("`pixel_values` must be finite, got NaN or infinite values.")
 
 
 class SistaModel(SistaPreTrainedModel):
@@ -683,7 +885,7 @@ class SistaModel(SistaPreTrainedModel):
         not in a training step on an accelerator (it would wait for the device) nor in a compiled graph, whose
         batches are to be validated before the step.
         """
-        return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not self.training)
+        return values_are_checkable(tensor, self.training)
 
     def encode_image(
         self, pixel_values: torch.Tensor, **kwargs
@@ -716,13 +918,16 @@ class SistaModel(SistaPreTrainedModel):
         """
         if input_ids is None:
             raise ValueError("`input_ids` is required: a LongTensor of shape (batch_size, sequence_length).")
+        check_text_inputs(
+            input_ids,
+            self.config.text_config,
+            attention_mask,
+            token_type_ids,
+            kwargs.get("position_ids"),
+            training=self.training,
+        )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                f"got {tuple(attention_mask.shape)}."
-            )
         if self._may_check_values(attention_mask):
             empty_rows = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
             if empty_rows:
@@ -848,6 +1053,11 @@ class SistaModel(SistaPreTrainedModel):
         × prompts). Edge cases with a documented finite value: batch size 1 gives `loss_sia = 0` (no negative); a
         batch whose reports are all false negatives of each other gives `loss_sia = 0` in "eliminate" mode; a report
         with no token left for STA (only special tokens) is left out of `loss_sta`, which is 0 if no report has one.
+
+        Bad inputs raise a `TypeError` or `ValueError` naming the argument ([`check_text_inputs`],
+        [`check_report_embeds`]): ids beyond the text tower's vocabulary or positions, NaN or infinite `pixel_values`
+        or `report_embeds`. Checks of values run only on CPU tensors outside `torch.compile`, so a training step on an
+        accelerator has no host sync; a data collator can run the same checks on its CPU batches.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         backbone_kwargs = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
@@ -880,10 +1090,8 @@ class SistaModel(SistaPreTrainedModel):
                 f"`pixel_values` and `input_ids` must hold the same number of samples for the loss or the grounding "
                 f"map, got {image_embeds.shape[0]} images and {text_embeds.shape[0]} reports."
             )
-        if report_embeds is not None and (report_embeds.dim() != 2 or report_embeds.shape[0] != text_embeds.shape[0]):
-            raise ValueError(
-                f"`report_embeds` must have shape ({text_embeds.shape[0]}, dim), got {tuple(report_embeds.shape)}."
-            )
+        if report_embeds is not None:
+            check_report_embeds(report_embeds, text_embeds.shape[0], training=self.training)
 
         loss = loss_sia = loss_sta = token_patch_weights = None
         # a loss with weight 0 is not computed, so the ablations cost what they should
@@ -1257,12 +1465,22 @@ class SistaForImageClassification(SistaVisionHeadModel):
             return "single_label_classification"
         return "multi_label_classification"
 
+    @property
+    def _inferred_problem_type_hint(self) -> str:
+        # with `problem_type=None` the loss follows the labels' dtype, so a wrong dtype reads as the wrong problem
+        if self.config.problem_type is not None:
+            return ""
+        return (
+            " (`config.problem_type` is None, so it was inferred from the labels: integer labels are class indices, "
+            "float labels multi-hot; set `problem_type` to say which)"
+        )
+
     def _check_labels(self, labels: torch.Tensor, problem_type: str, batch_size: int):
         if problem_type == "single_label_classification":
             if labels.shape != (batch_size,) or labels.is_floating_point():
                 raise ValueError(
                     f"single-label `labels` must be class indices of shape ({batch_size},), got "
-                    f"{labels.dtype} of shape {tuple(labels.shape)}."
+                    f"{labels.dtype} of shape {tuple(labels.shape)}{self._inferred_problem_type_hint}."
                 )
             if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
                 raise ValueError(
@@ -1273,12 +1491,19 @@ class SistaForImageClassification(SistaVisionHeadModel):
             if labels.shape != (batch_size, self.num_labels):
                 raise ValueError(
                     f"multi-label `labels` must be multi-hot of shape ({batch_size}, {self.num_labels}), got "
-                    f"{tuple(labels.shape)}."
+                    f"{tuple(labels.shape)}{self._inferred_problem_type_hint}."
                 )
             if labels.numel() and (labels.min() < 0 or labels.max() > 1):
                 raise ValueError(
                     f"multi-label `labels` must lie in [0, 1], got values from {labels.min().item()} to "
                     f"{labels.max().item()}."
+                )
+        elif problem_type == "regression":
+            expected_shapes = {(batch_size, self.num_labels)} | ({(batch_size,)} if self.num_labels == 1 else set())
+            if tuple(labels.shape) not in expected_shapes:
+                raise ValueError(
+                    f"regression `labels` must have shape {' or '.join(map(str, sorted(expected_shapes)))}, got "
+                    f"{tuple(labels.shape)}."
                 )
 
     def forward(
@@ -1303,6 +1528,7 @@ class SistaForImageClassification(SistaVisionHeadModel):
         logits = self.classifier(self.dropout(pooled))
         loss = None
         if labels is not None:
+            check_label_tensor(labels, training=self.training)
             problem_type = self._problem_type(labels)
             self._check_labels(labels, problem_type, logits.shape[0])
             loss = classification_loss(logits, labels, problem_type)
@@ -1367,6 +1593,7 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
         self.post_init()
 
     def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor):
+        check_label_tensor(labels, training=self.training)
         expected_shape = (logits.shape[0], *logits.shape[-2:])
         if labels.shape != expected_shape or labels.is_floating_point():
             raise ValueError(
@@ -1509,6 +1736,14 @@ class SistaForObjectDetection(SistaVisionHeadModel):
             if not isinstance(target, dict) or not {"class_labels", "boxes"} <= set(target):
                 raise ValueError(f"`labels[{index}]` must be a dict with `class_labels` and `boxes`, got {target!r}.")
             class_labels, boxes = target["class_labels"], target["boxes"]
+            for name, value in (("class_labels", class_labels), ("boxes", boxes)):
+                if not torch.is_tensor(value):
+                    raise TypeError(f"`labels[{index}]['{name}']` must be a tensor, got {type(value).__name__}.")
+            if class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool:
+                raise TypeError(
+                    f"`labels[{index}]['class_labels']` must be an integer tensor of class indices, got dtype "
+                    f"{class_labels.dtype}."
+                )
             if boxes.dim() != 2 or boxes.shape[1] != 4 or class_labels.shape != (boxes.shape[0],):
                 raise ValueError(
                     f"`labels[{index}]` must hold `boxes` of shape (num_boxes, 4) and `class_labels` of shape "
@@ -1519,12 +1754,17 @@ class SistaForObjectDetection(SistaVisionHeadModel):
                     f"`labels[{index}]['class_labels']` must lie in [0, {self.config.num_labels - 1}] "
                     f"(num_labels={self.config.num_labels}), got {class_labels.tolist()}."
                 )
+            # every comparison with NaN is false, so finiteness is checked first
             if boxes.numel() and (
-                boxes.min() < 0 or boxes[:, :2].max() > 1 or (boxes[:, 2:] <= 0).any() or boxes[:, 2:].max() > 1
+                not torch.isfinite(boxes).all()
+                or boxes.min() < 0
+                or boxes[:, :2].max() > 1
+                or (boxes[:, 2:] <= 0).any()
+                or boxes[:, 2:].max() > 1
             ):
                 raise ValueError(
-                    f"`labels[{index}]['boxes']` must be normalised (center_x, center_y, width, height) in [0, 1] with "
-                    f"positive sizes (DETR convention), got {boxes.tolist()}."
+                    f"`labels[{index}]['boxes']` must be finite and normalised (center_x, center_y, width, height) in "
+                    f"[0, 1] with positive sizes (DETR convention), got {boxes.tolist()}."
                 )
 
     def compute_loss(self, heatmap_logits, box_sizes, box_offsets, labels) -> tuple[torch.Tensor, dict]:
@@ -1637,6 +1877,10 @@ __all__ = [
     "batched_nms",
     "box_iou",
     "center_to_corners",
+    "check_label_tensor",
+    "check_local_checkpoint",
+    "check_report_embeds",
+    "check_text_inputs",
     "classification_loss",
     "decode_detections",
     "encode_detection_targets",
@@ -1650,4 +1894,5 @@ __all__ = [
     "soft_dice_loss",
     "sparse_token_patch_weights",
     "sta_loss",
+    "values_are_checkable",
 ]

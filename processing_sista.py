@@ -16,7 +16,7 @@
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -308,6 +308,17 @@ def decode_detections(
     return scores, class_labels, boxes
 
 
+def check_target_sizes(target_sizes, batch_size: int) -> None:
+    """Check the `target_sizes` of a post-processing call: one positive `(height, width)` pair per image."""
+    if len(target_sizes) != batch_size:
+        raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
+    for index, target_size in enumerate(target_sizes):
+        if len(target_size) != 2 or any(int(value) <= 0 for value in target_size):
+            shown = target_size.tolist() if torch.is_tensor(target_size) else target_size
+            raise ValueError(f"`target_sizes[{index}]` must be a positive (height, width) pair, got {shown}.")
+
+
+
 def post_process_detections(
     outputs, threshold: float, nms_iou_threshold: float, target_sizes=None, to_pixels=None, drop_empty: bool = False
 ):
@@ -318,8 +329,8 @@ def post_process_detections(
     clipped), then class-wise NMS (`nms_iou_threshold` 1 disables it).
     """
     batch_size = outputs.scores.shape[0]
-    if target_sizes is not None and len(target_sizes) != batch_size:
-        raise ValueError(f"`target_sizes` must hold {batch_size} (height, width) pairs, got {len(target_sizes)}.")
+    if target_sizes is not None:
+        check_target_sizes(target_sizes, batch_size)
     results = []
     for index in range(batch_size):
         keep = outputs.scores[index] > threshold
@@ -399,6 +410,8 @@ def _to_channels_last_array(image: ImageInput, input_data_format: ChannelDimensi
             image = image.convert("RGB")
         return np.array(image)
     array = image if isinstance(image, np.ndarray) else image.numpy(force=True)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"`images` must hold real numbers (bool, integer or float), got an array of {array.dtype}.")
     if array.ndim == 2:
         return array
     if array.ndim != 3:
@@ -445,6 +458,10 @@ def window_intensities(image: np.ndarray, window: tuple[float, float]) -> np.nda
         low, high = image.min(), image.max()
     if high <= low:
         return np.zeros_like(image)
+    with np.errstate(over="ignore"):
+        span_overflows = not np.isfinite(high - low)
+    if span_overflows:  # float64 extremes: halved (exactly) so that differences do not overflow
+        image, low, high = image / 2, low / 2, high / 2
     windowed = (image - low) / (high - low)
     return np.clip(windowed, 0.0, 1.0, out=windowed)
 
@@ -492,6 +509,28 @@ def _pad_centred(image: np.ndarray, size: SizeDict) -> np.ndarray:
     top, left = (size.height - height) // 2, (size.width - width) // 2
     padding = ((0, 0), (top, size.height - height - top), (left, size.width - width - left))
     return np.pad(image, padding, mode="constant", constant_values=0.0)
+
+
+def _is_image_sequence(images) -> bool:
+    """A list, tuple or other sequence of images (a `datasets` Column); a string, array or tensor is one image."""
+    if isinstance(images, (list, tuple)):
+        return True
+    return (
+        isinstance(images, (Sequence, Iterable))
+        and hasattr(images, "__len__")
+        and not isinstance(images, (str, bytes, os.PathLike, Mapping, np.ndarray, Image.Image))
+        and not is_valid_image(images)
+    )
+
+
+def _decode(image: Image.Image, description: str) -> None:
+    """Decode a lazily opened PIL image now, so a truncated or corrupt file fails here with its name."""
+    try:
+        image.load()
+    except OSError as error:
+        raise OSError(
+            f"{description} cannot be decoded ({error}): the file is probably truncated or corrupt."
+        ) from error
 
 
 class SistaImageProcessor(PilBackend):
@@ -683,8 +722,8 @@ class SistaImageProcessor(PilBackend):
             (cropped away) are 0.
         """
         logits = outputs.logits.float()
-        if target_sizes is not None and len(target_sizes) != len(logits):
-            raise ValueError(f"`target_sizes` must hold {len(logits)} (height, width) pairs, got {len(target_sizes)}.")
+        if target_sizes is not None:
+            check_target_sizes(target_sizes, len(logits))
         maps = []
         for index, image_logits in enumerate(logits):
             seen = None
@@ -706,20 +745,39 @@ class SistaImageProcessor(PilBackend):
         return maps
 
     def fetch_images(self, image_url_or_urls):
-        """Load image paths and URLs; unlike the base class, local files keep their bit depth instead of 8-bit RGB."""
-        if isinstance(image_url_or_urls, (list, tuple)):
-            return [self.fetch_images(item) for item in image_url_or_urls]
+        """
+        Load image paths and URLs; unlike the base class, local files keep their bit depth instead of 8-bit RGB. Any
+        sequence of images counts as a list (a `datasets` Column, what `dataset.select(indices)["image"]` returns).
+        An entry that is no image, or that cannot be decoded (a truncated file), is named by its index.
+        """
+        if _is_image_sequence(image_url_or_urls):
+            images = []
+            for index, item in enumerate(image_url_or_urls):
+                try:
+                    images.append(self.fetch_images(item))
+                except (OSError, TypeError, ValueError) as error:
+                    error_type = next(kind for kind in (OSError, TypeError, ValueError) if isinstance(error, kind))
+                    raise error_type(f"`images[{index}]`: {error}") from error
+            return images
         if isinstance(image_url_or_urls, (str, os.PathLike)) and os.path.isfile(image_url_or_urls):
             image = Image.open(image_url_or_urls)
-            image.load()
+            _decode(image, f"the image file {os.fspath(image_url_or_urls)!r}")
             return ImageOps.exif_transpose(image)
-        return super().fetch_images(image_url_or_urls)
+        if is_pil_image(image_url_or_urls):
+            _decode(image_url_or_urls, "the PIL image")
+            return image_url_or_urls
+        if is_valid_image(image_url_or_urls) or isinstance(image_url_or_urls, (str, os.PathLike)):
+            return super().fetch_images(image_url_or_urls)
+        raise TypeError(
+            "`images` must be PIL images, numpy arrays, torch tensors or image paths, got "
+            f"{type(image_url_or_urls).__name__}."
+        )
 
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
         """Flatten `images` into a list; unlike the base class, 2-D grayscale arrays count as single images."""
         images = self.fetch_images(images)
-        if isinstance(images, (list, tuple)):
-            images = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
+        if isinstance(images, list):
+            images = [image for item in images for image in (item if isinstance(item, list) else [item])]
         elif is_valid_image(images) and not is_pil_image(images) and images.ndim == 4:
             images = list(images)
         else:
@@ -790,12 +848,36 @@ class SistaImageProcessor(PilBackend):
             if do_normalize:
                 image = self.normalize(image, image_mean, image_std)
             processed_images.append(image)
+        shapes = sorted({image.shape[-2:] for image in processed_images})
+        if return_tensors is not None and len(shapes) > 1:
+            raise ValueError(
+                f"`images` became frames of different sizes {shapes}, which `return_tensors={return_tensors!r}` "
+                "cannot stack: keep `do_pad=True` (or `resize_mode='crop'`), or pass `return_tensors=None`."
+            )
         return BatchFeature(data={"pixel_values": processed_images}, tensor_type=return_tensors)
 
 
 # ---------------------------------------------------------------------------
 # Processor
 # ---------------------------------------------------------------------------
+
+
+def _checked_reports(text) -> str | list[str]:
+    """`text` as a str or a list of str, or a `TypeError`/`ValueError` naming what is wrong and where."""
+    if isinstance(text, str):
+        return text
+    if isinstance(text, (bytes, Mapping, np.ndarray)) or not isinstance(text, (Sequence, Iterable)):
+        raise TypeError(f"`text` must be a str or a list of str, got {type(text).__name__}.")
+    reports = list(text)
+    if not reports:
+        raise ValueError("`text` must hold at least one report, got an empty list.")
+    for index, report in enumerate(reports):
+        if not isinstance(report, str):
+            raise TypeError(
+                f"`text[{index}]` must be a str, got {type(report).__name__}; a missing report (None or NaN) must be "
+                "dropped or replaced first."
+            )
+    return reports
 
 
 class SistaProcessor(ProcessorMixin):
@@ -807,6 +889,11 @@ class SistaProcessor(ProcessorMixin):
             The image processor for the chest X-rays.
         tokenizer ([`PreTrainedTokenizerBase`]):
             The tokenizer of the text backbone (any `AutoTokenizer`); required.
+        model_max_length (`int`, *optional*):
+            The text tower's length, `config.text_config.max_position_embeddings`. It lowers the tokenizer's
+            `model_max_length` to it (a tokenizer built from a vocabulary alone has no limit), so that reports are
+            truncated to what the model takes, and `save_pretrained` stores it with the tokenizer (which is changed
+            in place).
 
     Example:
 
@@ -817,7 +904,7 @@ class SistaProcessor(ProcessorMixin):
 
     >>> tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "no", "acute", "process", "."]
     >>> tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(tokens)})
-    >>> processor = SistaProcessor(SistaImageProcessor(size=64), tokenizer)
+    >>> processor = SistaProcessor(SistaImageProcessor(size=64), tokenizer, model_max_length=128)
     >>> xray = np.zeros((300, 240), dtype=np.uint16)
     >>> inputs = processor(text=["No acute process."], images=[xray], return_tensors="pt")
     >>> sorted(inputs.keys())
@@ -826,9 +913,13 @@ class SistaProcessor(ProcessorMixin):
     ```
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, model_max_length: int | None = None, **kwargs):
         if tokenizer is None:
             raise ValueError("`tokenizer` must be a tokenizer (e.g. from `AutoTokenizer.from_pretrained`), got None.")
+        if model_max_length is not None:
+            if not isinstance(model_max_length, int) or isinstance(model_max_length, bool) or model_max_length < 1:
+                raise ValueError(f"`model_max_length` must be a positive int, got {model_max_length!r}.")
+            tokenizer.model_max_length = min(tokenizer.model_max_length, model_max_length)
         image_processor = SistaImageProcessor() if image_processor is None else image_processor
         super().__init__(image_processor, tokenizer, **kwargs)
 
@@ -864,15 +955,19 @@ class SistaProcessor(ProcessorMixin):
 
         Args:
             text (`str` or `list[str]`, *optional*):
-                Report(s) to tokenize; clean raw reports with [`clean_report`] first.
+                Report(s) to tokenize; clean raw reports with [`clean_report`] first. Any sequence of strings counts
+                as a list (a `datasets` Column).
             images (`ImageInput`, *optional*):
-                Chest X-ray(s): PIL images, numpy arrays or torch tensors, or a list of them.
+                Chest X-ray(s): PIL images, numpy arrays, torch tensors or image paths, or a list (or other sequence,
+                such as a `datasets` Column) of them. An image file that cannot be decoded raises an `OSError`
+                naming its index in the list.
             return_tensors (`str` or [`~utils.TensorType`], *optional*):
                 `"pt"` for torch tensors, `"np"` for numpy arrays, `None` for lists.
             padding (`bool` or `str`, *optional*, defaults to `True`):
                 Tokenizer padding (`True` pads to the longest report of the batch).
             truncation (`bool` or `str`, *optional*, defaults to `True`):
-                Tokenizer truncation, to `max_length` or the tokenizer's maximum length.
+                Tokenizer truncation, to `max_length` or the tokenizer's `model_max_length` (see the
+                `model_max_length` argument of this class).
             max_length (`int`, *optional*):
                 Maximum number of tokens.
             kwargs (`dict[str, Any]`, *optional*):
@@ -890,11 +985,24 @@ class SistaProcessor(ProcessorMixin):
         image_kwargs = {name: value for name, value in kwargs.items() if name in image_kwarg_names}
         text_kwargs = {name: value for name, value in kwargs.items() if name not in image_kwarg_names}
 
+        if text is None and text_kwargs:
+            raise TypeError(
+                f"Unexpected keyword arguments {sorted(text_kwargs)} for images alone: the image processor takes "
+                f"{sorted(image_kwarg_names)}."
+            )
         image_features = None
         if images is not None:
             image_features = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
         if text is None:
             return image_features
+        if not text_kwargs.get("is_split_into_words"):
+            text = _checked_reports(text)
+        min_length = self.tokenizer.num_special_tokens_to_add() + 1
+        if max_length is not None and (not isinstance(max_length, int) or max_length < min_length):
+            raise ValueError(
+                f"`max_length` must be an int of at least {min_length} (the tokenizer's special tokens and one word), "
+                f"got {max_length!r}."
+            )
         encoding = self.tokenizer(
             text,
             return_tensors=return_tensors,
