@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 start=$(date +%s)
 python examples/pretrain.py \
-    --dataset_path "$DATA_DIR" \
+    --dataset_path "$DATA_DIR" --generate_synthcxr \
     --synthcxr_num_pretrain "$NUM_PRETRAIN" --synthcxr_num_validation 500 \
     --synthcxr_num_train 500 --synthcxr_num_test 500 --synthcxr_seed 42 --preprocessing_num_workers 2 \
     --model_preset small --image_size 128 --objective sista --vision_pooling mean --text_pooling mean \
