@@ -319,6 +319,19 @@ def test_file_without_read_permission_is_a_skip(tmp_path):
     assert skip.value.reason == "unreadable_image" and "locked.jpg" in skip.value.detail
 
 
+def test_permission_error_is_an_unreadable_image_not_a_missing_one(tmp_path, monkeypatch):
+    write_jpeg(tmp_path / "locked.jpg", quadrant_pixels(IMAGE_SIZE, IMAGE_SIZE))
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(prepare.SkipExample) as skip:
+        prepare.read_image_or_skip(tmp_path / "locked.jpg", 16)
+    assert skip.value.reason == "unreadable_image"
+    assert "locked.jpg" in skip.value.detail and "Permission denied" in skip.value.detail
+
+
 def test_an_unexpected_error_while_building_a_row_names_the_row(tmp_path):
     def broken_example(record, options, skip_log):
         raise KeyError("labels")

@@ -625,7 +625,8 @@ def write_dataset_dict(
     """
     if not any(records_per_split.values()) and not skip_log.rows:
         raise ValueError(
-            f"{dataset_name}: the files in {args.data_dir} list no image (are the tables empty?); nothing to prepare."
+            f"{dataset_name}: the files in {args.data_dir} list no image to prepare (no rows, or only rows left out "
+            "by design such as lateral views)."
         )
     records_per_split = drop_duplicate_images(records_per_split, skip_log)
     output_dir = Path(args.output_dir)
