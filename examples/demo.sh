@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine (package installed, no GPU, no download): generate SynthCXR, pre-train a small
 # SISTA (ViT 192x4 / BERT 192x4, 128 px) on CPU, save the model, TensorBoard logs and a loss curve. About 10 minutes
-# on 2 CPU cores. Override any size through the environment, e.g. `NUM_EPOCHS=1 bash examples/demo.sh`.
+# on 2 CPU cores. Override any size through the environment, e.g. `NUM_EPOCHS=1 bash examples/demo.sh`; a DATA_DIR
+# generated before with other sizes is refused (its sista_dataset.json records them): remove it or set another DATA_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +17,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 start=$(date +%s)
 python examples/pretrain.py \
-    --dataset_path "$DATA_DIR" \
+    --dataset_path "$DATA_DIR" --generate_synthcxr \
     --synthcxr_num_pretrain "$NUM_PRETRAIN" --synthcxr_num_validation 500 \
     --synthcxr_num_train 500 --synthcxr_num_test 500 --synthcxr_seed 42 --preprocessing_num_workers 2 \
     --model_preset small --image_size 128 --objective sista --vision_pooling mean --text_pooling mean \

@@ -52,16 +52,16 @@ def main(args: Optional[list] = None):
         raise ValueError(
             f"`--output_dir` {arguments.output_dir!r} already exists; pass --overwrite_output_dir to replace it."
         )
-    dataset = generate_synthcxr(
-        num_pretrain=arguments.num_pretrain,
-        num_train=arguments.num_train,
-        num_validation=arguments.num_validation,
-        num_test=arguments.num_test,
-        image_size=arguments.image_size,
-        seed=arguments.seed,
-        num_proc=arguments.num_proc,
-    )
-    save_synthcxr(dataset, arguments.output_dir, overwrite=arguments.overwrite_output_dir)
+    generation = {
+        "num_pretrain": arguments.num_pretrain,
+        "num_train": arguments.num_train,
+        "num_validation": arguments.num_validation,
+        "num_test": arguments.num_test,
+        "image_size": arguments.image_size,
+        "seed": arguments.seed,
+    }
+    dataset = generate_synthcxr(**generation, num_proc=arguments.num_proc)
+    save_synthcxr(dataset, arguments.output_dir, overwrite=arguments.overwrite_output_dir, generation=generation)
     for split, data in dataset.items():
         labels = np.asarray(data["labels"])
         logger.info(f"{split}: {len(data)} studies, {np.mean(labels.sum(1) == 0):.1%} normal.")

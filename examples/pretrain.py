@@ -4,7 +4,8 @@
 
 The same script runs on one process or several (DDP, FSDP, DeepSpeed ZeRO-2) through `accelerate launch`:
 
-    # SynthCXR is generated into --dataset_path when it does not exist yet
+    # SynthCXR is generated into the default --dataset_path data/synthcxr when it does not exist yet (another
+    # missing path is an error unless --generate_synthcxr asks for SynthCXR there)
     python examples/pretrain.py --output_dir outputs/sista-small --model_preset small --num_train_epochs 2
 
     # 2 processes on CPU (gloo); on GPUs drop ACCELERATE_USE_CPU and use --config_file for FSDP/DeepSpeed

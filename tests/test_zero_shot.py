@@ -213,7 +213,7 @@ def test_scores_of_the_script_equal_a_direct_computation(sista_dir):
     assert torch.allclose(scores[:, 0], expected, atol=1e-5)
 
 
-def test_missing_dataset_folder_generates_synthcxr_with_a_log_line(sista_dir, tmp_path, caplog):
+def test_missing_dataset_folder_generates_synthcxr_when_asked_with_a_log_line(sista_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         results = zero_shot.main(
             [
@@ -221,6 +221,7 @@ def test_missing_dataset_folder_generates_synthcxr_with_a_log_line(sista_dir, tm
                 str(sista_dir),
                 "--dataset_dir",
                 str(tmp_path / "absent"),
+                "--generate_synthcxr",
                 "--output_dir",
                 str(tmp_path / "out"),
                 "--synthcxr_num_test",
@@ -232,6 +233,15 @@ def test_missing_dataset_folder_generates_synthcxr_with_a_log_line(sista_dir, tm
     assert "does not exist: generating a small SynthCXR" in caplog.text
     assert results["num_images"] == 12 and results["dataset"] == "SynthCXR (generated)"
     assert not (tmp_path / "absent").exists()  # nothing written where the user's data would go
+
+
+def test_missing_dataset_folder_without_the_flag_is_an_error_naming_it(sista_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--dataset_dir .*absent does not exist.*--generate_synthcxr"):
+        zero_shot.main(
+            ["--model_name_or_path", str(sista_dir), "--dataset_dir", str(tmp_path / "absent"), "--output_dir",
+             str(tmp_path / "out"), "--pipeline_example", "False"]
+        )  # fmt: skip
+    assert not (tmp_path / "absent").exists() and not (tmp_path / "out" / "zero_shot_results.json").exists()
 
 
 def test_empty_split_is_a_clear_error(sista_dir, tmp_path):

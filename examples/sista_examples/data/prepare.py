@@ -31,8 +31,7 @@ import pandas as pd
 import pydicom
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 from datasets import Image as ImageFeature
-from PIL import Image, UnidentifiedImageError
-from pydicom.errors import InvalidDicomError
+from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from tqdm.auto import tqdm
 
@@ -183,7 +182,12 @@ def format_counts(counts: Counter) -> str:
 
 
 def find_required_file(data_dir: Path, candidates: Sequence[str], dataset_name: str) -> Path:
-    """Return the first of `candidates` present in `data_dir`, or raise naming the missing file."""
+    """Return the first of `candidates` present in `data_dir`, or raise naming the missing folder or file."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"{data_dir} is not a folder: expected the files of {dataset_name} there. "
+            "See docs/data_real.md for the expected files."
+        )
     for name in candidates:
         if (data_dir / name).exists():
             return data_dir / name
@@ -199,7 +203,11 @@ def read_csv_table(path: Path, required_columns: Sequence[str], **kwargs) -> pd.
 
     Column names are stripped because some official files carry stray spaces (SIIM's `" EncodedPixels"`).
     """
-    table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
+        # pandas' messages name the line but not the file; gzip and encoding errors name neither.
+        raise ValueError(f"{path} could not be read as a CSV table: {type(error).__name__}: {error}") from error
     table.columns = [str(column).strip() for column in table.columns]
     missing = [column for column in required_columns if column not in table.columns]
     if missing:
@@ -288,8 +296,9 @@ def read_image(path: str | Path, image_size: int) -> tuple[Image.Image, tuple[in
         box coordinates of the source annotations refer to.
 
     Raises:
-        `FileNotFoundError`, `OSError` (including `PIL.UnidentifiedImageError` and truncated files),
-        `pydicom.errors.InvalidDicomError` or `ValueError` for files that cannot be used.
+        `FileNotFoundError` for a missing file; for files that cannot be used, `OSError` (including
+        `PIL.UnidentifiedImageError` and truncated files), `pydicom.errors.InvalidDicomError`, `ValueError`, or
+        whatever a pixel-data decoder raises (pydicom's `RuntimeError` for a truncated JPEG frame).
     """
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
         image = Image.fromarray(read_dicom_pixels(path))
@@ -308,13 +317,20 @@ def read_image(path: str | Path, image_size: int) -> tuple[Image.Image, tuple[in
 
 
 def read_image_or_skip(path: str | Path, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
-    """[`read_image`], turning a missing or unreadable file into a [`SkipExample`]."""
+    """
+    [`read_image`], turning a missing file into a `missing_image` [`SkipExample`] and any failure to read or decode
+    it into an `unreadable_image` one naming the file and the error.
+
+    Every exception is caught because the decoders behind Pillow and pydicom raise many types for a bad file
+    (pydicom's `RuntimeError` for a truncated JPEG frame, `DecompressionBombError`, `struct.error`, ...), and one
+    bad file must not stop the preparation of the others.
+    """
     try:
         return read_image(path, image_size)
     except FileNotFoundError as error:
         raise SkipExample("missing_image", str(path)) from error
-    except (OSError, UnidentifiedImageError, InvalidDicomError, ValueError) as error:
-        raise SkipExample("unreadable_image", f"{path}: {error}") from error
+    except Exception as error:
+        raise SkipExample("unreadable_image", f"{path}: {type(error).__name__}: {error}") from error
 
 
 def encode_image(image: Image.Image, image_format: str = "png") -> dict:
@@ -507,6 +523,12 @@ def _generate_examples(
                 except SkipExample as skip:
                     skip_log.add(skip.reason, record["image_id"], record["split"], skip.detail)
                     continue
+                except Exception as error:
+                    # `datasets` reports only "An error occurred while generating the dataset": name the row.
+                    raise RuntimeError(
+                        f"Preparing {record['image_id']!r} ({record.get('image_path', 'no image path')}) failed: "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
                 kept += 1
                 yield example
     finally:
@@ -565,6 +587,24 @@ def _generate_split(
         return None
 
 
+def drop_duplicate_images(records_per_split: dict[str, list[dict]], skip_log: SkipLog) -> dict[str, list[dict]]:
+    """
+    Keep the first record of each `image_id` (splits in `SPLIT_NAMES` order, then file order); the others are
+    logged as `duplicate_image`, since two rows of one image would count it twice and could put it in two splits.
+    """
+    split_of, kept = {}, {}
+    for split in SPLIT_NAMES:
+        kept[split] = []
+        for record in records_per_split.get(split, []):
+            image_id = record["image_id"]
+            if image_id in split_of:
+                skip_log.add("duplicate_image", image_id, split, f"listed again after a row in {split_of[image_id]}")
+                continue
+            split_of[image_id] = split
+            kept[split].append(record)
+    return kept
+
+
 def write_dataset_dict(
     dataset_name: str,
     records_per_split: dict[str, list[dict]],
@@ -583,6 +623,12 @@ def write_dataset_dict(
     Beside the dataset, `skipped.csv` lists every skipped row with its reason and `sista_dataset.json`
     holds `metadata` (class names, split and label rules) with the row and skip counts.
     """
+    if not any(records_per_split.values()) and not skip_log.rows:
+        raise ValueError(
+            f"{dataset_name}: the files in {args.data_dir} list no image to prepare (no rows, or only rows left out "
+            "by design such as lateral views)."
+        )
+    records_per_split = drop_duplicate_images(records_per_split, skip_log)
     output_dir = Path(args.output_dir)
     if output_dir.exists():
         shutil.rmtree(output_dir)  # check_output_dir() has already made sure this is an old SISTA output
@@ -1237,8 +1283,8 @@ def build_siim_pneumothorax_records(args: SiimPneumothoraxArguments, skip_log: S
             continue
         try:
             patient_id = _read_patient_id(path_of[image_id])
-        except (OSError, InvalidDicomError) as error:
-            skip_log.add("unreadable_image", image_id, detail=str(error))
+        except Exception as error:  # as in read_image_or_skip: a bad header must not stop the run
+            skip_log.add("unreadable_image", image_id, detail=f"{path_of[image_id]}: {type(error).__name__}: {error}")
             continue
         images.append(
             {
@@ -1345,8 +1391,12 @@ class CovidxArguments(PrepareArguments):
 
 def read_covidx_split_file(path: Path, split: str, skip_log: SkipLog) -> list[dict]:
     """Parse a COVIDx split file: `patient_id filename class [source]` per line, space-separated."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a text file of `patient_id filename class [source]` lines: {error}") from error
     rows = []
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+    for line_number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue

@@ -28,6 +28,7 @@ Usage:
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import math
 import shutil
@@ -40,6 +41,8 @@ from typing import Optional
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+
+from .metadata import read_dataset_metadata, write_dataset_metadata
 
 
 logger = logging.getLogger(__name__)
@@ -1012,11 +1015,13 @@ def generate_synthcxr(
     return DatasetDict(splits)
 
 
-def save_synthcxr(dataset, output_dir: str, overwrite: bool = False):
+def save_synthcxr(dataset, output_dir: str, overwrite: bool = False, generation: Optional[dict] = None):
     """Write a SynthCXR `DatasetDict` with `save_to_disk` (readable with `datasets.load_from_disk`).
 
     An existing ``output_dir`` is replaced only with ``overwrite=True``; the new copy is
-    written beside it first, so a failed write leaves the old one intact.
+    written beside it first, so a failed write leaves the old one intact. ``generation`` (the
+    `generate_synthcxr` keyword arguments) is written beside it as `sista_dataset.json`, so that a later run
+    can tell which SynthCXR the folder holds (see `synthcxr_metadata`).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
@@ -1028,6 +1033,8 @@ def save_synthcxr(dataset, output_dir: str, overwrite: bool = False):
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
         dataset.save_to_disk(str(staging))
+        if generation is not None:
+            write_dataset_metadata(staging, synthcxr_metadata(generation))
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
@@ -1037,14 +1044,26 @@ def save_synthcxr(dataset, output_dir: str, overwrite: bool = False):
     logger.info(f"Saved SynthCXR to {output_dir}.")
 
 
+DEFAULT_SYNTHCXR_PATH = "data/synthcxr"
+RUN_ARGUMENTS_FILE = "run_arguments.json"
+
+
 @dataclass(kw_only=True)
 class SynthCXRGenerationArguments:
     """
     The SynthCXR that the training and evaluation scripts generate when their dataset folder does not exist; one set
     of sizes for every script, so that the folder holds the same dataset whichever script created it. Keyword-only,
     so that the scripts' argument dataclasses can extend it with fields of their own.
+
+    A missing dataset folder becomes SynthCXR only with `generate_synthcxr=True` or at `DEFAULT_SYNTHCXR_PATH` (see
+    `should_generate_synthcxr`): a mistyped path is an error, never synthetic data.
     """
 
+    generate_synthcxr: bool = field(
+        default=False,
+        metadata={"help": "Generate SynthCXR at the dataset path when that folder does not exist (without this flag "
+                          f"only {DEFAULT_SYNTHCXR_PATH} is generated; any other missing path is an error)."},
+    )
     synthcxr_num_pretrain: int = field(default=4000, metadata={"help": "SynthCXR pretrain studies, if generated."})
     synthcxr_num_train: int = field(default=1000, metadata={"help": "SynthCXR labelled train studies, if generated."})
     synthcxr_num_validation: int = field(default=500, metadata={"help": "SynthCXR validation studies, if generated."})
@@ -1060,22 +1079,155 @@ class SynthCXRGenerationArguments:
         return {**sizes, "image_size": self.synthcxr_image_size or image_size, "seed": self.synthcxr_seed}
 
 
+def synthcxr_metadata(generation: dict) -> dict:
+    """The `sista_dataset.json` of a saved SynthCXR: its class names and the `generate_synthcxr` arguments."""
+    return {"dataset": "synthcxr", "class_names": list(CLASS_NAMES), "generation": dict(generation)}
+
+
+def is_default_synthcxr_path(path) -> bool:
+    """Whether `path` is `DEFAULT_SYNTHCXR_PATH` (relative to the working directory, as the scripts' default is)."""
+    return Path(path).resolve() == Path(DEFAULT_SYNTHCXR_PATH).resolve()
+
+
+def holds_synthcxr(path) -> Optional[bool]:
+    """`True`/`False` when the folder's `sista_dataset.json` names its dataset, `None` when it says nothing."""
+    try:
+        metadata = read_dataset_metadata(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metadata, dict) or "dataset" not in metadata:
+        return None
+    return metadata["dataset"] == "synthcxr"
+
+
+def training_data_of(model_dir) -> Optional[dict]:
+    """The `data` arguments that `examples/pretrain.py` recorded in `run_arguments.json` beside a model, if any."""
+    path = Path(model_dir) / RUN_ARGUMENTS_FILE if model_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return data if isinstance(data, dict) and "dataset_path" in data else None
+
+
+def model_trained_on_synthcxr(model_dir) -> Optional[bool]:
+    """
+    Whether the model in `model_dir` was pre-trained on SynthCXR, from its `run_arguments.json`: `True` when it
+    asked for generation or read the default SynthCXR folder or a folder whose metadata says SynthCXR, `False` for
+    other data, `None` when the folder records no training data (a model from elsewhere).
+    """
+    data = training_data_of(model_dir)
+    if data is None:
+        return None
+    dataset_path = data["dataset_path"]
+    return bool(data.get("generate_synthcxr")) or is_default_synthcxr_path(dataset_path) or bool(
+        holds_synthcxr(dataset_path)
+    )
+
+
+def should_generate_synthcxr(path, generation: SynthCXRGenerationArguments, argument: str, model_dir=None) -> bool:
+    """
+    Whether SynthCXR is to be generated for the dataset folder `path` given as `argument` (e.g. `"--dataset_path"`).
+
+    `False` when the folder exists. When it does not: `True` with `generation.generate_synthcxr`, or at
+    `DEFAULT_SYNTHCXR_PATH` unless `model_dir` holds a model trained on other (or unrecorded) data, which would then
+    be scored or fine-tuned on synthetic data without anybody asking; otherwise a `FileNotFoundError` naming
+    `argument`, so that a mistyped path never silently becomes synthetic data.
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    if generation.generate_synthcxr:
+        return True
+    hint = (
+        f"pass the folder of a dataset saved with save_to_disk (examples/prepare_datasets.py, "
+        f"examples/generate_synthcxr.py), or add --generate_synthcxr to generate SynthCXR at {path}"
+    )
+    if not is_default_synthcxr_path(path):
+        raise FileNotFoundError(f"{argument} {path} does not exist: {hint}.")
+    trained_on_synthcxr = model_trained_on_synthcxr(model_dir) if model_dir is not None else True
+    if not trained_on_synthcxr:
+        trained_on = (training_data_of(model_dir) or {}).get("dataset_path")
+        origin = (
+            f"was pre-trained on {trained_on}" if trained_on else f"records no training data ({RUN_ARGUMENTS_FILE})"
+        )
+        raise FileNotFoundError(
+            f"{argument} is the default {path}, which does not exist, and the model {model_dir} {origin}: SynthCXR is "
+            f"not generated for it unless asked; {hint}."
+        )
+    return True
+
+
+def _generation_differences(recorded: dict, requested: dict) -> dict:
+    return {
+        name: (recorded[name], value)
+        for name, value in requested.items()
+        if name in recorded and recorded[name] != value
+    }
+
+
+def check_saved_synthcxr(path, generation: SynthCXRGenerationArguments, generate_kwargs: dict, argument: str):
+    """
+    Compare a SynthCXR folder's recorded generation arguments (`sista_dataset.json`) with the requested ones: a
+    `ValueError` when `--generate_synthcxr` asked for other ones (or the folder holds another dataset), a warning
+    when the folder is merely read; a folder without a record (written before SynthCXR recorded them) is named in a
+    warning when generation was asked for.
+    """
+    metadata = read_dataset_metadata(path) or {}
+    if metadata.get("dataset") not in (None, "synthcxr"):
+        if generation.generate_synthcxr:
+            raise ValueError(
+                f"--generate_synthcxr was given but {argument} {path} already holds the dataset "
+                f"{metadata['dataset']!r}: give a new folder for SynthCXR, or drop --generate_synthcxr to use it."
+            )
+        return
+    recorded = metadata.get("generation")
+    if recorded is None:
+        if generation.generate_synthcxr:
+            logger.warning(
+                f"{argument} {path} exists and records no SynthCXR generation arguments: it is used as it is, "
+                f"whatever the --synthcxr_* arguments say."
+            )
+        return
+    differences = _generation_differences(recorded, generate_kwargs)
+    if not differences:
+        return
+    described = ", ".join(f"{name}={old} (asked: {new})" for name, (old, new) in differences.items())
+    if generation.generate_synthcxr:
+        raise ValueError(
+            f"{argument} {path} holds SynthCXR generated with {described}: remove the folder to generate it again, "
+            "give another path, or pass the --synthcxr_* arguments it was generated with."
+        )
+    logger.warning(f"{argument} {path} holds SynthCXR generated with {described}; it is used as it is.")
+
+
 def load_or_generate_synthcxr(path, generation: SynthCXRGenerationArguments, image_size: int, training_args=None,
-                              num_proc: Optional[int] = None):
-    """`datasets.load_from_disk(path)`; when `path` does not exist, SynthCXR is first generated with `generation`'s
-    sizes and saved there, by the main process while the others wait (`training_args` is the script's
-    `TrainingArguments`; without it, one process is assumed)."""
+                              num_proc: Optional[int] = None, argument: str = "--dataset_path", model_dir=None):
+    """
+    `datasets.load_from_disk(path)`. When `path` does not exist and `should_generate_synthcxr` allows it (explicit
+    `--generate_synthcxr`, or the default folder), SynthCXR is first generated with `generation`'s sizes and saved
+    there with its generation arguments, by the main process while the others wait (`training_args` is the script's
+    `TrainingArguments`; without it, one process is assumed). A missing path otherwise raises a `FileNotFoundError`
+    naming `argument`; an existing SynthCXR generated with other arguments is named (see `check_saved_synthcxr`).
+    """
     from datasets import load_from_disk
 
     path = Path(path)
+    generate_kwargs = generation.generation_kwargs(image_size)
+    # decided by every process before the main one writes anything, so that all of them agree
+    generate = should_generate_synthcxr(path, generation, argument, model_dir)
     main_first = (training_args.main_process_first(desc="SynthCXR generation") if training_args is not None
                   else contextlib.nullcontext())
     with main_first:
-        if not path.exists() and (training_args is None or training_args.process_index == 0):
-            generate_kwargs = generation.generation_kwargs(image_size)
+        if generate and not path.exists() and (training_args is None or training_args.process_index == 0):
             sizes = ", ".join(f"{name}={value}" for name, value in generate_kwargs.items())
-            logger.warning(f"{path} does not exist: generating SynthCXR there ({sizes}). Later runs reuse it.")
-            save_synthcxr(generate_synthcxr(**generate_kwargs, num_proc=num_proc), str(path))
+            logger.warning(f"{argument} {path} does not exist: generating SynthCXR there ({sizes}); later runs use it.")
+            dataset = generate_synthcxr(**generate_kwargs, num_proc=num_proc)
+            save_synthcxr(dataset, str(path), generation=generate_kwargs)
+    if not generate:
+        check_saved_synthcxr(path, generation, generate_kwargs, argument)
     return load_from_disk(str(path))
 
 

@@ -2,13 +2,12 @@
 """
 Shared pieces of the evaluation scripts without labels to train on (`zero_shot.py`, `retrieval.py`,
 `visualize_grounding.py`): their arguments, the evaluation split (SynthCXR generated in memory when the dataset folder
-does not exist), class names, and embedding images and reports in batches.
+does not exist and generation is allowed), class names, and embedding images and reports in batches.
 """
 
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +40,8 @@ class EvaluationArguments(SynthCXRGenerationArguments):
         dataset_dir (`str`, *optional*, defaults to `"data/synthcxr"`):
             A `DatasetDict` saved with `save_to_disk` (SynthCXR or a dataset prepared by
             `examples/prepare_datasets.py`). When the folder does not exist, a small SynthCXR split is generated in
-            memory (nothing is written there).
+            memory (nothing is written there) with `--generate_synthcxr`, or at the default path for a model
+            pre-trained on SynthCXR (its `run_arguments.json` says so); otherwise it is an error.
         split (`str`, *optional*, defaults to `"test"`):
             The split to evaluate.
         max_samples (`int`, *optional*):
@@ -56,7 +56,7 @@ class EvaluationArguments(SynthCXRGenerationArguments):
         class_names (`str`, *optional*):
             Comma-separated names of the `labels` entries; by default read from the dataset (SynthCXR's
             `CLASS_NAMES`, `class_names` in `sista_dataset.json`, or a `ClassLabel` feature).
-        synthcxr_num_* (`int`), synthcxr_image_size (`int`, *optional*), synthcxr_seed (`int`):
+        generate_synthcxr (`bool`), synthcxr_num_* (`int`), synthcxr_image_size (`int`, *optional*), synthcxr_seed:
             The SynthCXR split generated in memory when `dataset_dir` does not exist (`SynthCXRGenerationArguments`;
             the image size defaults to the processor's input height).
         device (`str`, *optional*):
@@ -67,7 +67,8 @@ class EvaluationArguments(SynthCXRGenerationArguments):
     output_dir: str = field(default="outputs/evaluation", metadata={"help": "Where results JSON/markdown go."})
     dataset_dir: str = field(
         default=DEFAULT_DATASET_DIR,
-        metadata={"help": "Saved DatasetDict; if the folder does not exist a small SynthCXR is generated in memory."},
+        metadata={"help": "Saved DatasetDict; if the folder does not exist, a small SynthCXR is generated in memory "
+                          "with --generate_synthcxr (or at the default path for a model pre-trained on SynthCXR)."},
     )
     split: str = field(default="test", metadata={"help": "Split to evaluate."})
     max_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first rows of the split."})
@@ -115,11 +116,12 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
     The split to evaluate and a description of where it came from (`{"dataset": ..., "split": ..., "generated":
     bool, "metadata": {...}}`).
 
-    A missing `dataset_dir` gives a freshly generated SynthCXR split (logged); a missing split, or an empty one,
-    raises a `ValueError` (an empty split has no metric to report).
+    A missing `dataset_dir` gives a freshly generated SynthCXR split (logged) when `should_generate_synthcxr`
+    allows it and a `FileNotFoundError` naming `--dataset_dir` otherwise; a missing split, or an empty one, raises a
+    `ValueError` (an empty split has no metric to report).
     """
     source = {"dataset": args.dataset_dir, "split": args.split, "generated": False, "metadata": {}}
-    if not Path(args.dataset_dir).exists():
+    if synthcxr.should_generate_synthcxr(args.dataset_dir, args, "--dataset_dir", model_dir=args.model_name_or_path):
         if args.split not in synthcxr.SPLITS:
             raise ValueError(f"`split` must be one of SynthCXR's {synthcxr.SPLITS}, got {args.split!r}.")
         default_size = (processor_image_size(processor) if processor else None) or 224
@@ -129,7 +131,7 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
                 f"`synthcxr_num_{args.split}` must be at least 1 to generate the {args.split!r} split, got "
                 f"{generate_kwargs[f'num_{args.split}']}."
             )
-        logger.info(
+        logger.warning(
             "Dataset folder %s does not exist: generating a small SynthCXR %s split in memory (%d studies, %d px, "
             "seed %d). Run `python examples/generate_synthcxr.py --output_dir %s` to build the full dataset.",
             args.dataset_dir,
@@ -168,8 +170,26 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
         )
     if args.max_samples is not None and args.max_samples < len(dataset):
         dataset = dataset.select(range(args.max_samples))
+    warn_if_synthcxr_for_another_model(args, source)
     logger.info("Evaluating %d rows of %s/%s.", len(dataset), source["dataset"], args.split)
     return dataset, source
+
+
+def warn_if_synthcxr_for_another_model(args: EvaluationArguments, source: dict) -> None:
+    """A loud warning when a SynthCXR folder is scored for a model that records pre-training on other data."""
+    recorded = None if source["generated"] else synthcxr.holds_synthcxr(args.dataset_dir)
+    # a folder without a record counts as SynthCXR when it is SynthCXR's default one
+    scored_synthcxr = source["generated"] or recorded or (
+        recorded is None and synthcxr.is_default_synthcxr_path(args.dataset_dir)
+    )
+    if scored_synthcxr and synthcxr.model_trained_on_synthcxr(args.model_name_or_path) is False:
+        trained_on = synthcxr.training_data_of(args.model_name_or_path)["dataset_path"]
+        logger.warning(
+            "Scoring SynthCXR (%s) with a model pre-trained on %s: pass --dataset_dir to score the data it was made "
+            "for.",
+            source["dataset"],
+            trained_on,
+        )
 
 
 def require_columns(dataset: Dataset, columns: Sequence[str], task: str) -> None:

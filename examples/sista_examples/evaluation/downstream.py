@@ -66,12 +66,13 @@ class ModelArguments:
 
 @dataclass
 class DataArguments(SynthCXRGenerationArguments):
-    """Which data to fine-tune and test on (SynthCXR generated there when absent)."""
+    """Which data to fine-tune and test on (SynthCXR generated at the default folder, or when asked, if absent)."""
 
     dataset_dir: str = field(
         default="data/synthcxr",
         metadata={"help": "A DatasetDict saved with `save_to_disk` with train and test splits (SynthCXR or a dataset "
-                          "prepared by examples/prepare_datasets.py). Generated there as SynthCXR if absent."},
+                          "prepared by examples/prepare_datasets.py). If absent, SynthCXR is generated there only "
+                          "at the default path or with --generate_synthcxr; any other missing path is an error."},
     )
     train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
     test_split: str = field(default="test", metadata={"help": "Split the metrics are computed on."})
@@ -121,15 +122,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
 
 def load_or_generate_dataset(data_args: DataArguments, model_args: ModelArguments, training_args) -> DatasetDict:
     """
-    `load_from_disk(dataset_dir)`; SynthCXR is generated and saved there first when the folder does not exist, at
-    the encoder's input size unless `--synthcxr_image_size` says otherwise.
+    `load_from_disk(dataset_dir)`; when the folder does not exist, SynthCXR is generated and saved there first (at
+    the default folder or with `--generate_synthcxr`, see `should_generate_synthcxr`), at the encoder's input size
+    unless `--synthcxr_image_size` says otherwise.
     """
     path = Path(data_args.dataset_dir)
     image_size = model_args.scratch_image_size
-    if model_args.model_name_or_path is not None and not path.exists():
+    if model_args.model_name_or_path is not None:
         image_size = read_sista_config(model_args.model_name_or_path)["vision_config"].get("image_size", image_size)
     dataset = load_or_generate_synthcxr(
-        path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
+        path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
+        argument="--dataset_dir", model_dir=model_args.model_name_or_path,
     )
     if not isinstance(dataset, DatasetDict):
         raise ValueError(

@@ -109,12 +109,13 @@ class ModelArguments:
 
 @dataclass
 class DataArguments(SynthCXRGenerationArguments):
-    """Which data to pre-train on (SynthCXR generated there when absent) and how to augment them."""
+    """Which data to pre-train on (SynthCXR generated at the default folder, or when asked) and how to augment them."""
 
     dataset_path: str = field(
         default="data/synthcxr",
         metadata={"help": "A dataset saved with `save_to_disk` (DatasetDict or Dataset) with `image` and `report` "
-                          "columns. If the path does not exist, SynthCXR is generated there."},
+                          "columns. If the path does not exist, SynthCXR is generated there only at the default "
+                          "path or with --generate_synthcxr; any other missing path is an error."},
     )
     train_split: str = field(default="pretrain", metadata={"help": "Split of a DatasetDict to pre-train on."})
     eval_split: str | None = field(default="validation", metadata={"help": "Split evaluated with --do_eval."})
@@ -151,7 +152,8 @@ def check_output_dir_writable(output_dir: str) -> None:
 
 
 def load_or_generate_dataset(data_args: DataArguments, image_size: int, training_args) -> DatasetDict:
-    """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist."""
+    """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist and
+    generation is allowed (see `should_generate_synthcxr`)."""
     dataset = load_or_generate_synthcxr(
         data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
     )
