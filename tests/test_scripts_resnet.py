@@ -122,7 +122,7 @@ def test_pretraining_saves_the_training_size_with_the_processor(resnet_run):
 def test_continuing_from_a_resnet_checkpoint_keeps_its_size_and_refuses_another(resnet_run, dataset_dir, tmp_path):
     common = ["--dataset_path", str(dataset_dir), "--output_dir", str(tmp_path / "continued"), "--max_steps", "1",
               "--per_device_train_batch_size", "8", "--report_to", "none", "--dataloader_num_workers", "0",
-              "--save_strategy", "no", "--model_name_or_path", str(resnet_run)]  # fmt: skip
+              "--save_strategy", "no", "--logging_steps", "1", "--model_name_or_path", str(resnet_run)]  # fmt: skip
     with pytest.raises(ValueError, match=r"--image_size 64 differs from the 32 px of --model_name_or_path"):
         pretrain.main(common + ["--image_size", "64"])
     pretrain.main(common)
