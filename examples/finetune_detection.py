@@ -107,7 +107,7 @@ def main(args: list[str] | None = None):
         head_kwargs["detection_upsample_factor"] = task_args.upsample_factor
     model = utils.load_head(SistaForObjectDetection, model_args, **head_kwargs)
     image_processor = utils.load_image_processor(model_args, model.config)
-    image_size = (model.config.vision_config.image_size,) * 2
+    image_size = utils.image_processor_size(image_processor)
 
     def transform(batch):
         targets = []

@@ -61,6 +61,7 @@ def main(args: list[str] | None = None):
         SistaForSemanticSegmentation, model_args, num_labels=1, id2label={0: "lesion"}, label2id={"lesion": 0}
     )
     image_processor = utils.load_image_processor(model_args, model.config)
+    image_height, image_width = utils.image_processor_size(image_processor)
 
     def transform(batch):
         return {
@@ -113,7 +114,7 @@ def main(args: list[str] | None = None):
             model_args, data_args, len(train_dataset), len(test_dataset), "finetune_segmentation.py", args
         ),
         "metrics": {**metrics, "test_foreground_fraction": float(np.sum(foreground)) / (
-            len(test_dataset) * model.config.vision_config.image_size**2)},
+            len(test_dataset) * image_height * image_width)},
     }
     headline = {
         "label fraction": data_args.label_fraction,

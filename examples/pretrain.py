@@ -39,7 +39,6 @@ from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
-    MODEL_PRESETS,
     DataArguments,
     ModelArguments,
     build_model,
@@ -51,6 +50,7 @@ from sista_examples.training.pretraining import (
     save_loss_curve,
     select_split,
     starting_config,
+    training_image_size,
 )
 from sista_examples.training.trainer import (
     SistaTrainer,
@@ -92,12 +92,10 @@ def main(args: list[str] | None = None):
     hub_push = hub_push_request(training_args)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
-    preset = MODEL_PRESETS[model_args.model_preset]
-    image_size = model_args.image_size or preset["image_size"]
     start_config = None
     if model_args.model_name_or_path is not None:
         start_config = starting_config(model_args)
-        image_size = start_config.vision_config.image_size
+    image_size = training_image_size(model_args, start_config)
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args)
     path = data_args.dataset_path
@@ -108,7 +106,7 @@ def main(args: list[str] | None = None):
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
     set_seed(training_args.seed)  # same initial weights whatever the steps above drew
-    model = build_model(model_args, tokenizer, start_config)
+    model = build_model(model_args, tokenizer, start_config, image_size)
     if checkpoint is not None:
         check_checkpoint_matches(model, checkpoint)
     logger.info(
@@ -122,10 +120,9 @@ def main(args: list[str] | None = None):
         splits = ensure_report_embeds(splits, data_args, training_args)
         train_dataset, eval_dataset = splits["train"], splits.get("eval")
 
-    vision_config = model.config.vision_config
+    # the training image size lives here: saved with the processor, read back by every later script
     image_processor = SistaImageProcessor(
-        size={"height": vision_config.image_size, "width": vision_config.image_size},
-        num_channels=vision_config.num_channels,
+        size={"height": image_size, "width": image_size}, num_channels=model.config.vision_config.num_channels
     )
     processor = SistaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     augmentation = None

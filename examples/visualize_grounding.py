@@ -201,18 +201,6 @@ def word_maps_from_encoding(text: str, encoding, token_maps: np.ndarray, reduce:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def patch_grid(num_patches: int, image_height: int, image_width: int, patch_size: int | None) -> tuple[int, int]:
-    """`(rows, columns)` of the patch grid of an input image."""
-    if patch_size:
-        rows, columns = image_height // patch_size, image_width // patch_size
-        if rows * columns == num_patches:
-            return rows, columns
-    side = int(round(num_patches**0.5))
-    if side * side != num_patches:
-        raise ValueError(f"Cannot lay {num_patches} patches on a grid for a {image_height}x{image_width} image.")
-    return side, side
-
-
 def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """`(num_maps, num_patches)` patch maps -> `(num_maps, height, width)` images, bilinear (align_corners=False)."""
     maps = torch.as_tensor(np.asarray(maps, dtype=np.float32)).reshape(-1, 1, *grid)
@@ -418,8 +406,7 @@ def grounding_maps(model, processor, images: list, texts: list[str], max_length:
     inputs = {name: tensor.to(model.device) for name, tensor in encoding.items()}
     outputs = model(**inputs, pixel_values=pixel_values.to(model.device, model.dtype), output_token_patch_weights=True)
     weights = outputs.token_patch_weights.float().cpu().numpy()
-    patch_size = getattr(model.config.vision_config, "patch_size", None)
-    grid = patch_grid(weights.shape[-1], pixel_values.shape[-2], pixel_values.shape[-1], patch_size)
+    grid = tuple(int(side) for side in outputs.patch_grid_size)
     word_maps = [
         word_maps_from_encoding(text, encoding.encodings[index], weights[index], reduce)
         for index, text in enumerate(texts)
@@ -483,6 +470,49 @@ def plot_word_heatmaps(
     return words
 
 
+def plot_findings_overview(studies: list[dict], output_path: str | Path, max_findings: int = 3) -> None:
+    """
+    Writes one PNG with a row per study: the image as the model sees it, then per finding the heat map of its finding
+    and location words (the pointing game's map, scaled to its own maximum) with the finding's mask outlined in white
+    and the map's peak marked (a green cross for a hit, red for a miss).
+
+    Args:
+        studies (`list[dict]`): `{"study_id", "image", "findings": [{"finding", "words", "heatmap", "mask", "hit",
+            "peak"}]}` per study, as `evaluate_pointing_game` collects them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not studies:
+        raise ValueError("`studies` is empty: the overview figure needs at least one study with a scored finding.")
+    num_columns = 1 + min(max_findings, max(len(study["findings"]) for study in studies))
+    figure, axes = plt.subplots(
+        len(studies), num_columns, figsize=(2.4 * num_columns, 2.6 * len(studies)), squeeze=False
+    )
+    for row, study in zip(axes, studies):
+        row[0].imshow(study["image"], cmap="gray", vmin=0.0, vmax=1.0)
+        row[0].set_title(f"study {study['study_id']}", fontsize=9)
+        for axis, finding in zip(row[1:], study["findings"][:max_findings]):
+            heatmap = finding["heatmap"]
+            axis.imshow(study["image"], cmap="gray", vmin=0.0, vmax=1.0)
+            axis.imshow(heatmap / max(float(heatmap.max()), 1e-12), cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+            axis.contour(finding["mask"], levels=[0.5], colors="white", linewidths=0.8)
+            if finding["peak"] is not None:
+                axis.plot(finding["peak"][1], finding["peak"][0], "x", color="lime" if finding["hit"] else "red",
+                          markersize=9, markeredgewidth=2)  # fmt: skip
+            axis.set_title(f"{finding['finding']}: \"{' '.join(finding['words'])}\"", fontsize=8)
+        for axis in row:
+            axis.axis("off")
+    figure.suptitle("STA word maps (mask outlined; x = peak, green hit, red miss)", fontsize=9)
+    figure.tight_layout()
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output_path, dpi=100)
+    plt.close(figure)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------------------------------
@@ -492,7 +522,7 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
     """Runs the pointing game over `dataset` (with `texts` as the model's reports) and draws the figures."""
     use_findings = {"findings", "objects"} <= set(dataset.column_names)
     image_processor = processor.image_processor
-    records, masks, skipped, figures = [], [], Counter(), []
+    records, masks, skipped, figures, overview_studies = [], [], Counter(), [], []
     figure_dir = Path(eval_args.output_dir) / "grounding"
     for start, stop in tqdm(list(batch_ranges(len(dataset), eval_args.batch_size)), desc="Pointing game"):
         batch = dataset.select(range(start, stop))
@@ -520,6 +550,7 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
                 continue
             study_id = str(example.get("study_id", start + index))
             framed_masks = [mask_to_model_frame(image_processor, target["mask"]) for target in targets]
+            overview_findings = []
             for target, mask in zip(targets, framed_masks):
                 heatmap = upsample_maps(
                     maps.maps[target["word_indices"]].mean(axis=0, keepdims=True), grid, mask.shape
@@ -537,6 +568,15 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
                     }
                 )
                 masks.append(mask)
+                overview_findings.append({**records[-1], "heatmap": heatmap, "mask": mask})
+            if len(overview_studies) < grounding_args.num_figures:
+                overview_studies.append(
+                    {
+                        "study_id": study_id,
+                        "image": display_image(image_processor, example["image"]),
+                        "findings": overview_findings,
+                    }
+                )
             if len(figures) < grounding_args.num_figures:
                 image_frame = display_image(image_processor, example["image"])
                 union = np.logical_or.reduce(framed_masks)
@@ -550,8 +590,13 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
         raise ValueError(f"The pointing game has no finding to score in {len(dataset)} studies ({reasons}).")
     for record, fixed_hit in zip(records, fixed_point_hits([record["finding"] for record in records], masks)):
         record["fixed_point_hit"] = fixed_hit
+    if overview_studies:
+        overview_path = figure_dir / "overview.png"
+        plot_findings_overview(overview_studies, overview_path)
     summary = pointing_game_summary(records)
     summary.update(skipped=dict(sorted(skipped.items())), figures=figures, records=records)
+    if overview_studies:
+        summary["overview_figure"] = str(overview_path)
     return summary
 
 

@@ -42,6 +42,38 @@ def read_sista_config(model_dir: str | os.PathLike, argument: str = "--model_nam
     return config
 
 
+def processor_size(image_processor_dict: dict) -> int | None:
+    """The square side of a saved image processor's `size` (`{"height", "width"}` or `{"shortest_edge"}`)."""
+    size = image_processor_dict.get("size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        side = size.get("height") or size.get("shortest_edge")
+        return int(side) if side else None
+    return None
+
+
+def read_training_image_size(model_dir: str | os.PathLike, argument: str = "--model_name_or_path") -> int | None:
+    """
+    The image side a SISTA checkpoint was trained at: its saved image processor's size (the one place pre-training
+    records it), else the vision config's `image_size` (a checkpoint saved without a processor; ResNet and
+    ConvNeXt configs have none, then `None`).
+    """
+    config = read_sista_config(model_dir, argument)
+    path = Path(model_dir)
+    processor_file = path / "processor_config.json"
+    if processor_file.is_file():
+        size = processor_size(json.loads(processor_file.read_text()).get("image_processor", {}))
+        if size is not None:
+            return size
+    legacy_file = path / "preprocessor_config.json"
+    if legacy_file.is_file():
+        size = processor_size(json.loads(legacy_file.read_text()))
+        if size is not None:
+            return size
+    return config.get("vision_config", {}).get("image_size")
+
+
 def check_sista_checkpoint(model_dir: str | os.PathLike) -> dict:
     """`read_sista_config`, and a `ValueError` when the folder holds no processor to evaluate with."""
     config = read_sista_config(model_dir, argument="`model_name_or_path`")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from tqdm.auto import tqdm
-from transformers import BertConfig, ViTConfig
+from transformers import BertConfig, ResNetConfig, ViTConfig
 from transformers.image_utils import PILImageResampling
 
 from configuration_sista import SistaConfig
@@ -26,7 +26,7 @@ from ..data.label_fractions import select_label_fraction
 from ..data.metadata import read_dataset_metadata
 from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
 from ..training.augmentation import XRayAugmentation
-from .checkpoints import read_sista_config
+from .checkpoints import read_sista_config, read_training_image_size
 from .results import command_line, markdown_table
 
 
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
+SCRATCH_BACKBONES = ("vit", "resnet")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -50,12 +51,18 @@ class ModelArguments:
         metadata={"help": "A pre-trained SISTA folder (output of examples/pretrain.py or a saved SISTA head)."},
     )
     from_scratch: bool = field(
-        default=False, metadata={"help": "Train a small randomly initialised ViT instead (baseline, tests)."}
+        default=False, metadata={"help": "Train a small randomly initialised encoder instead (baseline, tests)."}
+    )
+    scratch_vision_backbone: str = field(
+        default="vit",
+        metadata={"help": "Family of the --from_scratch encoder: a ViT (hidden size, layers, patch size below) or a "
+                          "basic-block ResNet of three stages (hidden/4, hidden/2, hidden channels; stride 16).",
+                  "choices": SCRATCH_BACKBONES},
     )
     scratch_image_size: int = field(default=128, metadata={"help": "Image side of the --from_scratch encoder."})
-    scratch_patch_size: int = field(default=16, metadata={"help": "Patch size of the --from_scratch encoder."})
+    scratch_patch_size: int = field(default=16, metadata={"help": "Patch size of the --from_scratch ViT."})
     scratch_hidden_size: int = field(default=192, metadata={"help": "Hidden size of the --from_scratch encoder."})
-    scratch_num_layers: int = field(default=4, metadata={"help": "Layers of the --from_scratch encoder."})
+    scratch_num_layers: int = field(default=4, metadata={"help": "Layers of the --from_scratch ViT."})
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Freeze the encoder and train the head only (linear probing)."}
     )
@@ -129,7 +136,7 @@ def load_or_generate_dataset(data_args: DataArguments, model_args: ModelArgument
     path = Path(data_args.dataset_dir)
     image_size = model_args.scratch_image_size
     if model_args.model_name_or_path is not None:
-        image_size = read_sista_config(model_args.model_name_or_path)["vision_config"].get("image_size", image_size)
+        image_size = read_training_image_size(model_args.model_name_or_path) or image_size
     dataset = load_or_generate_synthcxr(
         path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
         argument="--dataset_dir", model_dir=model_args.model_name_or_path,
@@ -188,15 +195,27 @@ def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str
 
 
 def scratch_config(model_args: ModelArguments, **head_kwargs) -> SistaConfig:
-    """A small ViT SISTA config (the text tower is never built by a head)."""
-    vision_config = ViTConfig(
-        hidden_size=model_args.scratch_hidden_size,
-        num_hidden_layers=model_args.scratch_num_layers,
-        num_attention_heads=max(model_args.scratch_hidden_size // 64, 1),
-        intermediate_size=4 * model_args.scratch_hidden_size,
-        image_size=model_args.scratch_image_size,
-        patch_size=model_args.scratch_patch_size,
-    )
+    """A small ViT or ResNet SISTA config (the text tower is never built by a head)."""
+    hidden_size = model_args.scratch_hidden_size
+    if model_args.scratch_vision_backbone == "resnet":
+        if hidden_size % 4:
+            raise ValueError(f"--scratch_hidden_size must be a multiple of 4 for a ResNet, got {hidden_size}.")
+        vision_config = ResNetConfig(
+            embedding_size=hidden_size // 6 or 1,
+            hidden_sizes=[hidden_size // 4, hidden_size // 2, hidden_size],
+            depths=[1, 1, 1],
+            layer_type="basic",
+        )
+        head_kwargs.setdefault("vision_pooling", "mean")  # no class token
+    else:
+        vision_config = ViTConfig(
+            hidden_size=hidden_size,
+            num_hidden_layers=model_args.scratch_num_layers,
+            num_attention_heads=max(hidden_size // 64, 1),
+            intermediate_size=4 * hidden_size,
+            image_size=model_args.scratch_image_size,
+            patch_size=model_args.scratch_patch_size,
+        )
     text_config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
     return SistaConfig.from_vision_text_configs(vision_config, text_config, **head_kwargs)
 
@@ -230,18 +249,29 @@ def load_head(model_class, model_args: ModelArguments, **head_kwargs):
 
 
 def load_image_processor(model_args: ModelArguments, config: SistaConfig) -> SistaImageProcessor:
-    """The checkpoint's image processor when it saved one, at the encoder's input size; a default one otherwise."""
-    vision_config = config.vision_config
-    size = {"height": vision_config.image_size, "width": vision_config.image_size}
+    """
+    The checkpoint's image processor when it saved one (its size is the size the encoder was trained at); else a
+    default one at the checkpoint's training size, or at --scratch_image_size for a --from_scratch encoder.
+    """
     path = Path(model_args.model_name_or_path) if model_args.model_name_or_path else None
     saved_names = ("processor_config.json", "preprocessor_config.json")
     if path is not None and any((path / name).is_file() for name in saved_names):
-        image_processor = SistaImageProcessor.from_pretrained(str(path))
-        image_processor.size = size
-        return image_processor
+        return SistaImageProcessor.from_pretrained(str(path))
+    side = model_args.scratch_image_size
     if path is not None:
-        logger.warning(f"{path} holds no image processor: using SistaImageProcessor defaults at {size['height']} px.")
-    return SistaImageProcessor(size=size, num_channels=vision_config.num_channels)
+        side = read_training_image_size(path) or side
+        logger.warning(f"{path} holds no image processor: using SistaImageProcessor defaults at {side} px.")
+    return SistaImageProcessor(size={"height": side, "width": side}, num_channels=config.vision_config.num_channels)
+
+
+def image_processor_size(image_processor: SistaImageProcessor) -> tuple[int, int]:
+    """`(height, width)` of the images `image_processor` produces: the frame of the model's masks and boxes."""
+    size = image_processor.size
+    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
+    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
+    if not (height and width):
+        raise ValueError(f"The image processor's `size` must give a height and a width, got {size!r}.")
+    return int(height), int(width)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ credit). The retrieval evaluation and pre-training's end-of-run check both use i
 """
 
 import numpy as np
+from scipy.special import gammaln
 
 
 def retrieval_positives(num_items: int, labels: np.ndarray | None = None) -> np.ndarray:
@@ -48,10 +49,41 @@ def recall_at_k(similarity: np.ndarray, positives: np.ndarray, ks: list[int]) ->
     return {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
 
 
+def chance_recall_at_k(positives: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """
+    Expected Recall@K of a ranking drawn uniformly at random, from the matrix of hits: a query with `p` hits among
+    `n` gallery items has one in its top `k` with probability `1 - C(n - p, k) / C(n, k)` (hypergeometric).
+    """
+    positives = np.asarray(positives, dtype=bool)
+    if positives.ndim != 2 or positives.size == 0:
+        raise ValueError(f"`positives` must be a non-empty 2-D matrix, got shape {positives.shape}.")
+    num_gallery = positives.shape[1]
+    num_hits = positives.sum(axis=1)
+
+    def log_choose(n, k):
+        return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+    chance = {}
+    for k in ks:
+        top = min(k, num_gallery)
+        # C(n - p, k) is 0 when fewer than k non-hits exist: then a hit is certain
+        num_misses = num_gallery - num_hits
+        miss_all = np.where(
+            num_misses >= top,
+            np.exp(log_choose(np.maximum(num_misses, top), top) - log_choose(num_gallery, top)),
+            0.0,
+        )
+        chance[f"R@{k}"] = float(np.mean(1.0 - miss_all))
+    return chance
+
+
 def retrieval_metrics(
     image_embeds: np.ndarray, text_embeds: np.ndarray, ks: list[int], labels: np.ndarray | None = None
 ) -> dict:
-    """Recall@K image→report and report→image, paired and (with `labels`) semantic, from normalised embeddings."""
+    """
+    Recall@K image→report and report→image, paired and (with `labels`) semantic, from normalised embeddings, each
+    view with the `chance` Recall@K of a random ranking (the same both ways: the hit matrix is symmetric).
+    """
     similarity = np.asarray(image_embeds) @ np.asarray(text_embeds).T
     views = {"paired": retrieval_positives(len(similarity))}
     if labels is not None:
@@ -60,6 +92,7 @@ def retrieval_metrics(
         view: {
             "image_to_report": recall_at_k(similarity, positives, ks),
             "report_to_image": recall_at_k(similarity.T, positives.T, ks),
+            "chance": chance_recall_at_k(positives, ks),
         }
         for view, positives in views.items()
     }

@@ -63,7 +63,8 @@ def check_folder(folder: str, outputs: str | None) -> dict:
     models = {name: getattr(transformers, name).from_pretrained(folder, **load).eval() for name in auto_classes}
     loaded |= models
 
-    size = getattr(config.vision_config, "image_size", 224)
+    # the training size lives in the saved image processor (ResNet/ConvNeXt configs have no image_size)
+    size = image_processor.size["height"]
     inputs = processor(text=CHECK_TEXTS, images=check_images(size), return_tensors="pt", padding=True)
     tensors = {f"processor.{key}": value for key, value in inputs.items()}
     with torch.no_grad():

@@ -26,7 +26,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..evaluation.checkpoints import read_sista_config
+from ..evaluation.checkpoints import read_sista_config, read_training_image_size
 
 
 logger = logging.getLogger(__name__)
@@ -565,11 +565,17 @@ def is_hub_id(name: Any) -> bool:
     )
 
 
+# Size fields of the transformer (ViT, BERT), convolutional (ResNet, ConvNeXt) and hierarchical (Swin) families
+BACKBONE_SIZE_KEYS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "embedding_size", "embed_dim", "hidden_sizes", "depths",
+    "num_heads", "layer_type", "window_size", "patch_size", "vocab_size",
+)  # fmt: skip
+
+
 def backbone_description(sub_config: Mapping[str, Any] | None) -> str:
     if not sub_config:
         return "unknown"
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "vocab_size")
-    sizes = ", ".join(f"{key} {sub_config[key]}" for key in keys if key in sub_config)
+    sizes = ", ".join(f"{key} {sub_config[key]}" for key in BACKBONE_SIZE_KEYS if key in sub_config)
     return f"`{sub_config.get('model_type', 'unknown')}` ({sizes})"
 
 
@@ -676,7 +682,7 @@ def build_model_card(
         }.get(architecture, "AutoModel"),
         vision_backbone=backbone_description(vision),
         text_backbone=backbone_description(text),
-        image_size=vision.get("image_size"),
+        image_size=read_training_image_size(model_dir),
         num_parameters=count_parameters(model_dir),
         objective_rows=[(key, config[key]) for key in SISTA_OBJECTIVE_KEYS if key in config],
         head_rows=head_rows(config, architecture),

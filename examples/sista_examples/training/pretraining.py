@@ -14,29 +14,42 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
-from transformers import AutoTokenizer, BertConfig, ViTConfig
+from transformers import AutoConfig, AutoTokenizer, BertConfig, ResNetConfig, ViTConfig
 
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 
 from ..data.report_embeddings import add_report_embeddings
 from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
-from ..evaluation.checkpoints import read_sista_config
+from ..evaluation.checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
 from .tokenizer import train_report_tokenizer
 
 
 logger = logging.getLogger(__name__)
 
-# Backbone sizes by preset; "base" is the paper-size ViT-B/16 + BERT-base.
+# Backbones by preset: the vision family and its sizes, the BERT text tower, the image side, the projection size and
+# the global image feature. "small" is the CPU recipe (a ResNet learns from scratch where the ViT of "small-vit"
+# collapses under the CLIP loss); "base" is the paper-size ViT-B/16 + BERT-base. docs/pretraining.md has the table.
+TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+SMALL_TEXT = {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768}
+BASE_TEXT = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 MODEL_PRESETS = {
-    "tiny": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "patch_size": 8, "image_size": 32, "projection_dim": 16},
-    "small": {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768,
-              "patch_size": 16, "image_size": 128, "projection_dim": 128},
-    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-             "patch_size": 16, "image_size": 224, "projection_dim": 512},
-}
+    "tiny": {"vision_backbone": "vit", "vision": {**TINY_TEXT, "patch_size": 8}, "text": TINY_TEXT,
+             "image_size": 32, "projection_dim": 16, "vision_pooling": None},
+    "tiny-resnet": {"vision_backbone": "resnet",
+                    "vision": {"embedding_size": 8, "hidden_sizes": [8, 16], "depths": [1, 1], "layer_type": "basic"},
+                    "text": TINY_TEXT, "image_size": 32, "projection_dim": 16, "vision_pooling": "mean"},
+    "small": {"vision_backbone": "resnet",
+              "vision": {"embedding_size": 32, "hidden_sizes": [48, 96, 192], "depths": [1, 1, 1],
+                         "layer_type": "basic"},
+              "text": SMALL_TEXT, "image_size": 128, "projection_dim": 128, "vision_pooling": "mean"},
+    "small-vit": {"vision_backbone": "vit", "vision": {**SMALL_TEXT, "patch_size": 16}, "text": SMALL_TEXT,
+                  "image_size": 128, "projection_dim": 128, "vision_pooling": None},
+    "base": {"vision_backbone": "vit", "vision": {**BASE_TEXT, "patch_size": 16}, "text": BASE_TEXT,
+             "image_size": 224, "projection_dim": 512, "vision_pooling": None},
+}  # fmt: skip
+VISION_POOLINGS = ("cls", "mean", "pooler")
 OBJECTIVES = ("clip", "sia", "sta", "sista")
 # sia_threshold above 1 flags no false negative: SIA reduces exactly to the CLIP loss
 NO_FALSE_NEGATIVES = 2.0
@@ -49,7 +62,8 @@ class ModelArguments:
 
     model_preset: str = field(
         default="small",
-        metadata={"help": f"Backbone sizes when training from scratch: one of {tuple(MODEL_PRESETS)}.",
+        metadata={"help": f"Backbones when training from scratch: one of {tuple(MODEL_PRESETS)} (small: the ResNet "
+                          "CPU recipe; small-vit: a ViT of the same width; base: ViT-B/16 + BERT-base).",
                   "choices": tuple(MODEL_PRESETS)},
     )
     model_name_or_path: str | None = field(
@@ -70,16 +84,21 @@ class ModelArguments:
                           "WordPiece tokenizer built from the training reports (no download)."},
     )
     tokenizer_vocab_size: int = field(default=3000, metadata={"help": "Vocabulary size of a tokenizer built here."})
-    image_size: int | None = field(default=None, metadata={"help": "Image side in pixels (default: the preset's)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Training image side in pixels, saved with the image processor (default: the checkpoint's, "
+                          "the vision backbone's, or the preset's)."},
+    )
     projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding size (default: preset's)."})
     dropout: float = field(
         default=0.0,
-        metadata={"help": "Hidden and attention dropout of preset backbones (0, as in CLIP pre-training)."},
+        metadata={"help": "Hidden and attention dropout of preset transformer backbones (0, as in CLIP pre-training)."},
     )
     vision_pooling: str | None = field(
         default=None,
-        metadata={"help": "Global image feature: cls token or mean of patches (default: cls, or the checkpoint's).",
-                  "choices": ("cls", "mean")},
+        metadata={"help": "Global image feature: cls token, mean of patches, or the backbone's own pooled output "
+                          "(default: the preset's, or cls, or the checkpoint's).",
+                  "choices": VISION_POOLINGS},
     )
     text_pooling: str | None = field(
         default=None,
@@ -200,7 +219,11 @@ def objective_config(model_args: ModelArguments) -> dict:
     default "cls", or a --model_name_or_path checkpoint's own)."""
     uses_sia = model_args.objective in ("sia", "sista")
     uses_sta = model_args.objective in ("sta", "sista")
-    pooling = {"vision_pooling": model_args.vision_pooling, "text_pooling": model_args.text_pooling}
+    vision_pooling = model_args.vision_pooling
+    from_preset = model_args.model_name_or_path is None and model_args.vision_model_name_or_path is None
+    if vision_pooling is None and from_preset:
+        vision_pooling = MODEL_PRESETS[model_args.model_preset]["vision_pooling"]
+    pooling = {"vision_pooling": vision_pooling, "text_pooling": model_args.text_pooling}
     return {
         "sia_weight": 1.0,
         "sia_threshold": model_args.sia_threshold if uses_sia else NO_FALSE_NEGATIVES,
@@ -224,8 +247,8 @@ def starting_config(model_args: ModelArguments) -> SistaConfig:
             f"{model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
         )
     config_dict = read_sista_config(model_args.model_name_or_path)
-    checkpoint_size = SistaConfig.from_dict(config_dict).vision_config.image_size
-    if model_args.image_size is not None and model_args.image_size != checkpoint_size:
+    checkpoint_size = read_training_image_size(model_args.model_name_or_path)
+    if model_args.image_size is not None and checkpoint_size is not None and model_args.image_size != checkpoint_size:
         raise ValueError(
             f"--image_size {model_args.image_size} differs from the {checkpoint_size} px of --model_name_or_path "
             f"{model_args.model_name_or_path!r}; leave --image_size out to use the checkpoint's."
@@ -233,8 +256,54 @@ def starting_config(model_args: ModelArguments) -> SistaConfig:
     return SistaConfig.from_dict({**config_dict, **objective_config(model_args)})
 
 
-def build_model(model_args: ModelArguments, tokenizer, start_config: SistaConfig | None = None) -> SistaModel:
-    """The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it."""
+def training_image_size(model_args: ModelArguments, start_config: SistaConfig | None = None) -> int:
+    """
+    The image side to train at, saved with the image processor (the one place later scripts read it from):
+    --image_size, else the --model_name_or_path checkpoint's, else the --vision_model_name_or_path backbone's
+    `image_size` where its config has one, else the preset's.
+    """
+    if model_args.image_size is not None:
+        if model_args.image_size < 1:
+            raise ValueError(f"--image_size must be a positive number of pixels, got {model_args.image_size}.")
+        return model_args.image_size
+    if model_args.model_name_or_path is not None:
+        size = read_training_image_size(model_args.model_name_or_path)
+        if size is None and start_config is not None:
+            size = getattr(start_config.vision_config, "image_size", None)
+        if size is not None:
+            return int(size)
+    if model_args.vision_model_name_or_path is not None:
+        size = getattr(AutoConfig.from_pretrained(model_args.vision_model_name_or_path), "image_size", None)
+        if isinstance(size, int):
+            return size
+    return MODEL_PRESETS[model_args.model_preset]["image_size"]
+
+
+def preset_configs(model_args: ModelArguments, vocab_size: int, pad_token_id: int | None, image_size: int):
+    """The vision and text configs of --model_preset at `image_size` (ViT position embeddings depend on it)."""
+    preset = MODEL_PRESETS[model_args.model_preset]
+    dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
+    if preset["vision_backbone"] == "resnet":
+        vision_config = ResNetConfig(**preset["vision"])
+    else:
+        vision_config = ViTConfig(**preset["vision"], **dropout, image_size=image_size)
+    text_config = BertConfig(
+        **preset["text"],
+        **dropout,
+        vocab_size=vocab_size,
+        max_position_embeddings=max(model_args.max_length, 64),
+        pad_token_id=pad_token_id,
+    )
+    return vision_config, text_config
+
+
+def build_model(
+    model_args: ModelArguments, tokenizer, start_config: SistaConfig | None = None, image_size: int | None = None
+) -> SistaModel:
+    """
+    The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it, and
+    `image_size` is `training_image_size(model_args)` (read here when not given).
+    """
     sista_kwargs = objective_config(model_args)
     sista_kwargs["sta_ignore_token_ids"] = sorted(set(tokenizer.all_special_ids))
     if model_args.model_name_or_path is not None:
@@ -256,19 +325,8 @@ def build_model(model_args: ModelArguments, tokenizer, start_config: SistaConfig
             projection_dim=projection_dim,
             **sista_kwargs,
         )
-    size_keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-    sizes = {key: preset[key] for key in size_keys}
-    dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
-    vision_config = ViTConfig(
-        **sizes, **dropout, patch_size=preset["patch_size"], image_size=model_args.image_size or preset["image_size"]
-    )
-    text_config = BertConfig(
-        **sizes,
-        **dropout,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max(model_args.max_length, 64),
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    image_size = image_size or training_image_size(model_args)
+    vision_config, text_config = preset_configs(model_args, len(tokenizer), tokenizer.pad_token_id, image_size)
     config = SistaConfig.from_vision_text_configs(
         vision_config, text_config, projection_dim=projection_dim, **sista_kwargs
     )

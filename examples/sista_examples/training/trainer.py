@@ -191,6 +191,24 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
     return resume_from_checkpoint
 
 
+def is_size_field(value) -> bool:
+    """An int or a list of ints (hidden_size, depths, hidden_sizes, image_size ...), booleans excluded."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(is_size_field(item) for item in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def differing_size_fields(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """
+    `(key, saved value, current value)` for the backbone family (`model_type`) and every size field (`is_size_field`
+    in either dict) that differs between two backbone config dicts, whatever the family's field names.
+    """
+    keys = ["model_type"] + sorted(
+        key for key in saved.keys() | current.keys() if is_size_field(saved.get(key)) or is_size_field(current.get(key))
+    )
+    return [(key, saved.get(key), current.get(key)) for key in keys if saved.get(key) != current.get(key)]
+
+
 def check_checkpoint_matches(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> None:
     r"""
     Raises a `ValueError` before training when the weights in `checkpoint_dir` cannot be loaded into `model`: it
@@ -221,15 +239,10 @@ def check_checkpoint_matches(model: torch.nn.Module, checkpoint_dir: str | os.Pa
         return
 
     current = model.config.to_dict()
-    size_keys = (
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size", "patch_size",
-        "num_channels", "vocab_size", "max_position_embeddings",
-    )  # fmt: skip
     differences = [
-        f"{sub}.{key}: checkpoint {saved.get(sub, {}).get(key)} vs this run {current[sub].get(key)}"
+        f"{sub}.{key}: checkpoint {saved_value} vs this run {current_value}"
         for sub in ("vision_config", "text_config")
-        for key in size_keys
-        if saved.get(sub, {}).get(key) != current[sub].get(key)
+        for key, saved_value, current_value in differing_size_fields(saved.get(sub, {}), current[sub])
     ]
     if saved.get("projection_dim") != current["projection_dim"]:
         differences.append(
