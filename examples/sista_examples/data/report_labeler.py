@@ -291,8 +291,6 @@ _CUES = [
 ]
 _ATTRIBUTES = ("negated", "uncertain", "hypothetical")
 _NEGEX_FACTORY = "longest_cue_negex"
-
-
 _TERMSET_KEYS = {
     "pseudo": "pseudo_negations",
     "preceding": "preceding_negations",
