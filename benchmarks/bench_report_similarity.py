@@ -45,10 +45,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TGZ = REPO_ROOT.parent / "shared" / "data" / "iu_xray_reports_dev.tgz"
 LABELER_PATH = REPO_ROOT / "examples" / "sista_examples" / "data" / "report_labeler.py"
-REPORT_EMBEDDINGS_PATHS = (
-    REPO_ROOT / "examples" / "report_embeddings.py",
-    REPO_ROOT / "examples" / "sista_examples" / "data" / "report_embeddings.py",
-)
+REPORT_EMBEDDINGS_PATH = REPO_ROOT / "examples" / "sista_examples" / "data" / "report_embeddings.py"
 ENCODERS = ("labeler", "tfidf", "minilm")
 # The thresholds `pretrain.py` documents for the text encoders.
 TEXT_ENCODER_THRESHOLDS = {"tfidf": 0.44, "minilm": 0.92}
@@ -191,11 +188,7 @@ def observation_agreement(labels: np.ndarray, observations, groups: list, uncert
 
 
 def text_encoder_embeddings(name: str, texts: list) -> np.ndarray:
-    path = next((path for path in REPORT_EMBEDDINGS_PATHS if path.is_file()), None)
-    if path is None:
-        searched = [str(candidate) for candidate in REPORT_EMBEDDINGS_PATHS]
-        raise FileNotFoundError(f"report_embeddings.py not found at any of {searched}.")
-    report_embeddings = load_module(path, "report_embeddings")
+    report_embeddings = load_module(REPORT_EMBEDDINGS_PATH, "report_embeddings")
     encoder = report_embeddings.load_report_encoder(name)
     if hasattr(encoder, "fit"):
         encoder.fit(texts)
@@ -257,7 +250,7 @@ def format_markdown(results: dict) -> str:
         lines += [
             "",
             f"Labeler speed: {results['labeler_reports_per_second']:.0f} reports/s on one process "
-            "(`label_reports`, medspacy pipeline already built).",
+            "(`label_reports`, spaCy pipeline already built).",
         ]
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import load_benchmark
+from conftest import load_script
 from sista_examples.data.report_labeler import (
     NO_FINDING,
     OBSERVATIONS,
@@ -23,9 +23,9 @@ from sista_examples.data.report_labeler import (
 )
 
 
-# The labeler needs the `examples` extra's medspacy; the embeddings alone do not.
-requires_medspacy = pytest.mark.skipif(
-    importlib.util.find_spec("medspacy") is None, reason="needs medspacy (pip install medspacy)"
+# The labeler needs the `examples` extra's negspacy; the embeddings alone do not.
+requires_negspacy = pytest.mark.skipif(
+    importlib.util.find_spec("negspacy") is None, reason="needs negspacy (pip install negspacy)"
 )
 
 
@@ -79,7 +79,7 @@ STUDIES = tuple(EXPECTED_LABELS)
 
 @pytest.fixture(scope="module")
 def fixture_reports():
-    bench = load_benchmark("bench_report_similarity")
+    bench = load_script("benchmarks/bench_report_similarity.py")
     return {study: bench.parse_iu_study((FIXTURES / f"{study}.xml").read_bytes())[0] for study in STUDIES}
 
 
@@ -114,13 +114,13 @@ def positive_set_key(row, class_names, uncertain: str):
     return key or None
 
 
-@requires_medspacy
+@requires_negspacy
 @pytest.mark.parametrize("study", STUDIES)
 def test_labels_of_verbatim_reports(fixture_labels, study):
     np.testing.assert_array_equal(fixture_labels[study], expected_row(EXPECTED_LABELS[study]))
 
 
-@requires_medspacy
+@requires_negspacy
 def test_normal_phrasings_match_each_other_and_nothing_else(fixture_reports):
     embeddings = dict(zip(STUDIES, embed_reports([fixture_reports[study] for study in STUDIES])))
     for first, second in itertools.combinations(STUDIES, 2):
@@ -139,17 +139,41 @@ def test_normal_phrasings_match_each_other_and_nothing_else(fixture_reports):
     np.testing.assert_array_equal(embeddings["1081"], 0.0)
 
 
-@requires_medspacy
+@requires_negspacy
 def test_empty_reports_get_no_labels_and_zero_embeddings():
     labels = label_reports(["", "   ", None])
     assert np.isnan(labels).all()
     np.testing.assert_array_equal(label_embeddings(labels, OBSERVATIONS), 0.0)
 
 
-@requires_medspacy
+@requires_negspacy
 def test_worker_processes_keep_the_order(fixture_reports):
     texts = [fixture_reports[study] for study in STUDIES]
     np.testing.assert_array_equal(label_reports(texts, batch_size=2, num_workers=2), label_reports(texts))
+
+
+# Hand-labelled sentences where a longer cue must win over a shorter one inside it, whatever their kinds.
+CUE_CASES = {
+    # "cannot" is "can not": its "not" is no negation.
+    "Pneumothorax cannot be excluded.": {"Pneumothorax": -1},
+    "Cannot exclude small left pleural effusion.": {"Pleural Effusion": -1},
+    # "no change" is a pseudo cue, not "no".
+    "No change in the small left pleural effusion.": {"Pleural Effusion": 1},
+    # "likely" ends a cue's scope, "less likely" is an uncertainty cue.
+    "Left basilar atelectasis, less likely pneumonia.": {"Atelectasis": 1, "Pneumonia": -1},
+    # A negation inside a mention is that mention's own; "there is" ends the sentence's negation.
+    "Heart size is not enlarged, there is mild pulmonary edema.": {"Cardiomegaly": 0, "Edema": 1},
+    # Historical and hypothetical mentions do not count.
+    "History of pneumonia. No pneumothorax.": {"Pneumothorax": 0, NO_FINDING: 1},
+    "Evaluate for pneumothorax. None seen.": {NO_FINDING: 1},
+}
+
+
+@requires_negspacy
+def test_longer_cues_win_over_the_cues_inside_them():
+    texts = list(CUE_CASES)
+    for text, labels in zip(texts, label_reports(texts)):
+        np.testing.assert_array_equal(labels, expected_row(CUE_CASES[text]), err_msg=text)
 
 
 @pytest.mark.parametrize("uncertain", UNCERTAIN_POLICIES)

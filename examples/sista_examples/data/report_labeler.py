@@ -2,9 +2,9 @@
 """Rule-based chest X-ray report labeler and label-vector report embeddings for SIA.
 
 The labeler follows the CheXpert labeler and NegBio: it finds mentions of the 14 CheXpert observations
-in a report and classifies each mention as positive, negated or uncertain, here with medspacy (a
-target matcher for the mentions, ConText for negation and uncertainty within a sentence) and
-radiology-specific rules. Output per report and observation, as in MIMIC-CXR's CheXpert CSV:
+in a report and classifies each mention as positive, negated or uncertain, here with spaCy (an entity
+ruler for the mentions, the sentencizer) and negspacy's NegEx for negation and uncertainty within a
+sentence, with radiology-specific rules. Output per report and observation, as in MIMIC-CXR's CheXpert CSV:
 
 * ``1`` positive, ``0`` negated, ``-1`` uncertain, ``nan`` not mentioned; a mention that is
   positive anywhere in the report wins over an uncertain one, which wins over a negated one.
@@ -39,6 +39,7 @@ True
 ```
 """
 
+import itertools
 import math
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
@@ -207,12 +208,14 @@ _TARGET_PATTERNS = {
     ],
 }
 
-# ConText modifiers for radiology reports (the spirit of NegBio's and the CheXpert labeler's rules).
-# Each entry: (literal, category, direction); FORWARD modifies what follows in the sentence,
-# BACKWARD what precedes, TERMINATE ends a modifier's scope, PSEUDO blocks a shorter modifier.
-_CONTEXT_RULES = [
+# NegEx cues for radiology reports (the spirit of NegBio's and the CheXpert labeler's rules), one negspacy
+# `Negex` pipe per span attribute: "negated", "uncertain" and "hypothetical" (hypothetical or historical).
+# Each entry: (literal, attribute, role); a "preceding" cue modifies the mentions after it in its sentence, a
+# "following" cue those before it; a "termination" (any attribute) ends a cue's scope, and a "pseudo" cue, as
+# any longer cue, keeps the shorter cues inside it from counting.
+_CUES = [
     *[
-        (literal, "NEGATED_EXISTENCE", "FORWARD")
+        (literal, "negated", "preceding")
         for literal in (
             "no", "not", "without", "negative for", "free of", "clear of", "absence of", "absent", "no evidence of",
             "no signs of", "no sign of", "no definite", "no convincing", "rather than", "resolution of",
@@ -221,18 +224,20 @@ _CONTEXT_RULES = [
         )
     ],
     *[
-        (literal, "NEGATED_EXISTENCE", "BACKWARD")
+        (literal, "negated", "following")
+        # A bare "resolved", "absent" or "excluded" after a mention is too loose ("COPD with almost completely
+        # resolved pleural air collection"): only its longer forms count.
         for literal in (
-            "resolved", "has resolved", "have resolved", "has cleared", "have cleared", "removed", "not seen",
-            "not identified", "not visualized", "not present", "absent", "is gone", "are gone", "none",
+            "has resolved", "have resolved", "has cleared", "have cleared", "removed", "not seen",
+            "not identified", "not visualized", "not present", "is gone", "are gone", "none",
             "has been removed", "have been removed", "unlikely", "is unlikely", "not evident", "not appreciated",
-            "are not seen", "is not seen", "excluded", "not demonstrated", "within normal limits",
+            "are not seen", "is not seen", "not demonstrated", "within normal limits",
             "within limits of normal", "within the limits of normal", "is normal",
             "are normal", "appears normal", "appear normal",
         )
     ],
     *[
-        (literal, "POSSIBLE_EXISTENCE", "FORWARD")
+        (literal, "uncertain", "preceding")
         for literal in (
             "possible", "possibly", "may", "might", "could", "questionable", "question of", "suspicious for",
             "suspected", "concerning for", "concern for", "suggestive of", "suggesting", "suggests", "cannot exclude",
@@ -244,19 +249,29 @@ _CONTEXT_RULES = [
         )
     ],
     *[
-        (literal, "POSSIBLE_EXISTENCE", "BACKWARD")
-        # "cannot be excluded" and its variants: the token pattern in `_build_pipeline`.
+        (literal, "uncertain", "following")
         for literal in (
             "is possible", "are possible", "could be excluded", "is suspected", "are suspected", "is questioned", "?",
+            # "cannot be excluded", "not entirely ruled out", "can not be completely excluded", ...
+            *(
+                " ".join(filter(None, words))
+                for words in itertools.product(
+                    ("cannot be", "can not be", "cannot", "can not", "not", "not be", "not been"),
+                    ("", "entirely", "completely", "definitely", "confidently"),
+                    ("excluded", "ruled"),
+                )
+            ),
         )
     ],
-    *[(literal, "HISTORICAL", "FORWARD") for literal in ("history of", "h/o", "prior history of")],
     *[
-        (literal, "HYPOTHETICAL", "FORWARD")
-        for literal in ("if", "evaluate for", "assess for", "to assess", "to evaluate", "rule out", "r/o", "eval for")
+        (literal, "hypothetical", "preceding")
+        for literal in (
+            "history of", "h/o", "prior history of",
+            "if", "evaluate for", "assess for", "to assess", "to evaluate", "rule out", "r/o", "eval for",
+        )
     ],
     *[
-        (literal, "TERMINATE", "TERMINATE")
+        (literal, "any", "termination")
         for literal in (
             "but", "however", "although", "though", "which", "except", "aside from", "apart from", "otherwise",
             "there is", "there are", "likely", "due to", "secondary to", "represents", "representing",
@@ -265,7 +280,7 @@ _CONTEXT_RULES = [
         )
     ],
     *[
-        (literal, "PSEUDO", "PSEUDO")
+        (literal, "any", "pseudo")
         for literal in (
             "no change", "no significant change", "no interval change", "no significant interval change",
             "not changed", "without change", "without interval change", "not significantly changed",
@@ -274,38 +289,78 @@ _CONTEXT_RULES = [
         )
     ],
 ]
+_ATTRIBUTES = ("negated", "uncertain", "hypothetical")
+_NEGEX_FACTORY = "longest_cue_negex"
+_TERMSET_KEYS = {
+    "pseudo": "pseudo_negations",
+    "preceding": "preceding_negations",
+    "following": "following_negations",
+    "termination": "termination",
+}
+
+
+def _termset(attribute: str) -> dict:
+    """negspacy termset of one attribute. The other attributes' cues are its pseudo cues, so that a longer cue
+    wins over a shorter one inside it whatever their attributes ("cannot be excluded" is no "not")."""
+    termset = {key: [] for key in _TERMSET_KEYS.values()}
+    for literal, cue_attribute, role in _CUES:
+        if cue_attribute not in (attribute, "any"):
+            role = "pseudo"
+        key = _TERMSET_KEYS[role]
+        if literal not in termset[key]:
+            termset[key].append(literal)
+    return termset
+
+
+def _register_negex_factory() -> None:
+    """Register negspacy's `Negex` with ConText's rule for overlapping cues: only the longest counts."""
+    from negspacy.negation import Negex
+    from spacy.language import Language
+    from spacy.tokens import Span
+    from spacy.util import filter_spans
+
+    if Language.has_factory(_NEGEX_FACTORY):
+        return
+
+    class LongestCueNegex(Negex):
+        def process_negations(self, doc):
+            # As in ConText, of overlapping cues only the longest counts; negspacy itself drops only the cues
+            # that start inside a pseudo cue or right after one.
+            matches = self.matcher(doc)
+            longest = filter_spans([Span(doc, start, end) for _, start, end in matches])
+            kept = {(span.start, span.end) for span in longest}
+            roles = {"Preceding": [], "Following": [], "Termination": []}
+            for match_id, start, end in matches:
+                role = self.nlp.vocab.strings[match_id]
+                if role in roles and (start, end) in kept:
+                    roles[role].append((match_id, start, end))
+            return roles["Preceding"], roles["Following"], roles["Termination"]
+
+    Language.factory(_NEGEX_FACTORY, func=LongestCueNegex)
 
 
 def _build_pipeline():
-    """A medspacy pipeline (sentences, target matcher, ConText) with this module's rules."""
-    import medspacy
-    from medspacy.context import ConTextRule
-    from medspacy.ner import TargetRule
+    """A spaCy pipeline with this module's rules: sentences, observation mentions, then one NegEx per attribute."""
+    import spacy
 
-    # Cleaned reports end their sentences with punctuation: spaCy's sentencizer splits them as PyRuSH
-    # does, a hundred times faster.
-    nlp = medspacy.load(medspacy_enable=["medspacy_target_matcher"], load_rules=False)
-    nlp.add_pipe("sentencizer", first=True)
-    target_matcher = nlp.get_pipe("medspacy_target_matcher")
-    target_matcher.add(
+    _register_negex_factory()
+    nlp = spacy.blank("en")
+    # Cleaned reports end their sentences with punctuation.
+    nlp.add_pipe("sentencizer")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns(
         [
-            TargetRule(f"{category}_{index}", category, pattern=pattern)
+            {"label": category, "pattern": pattern}
             for category, patterns in _TARGET_PATTERNS.items()
-            for index, pattern in enumerate(patterns)
+            for pattern in patterns
         ]
     )
-    context = nlp.add_pipe("medspacy_context", config={"rules": None})
-    context.add(
-        [ConTextRule(literal, category, direction=direction) for literal, category, direction in _CONTEXT_RULES]
-    )
-    # "cannot be excluded", "not entirely ruled out", "can not be completely excluded", ...
-    not_excluded = [
-        {"LOWER": {"IN": ["cannot", "can", "not"]}},
-        {"LOWER": {"IN": ["not", "be", "been"]}, "OP": "*"},
-        {"LOWER": {"IN": ["entirely", "completely", "definitely", "confidently"]}, "OP": "?"},
-        {"LOWER": {"IN": ["excluded", "ruled"]}},
-    ]
-    context.add([ConTextRule("not excluded", "POSSIBLE_EXISTENCE", pattern=not_excluded, direction="BACKWARD")])
+    for attribute in _ATTRIBUTES:
+        nlp.add_pipe(
+            _NEGEX_FACTORY,
+            name=f"negex_{attribute}",
+            config={"neg_termset": _termset(attribute), "extension_name": attribute},
+        )
     return nlp
 
 
@@ -320,16 +375,14 @@ _UNCERTAINTY_WORDS = {"possibly", "borderline"}
 
 def _mention_state(entity) -> Optional[float]:
     """Positive, negated or uncertain for one mention; None for a mention that does not count
-    (hypothetical, historical, family, or a phrase that only contains an observation's word)."""
-    if entity.label_ == NOT_AN_OBSERVATION:
+    (hypothetical, historical, or a phrase that only contains an observation's word)."""
+    if entity.label_ == NOT_AN_OBSERVATION or entity._.hypothetical:
         return None
-    if entity._.is_hypothetical or entity._.is_historical or entity._.is_family:
-        return None
-    # "heart is not enlarged", "heart is possibly enlarged": the modifier sits inside the mention, where
-    # ConText does not look.
-    if entity._.is_negated or any(token.lower_ in _NEGATION_WORDS for token in entity):
+    # "heart is not enlarged", "heart is possibly enlarged": the cue sits inside the mention, where NegEx
+    # does not look.
+    if entity._.negated or any(token.lower_ in _NEGATION_WORDS for token in entity):
         return NEGATIVE
-    if entity._.is_uncertain or any(token.lower_ in _UNCERTAINTY_WORDS for token in entity):
+    if entity._.uncertain or any(token.lower_ in _UNCERTAINTY_WORDS for token in entity):
         return UNCERTAIN
     return POSITIVE
 
