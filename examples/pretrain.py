@@ -124,7 +124,12 @@ def main(args: list[str] | None = None):
     image_processor = SistaImageProcessor(
         size={"height": image_size, "width": image_size}, num_channels=model.config.vision_config.num_channels
     )
-    processor = SistaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    # the saved tokenizer then truncates to the text tower's length by itself
+    processor = SistaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        model_max_length=model.config.text_config.max_position_embeddings,
+    )
     augmentation = None
     if data_args.augment:
         augmentation = XRayAugmentation(

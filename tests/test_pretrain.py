@@ -294,6 +294,25 @@ def test_output_dir_loads_with_auto_classes(resumed_runs):
         torch.testing.assert_close(model(**inputs).logits_per_image, reference(**inputs).logits_per_image)
 
 
+def test_pretrained_processor_truncates_a_500_word_report_to_the_text_tower(resumed_runs):
+    """The README quick start on pretrain's own output: a report longer than the text tower's positions is truncated
+    by the saved tokenizer, and the scores equal those of the report cut by hand to that many tokens."""
+    output_dir = resumed_runs / "full"
+    model = AutoModel.from_pretrained(output_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)
+    limit = model.config.text_config.max_position_embeddings
+    assert processor.tokenizer.model_max_length == limit
+    report = " ".join(["No pleural effusion or pneumothorax and the heart size is normal."] * 50)  # 550 words
+    image = [np.zeros((32, 32), np.uint8)]
+    inputs = processor(text=[report], images=image, return_tensors="pt", padding=True)
+    assert inputs["input_ids"].shape[1] == limit
+    ids = processor.tokenizer(report, add_special_tokens=False)["input_ids"][: limit - 2]
+    by_hand = processor(text=[processor.tokenizer.decode(ids)], images=image, return_tensors="pt")
+    torch.testing.assert_close(inputs["input_ids"], by_hand["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits_per_image, model(**by_hand).logits_per_image)
+
+
 def test_pretraining_continues_from_a_whole_sista_checkpoint(resumed_runs, tiny_dataset_path, tmp_path):
     from transformers import AutoTokenizer
 

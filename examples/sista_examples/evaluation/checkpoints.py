@@ -104,7 +104,11 @@ def load_sista(model_dir: str | os.PathLike, device: str | torch.device | None =
         # which asks for trust_remote_code even though the class is importable here
         # (and AutoTokenizer would ask for it to read config.json, unless given the config)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, config=model.config, trust_remote_code=False)
-        processor = SistaProcessor(SistaImageProcessor.from_pretrained(model_dir), tokenizer)
+        processor = SistaProcessor(
+            SistaImageProcessor.from_pretrained(model_dir),
+            tokenizer,
+            model_max_length=model.config.text_config.max_position_embeddings,
+        )
     except ImportError:
         from transformers import AutoModel, AutoProcessor
 
