@@ -907,7 +907,8 @@ def prepare_mimic_cxr(args: MimicCxrArguments) -> DatasetDict:
             "label_policy": f"CheXpert labeler: 1 -> 1; 0, blank -> 0; -1 -> 1 for {uncertain}, else 0; "
             "studies without a labeler row -> all 0",
             "report_rule": "processing_sista.clean_report: findings + impression, impression alone when findings "
-            "are missing, whole cleaned text without sections; empty reports skipped",
+            "are missing, the cleaned body (no exam title, indication, history, comparison, technique) without "
+            "sections; empty reports skipped",
             "label_fraction_rule": LABEL_FRACTION_RULE,
         },
     )

@@ -750,7 +750,7 @@ def build_model_card(
     trained_on = training_datasets(run_dir, training_arguments, task_results)
     data_used = set(trained_on) | {name for result in task_results for name in (result.dataset_type, result.dataset_name)}
     synthetic = any(SYNTHETIC_DATASET in slug(name) for name in data_used)
-    restricted = [RESTRICTED_DATA[name] for name in trained_on if name in RESTRICTED_DATA]
+    restricted = [terms for name, terms in RESTRICTED_DATA.items() if name in trained_on]
     if license is None:
         license = "other" if restricted else DEFAULT_LICENSE
     license_terms = {}
