@@ -53,8 +53,8 @@ CHEXPERT_CLASS_PROMPTS = {
                      "findings of acute cardiopulmonary disease."],
     },
     "Pleural Effusion": {
-        "positive": ["small left pleural effusion.", "moderate right pleural effusion.", "bilateral pleural effusions.",
-                     "large pleural effusion."],
+        "positive": ["pleural effusion.", "small left pleural effusion.", "moderate right pleural effusion.",
+                     "bilateral pleural effusions."],
         "negative": ["no pleural effusion.", "no effusion.", "the costophrenic angles are sharp."],
     },
     "Pleural Other": {
