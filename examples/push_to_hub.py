@@ -55,7 +55,8 @@ class ReleaseArguments:
     datasets: list[str] | None = field(
         default=None,
         metadata={"help": "dataset names for the card, a Hub id or a plain name (never a local path): NAME, or "
-                          "LOCAL=NAME to rename the dataset folder a result or the training read (data/chexpert=chexpert)"},
+                          "LOCAL=NAME to rename the dataset folder a result or the training read "
+                          "(data/chexpert=CheXpert)"},
     )
     output_dir: str | None = field(default=None, metadata={"help": "build the release folder here (kept)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})

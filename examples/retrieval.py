@@ -82,7 +82,9 @@ def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int,
     ]
     header = f"## Retrieval: {source['dataset']} / {source['split']} ({num_pairs} image-report pairs)\n\n"
     pair = "the query's own pair" + (" or any item of its study" if grouped else "")
-    footer = f"\npaired: a hit is {pair}. semantic: a hit is {pair} or any item whose label vector equals the query's.\n"
+    footer = (
+        f"\npaired: a hit is {pair}. semantic: a hit is {pair} or any item whose label vector equals the query's.\n"
+    )
     covering = ks_covering_gallery(ks, num_pairs)
     if covering:
         footer += (

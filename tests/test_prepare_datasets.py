@@ -507,7 +507,9 @@ def test_prepare_mimic_cxr_writes_blank_and_other_view_positions_to_skipped(tmp_
     blank, axial = "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"
     set_mimic_views(tmp_path / "mimic", {blank: "", axial: "AP AXIAL"})
     output_dir = tmp_path / "out"
-    arguments = MimicCxrArguments(**common_args(tmp_path / "mimic", output_dir), keep_missing_view_position=keep_missing)
+    arguments = MimicCxrArguments(
+        **common_args(tmp_path / "mimic", output_dir), keep_missing_view_position=keep_missing
+    )
     dataset_dict = prepare_mimic_cxr(arguments)
 
     skipped = {row["image_id"]: row for row in read_skipped(output_dir)}

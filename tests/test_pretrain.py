@@ -130,7 +130,12 @@ def test_truncation_cuts_the_findings_and_keeps_the_impression(tiny_tokenizer):
     features = Features({name: Value("string") for name in ("report", "findings", "impression")})
     features["image"] = ImageFeature()
     raw = Dataset.from_dict(
-        {"image": [Image.new("L", (8, 8))] * 2, "report": reports, "findings": [findings, ""], "impression": [impression, ""]},
+        {
+            "image": [Image.new("L", (8, 8))] * 2,
+            "report": reports,
+            "findings": [findings, ""],
+            "impression": [impression, ""],
+        },
         features=features,
     )
     rows = PretrainingDataset(raw, SistaImageProcessor(size=32)).__getitems__([0, 1])

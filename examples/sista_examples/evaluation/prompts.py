@@ -38,7 +38,8 @@ CHEXPERT_CLASS_PROMPTS = {
         "negative": ["no acute fracture.", "no displaced fracture.", "the osseous structures are intact."],
     },
     "Lung Lesion": {
-        "positive": ["pulmonary nodule.", "lung mass.", "right upper lobe nodule.", "spiculated mass in the left lung."],
+        "positive": ["pulmonary nodule.", "lung mass.", "right upper lobe nodule.",
+                     "spiculated mass in the left lung."],
         "negative": ["no pulmonary nodule or mass.", "no lung lesion.", "no suspicious pulmonary nodule."],
     },
     "Lung Opacity": {

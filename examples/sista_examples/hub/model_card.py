@@ -748,7 +748,8 @@ def build_model_card(
             result.dataset_type = result.dataset_name
     dataset_names = given_names or sorted({result.dataset_name for result in task_results})
     trained_on = training_datasets(run_dir, training_arguments, task_results)
-    data_used = set(trained_on) | {name for result in task_results for name in (result.dataset_type, result.dataset_name)}
+    evaluated_on = {name for result in task_results for name in (result.dataset_type, result.dataset_name)}
+    data_used = set(trained_on) | evaluated_on
     synthetic = any(SYNTHETIC_DATASET in slug(name) for name in data_used)
     restricted = [terms for name, terms in RESTRICTED_DATA.items() if name in trained_on]
     if license is None:

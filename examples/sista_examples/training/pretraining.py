@@ -312,6 +312,13 @@ def ensure_report_embeds(splits: DatasetDict, data_args: DataArguments, training
     """Adds the frozen report-similarity embeddings SIA needs, one encoder for all `splits` (cached by `datasets`)."""
     if all("report_embeds" in split.column_names for split in splits.values()):
         return splits
+    # one encoder for every split: embeddings that only some splits carry are recomputed with the others
+    splits = DatasetDict(
+        {
+            name: split.remove_columns("report_embeds") if "report_embeds" in split.column_names else split
+            for name, split in splits.items()
+        }
+    )
     with training_args.main_process_first(desc="report embeddings"):
         logger.info(f"Computing report_embeds of {list(splits)} with the {data_args.report_encoder!r} encoder.")
         return add_report_embeddings(splits, encoder=data_args.report_encoder, seed=training_args.seed)

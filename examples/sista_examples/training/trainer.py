@@ -123,7 +123,9 @@ class DenseLoggingCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         dense = max(1, state.max_steps // self.min_points)
         if state.logging_steps > dense:
-            logger.info(f"Logging every {dense} step(s) instead of {state.logging_steps}: the run has {state.max_steps}.")
+            logger.info(
+                f"Logging every {dense} step(s) instead of {state.logging_steps}: the run has {state.max_steps}."
+            )
             state.logging_steps = dense
 
 
