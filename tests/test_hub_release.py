@@ -641,7 +641,8 @@ def test_card_licence_limitations_and_dataset_names_follow_the_training_data(tmp
     data = card.data.to_dict()
     assert data["license"] == "other" and data["license_name"] == "physionet-credentialed-health-data-license-1.5.0"
     assert data["datasets"] == ["mimic_cxr"]  # the prepared name, not the folder
-    assert "These weights derive from MIMIC-CXR" in card.text and "Training data**: mimic_cxr" in card.text
+    assert "These weights derive from MIMIC-CXR**, credentialed data" in card.text
+    assert "Training data**: mimic_cxr" in card.text
     assert "Real data." in card.text and "Synthetic data." not in card.text
 
     renamed = build_model_card(mimic_run, results=[results], datasets=["data/mimic_cxr=physionet/mimic-cxr-jpg"])

@@ -253,6 +253,6 @@ def test_real_data_path_as_documented(workdir):
     assert data["datasets"] == ["CheXpert"]
     index_names = [result["dataset"]["name"] for result in data["model-index"][0]["results"]]
     assert index_names and set(index_names) == {"CheXpert"}
-    assert "These weights derive from MIMIC-CXR" in card.text and "Synthetic data" not in card.text
+    assert "These weights derive from MIMIC-CXR**, credentialed data" in card.text and "Synthetic data" not in card.text
     assert "Classification" in card.text and "auroc" in card.text.lower()
     assert str(root) not in card.content and "data/" not in card.content.split("---")[1]

@@ -124,6 +124,7 @@ class DataTerms:
     license_name: str
     license_link: str
     terms: str
+    credentialed: bool
 
 
 # Datasets (by their prepared name, sista_dataset.json's "dataset") whose use agreement reaches derived weights.
@@ -135,13 +136,15 @@ RESTRICTED_DATA = {
         "PhysioNet Credentialed Health Data License 1.5.0 and Data Use Agreement: credentialed data, for "
         "credentialed users who completed the required training and signed the agreement; no re-identification, "
         "no sharing with anyone who has not",
+        True,
     ),
     "chexpert": DataTerms(
         "CheXpert",
         "stanford-chexpert-research-use-agreement",
-        "https://stanfordaimi.azurewebsites.net/datasets/8cbd9ed4-2eb9-4565-affc-111cf4f7ebe2",
+        "https://stanfordmlgroup.github.io/competitions/chexpert/",
         "Stanford University School of Medicine CheXpert Dataset Research Use Agreement: personal, "
         "non-commercial research use",
+        False,
     ),
 }
 
