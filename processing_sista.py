@@ -47,8 +47,9 @@ from transformers.utils import TensorType
 # ---------------------------------------------------------------------------
 
 # Section headers of MIMIC-CXR and IU X-ray reports, as regex fragments. Each maps to the
-# section it opens; everything that is not findings or impression is "other" and only its
-# label is dropped (its content survives in the whole-text fallback).
+# section it opens. "context" sections (exam name, indication, history, comparison, technique,
+# notification) describe the request, not the image: their content is dropped everywhere. Of
+# "other" sections only the label is dropped (their content survives in the whole-text fallback).
 _SECTION_HEADERS = {
     r"FINDINGS[ \t]+AND[ \t]+IMPRESSIONS?": "findings",
     r"FINDINGS?": "findings",
@@ -56,18 +57,18 @@ _SECTION_HEADERS = {
     r"CONCLUSIONS?": "impression",
     r"FINAL[ \t]+REPORT": "other",
     r"WET[ \t]+READ": "other",
-    r"EXAMINATION": "other",
-    r"TYPE[ \t]+OF[ \t]+EXAMINATION": "other",
-    r"EXAM": "other",
-    r"STUDY": "other",
-    r"PROCEDURE": "other",
-    r"(?:CLINICAL[ \t]+)?INDICATIONS?": "other",
-    r"REASON[ \t]+FOR[ \t]+(?:EXAM|EXAMINATION|STUDY)": "other",
-    r"TECHNIQUE": "other",
-    r"COMPARISONS?": "other",
-    r"(?:CLINICAL[ \t]+)?HISTORY": "other",
-    r"CLINICAL[ \t]+INFORMATION": "other",
-    r"NOTIFICATION": "other",
+    r"EXAMINATION": "context",
+    r"TYPE[ \t]+OF[ \t]+EXAMINATION": "context",
+    r"EXAM": "context",
+    r"STUDY": "context",
+    r"PROCEDURE": "context",
+    r"(?:CLINICAL[ \t]+)?INDICATIONS?": "context",
+    r"REASON[ \t]+FOR[ \t]+(?:EXAM|EXAMINATION|STUDY)": "context",
+    r"TECHNIQUE": "context",
+    r"COMPARISONS?": "context",
+    r"(?:CLINICAL[ \t]+)?HISTORY": "context",
+    r"CLINICAL[ \t]+INFORMATION": "context",
+    r"NOTIFICATION": "context",
     r"RECOMMENDATION(?:S|\(S\))?": "other",
     r"ADDENDUM": "other",
 }
@@ -87,6 +88,31 @@ _COMPILED_HEADERS = [(re.compile(name, flags=re.IGNORECASE), kind) for name, kin
 # ("XXXX-year-old" -> "year-old").
 _DEID_PATTERN = re.compile(r"_+-?|(?<![A-Za-z0-9])X{2,}(?![A-Za-z0-9])-?")
 # "1. ", "2) ", "(3) " list markers; which of them really number a list is decided by their order.
+_PLACEHOLDER = r"(?:_{2,}|(?<![A-Za-z0-9])X{2,}(?![A-Za-z0-9]))"
+# A sentence that reports a phone call or page about the study ("Dr. ___ was paged at 10:15 on
+# ___.") says nothing about the image once its names and dates are gone: it is dropped whole.
+_COMMUNICATION_PATTERN = re.compile(
+    r"\b(?:discuss|communicat|notif|paged|page\b|telephon|phone|called|convey|informed|left a message)", re.IGNORECASE
+)
+# Placeholders whose neighbours make no sense alone go with them: an age ("___-year-old", "___ F"),
+# a doctor's title ("Dr. ___", "___, M.D."), and a preposition or comparison that introduced a date
+# ("compared to ___", "on ___", "from ___").
+_PLACEHOLDER_PHRASES = [
+    re.compile(rf"{_PLACEHOLDER}[ \t-]*(?:years?|yrs?)[ \t-]*old\b[ \t]*", re.IGNORECASE),
+    re.compile(rf"{_PLACEHOLDER}[ \t]*[MF]\b"),
+    re.compile(rf"\b(?:Drs?\.?|Doctor)[ \t]*{_PLACEHOLDER}(?:,?[ \t]*M\.?D\.?)?", re.IGNORECASE),
+    re.compile(rf"{_PLACEHOLDER},?[ \t]*M\.?D\.?"),
+    re.compile(
+        rf",?[ \t]*\b(?:(?:as[ \t]+)?compared[ \t]+(?:to|with)|in[ \t]+comparison[ \t]+(?:to|with)|dated|since|"
+        rf"from|on|of|at|to|by|with)(?:[ \t]+(?:the|a|an))?[ \t]+{_PLACEHOLDER}(?=[ \t]*(?:[.,;:!?)]|$))",
+        re.IGNORECASE,
+    ),
+]
+# An exam title on its own line, all capitals ("CHEST (PORTABLE AP)", "PA AND LATERAL CHEST
+# RADIOGRAPHS"): the name of the requested study, not a description of the image.
+_EXAM_TITLE_PATTERN = re.compile(
+    r"^[ \t]*[^a-z\n]*\b(?:CHEST|RADIOGRAPHS?|PORTABLE|X-?RAY|CXR)\b[^a-z\n]*$", flags=re.MULTILINE
+)
 _LIST_MARKER_PATTERN = re.compile(r"(?<!\S)\(?(\d{1,2})[.)][ \t]+")
 _CLAUSE_END = (".", "!", "?", ":", ";")
 
@@ -133,7 +159,15 @@ def _split_sections(report: str) -> tuple[list[tuple[str, str]], str]:
     for index, match in enumerate(matches):
         end = matches[index + 1].start() if index + 1 < len(matches) else len(report)
         label = match.group("line_start") or match.group("inline")
-        sections.append((_header_kind(label), report[match.end() : end]))
+        kind, content = _header_kind(label), report[match.end() : end]
+        if kind == "context":
+            # a request section is one paragraph: the text after a blank line is the report's body
+            content, _, rest = content.lstrip("\n").partition("\n\n")
+            sections.append(("context", content))
+            if rest.strip():
+                sections.append(("other", rest))
+            continue
+        sections.append((kind, content))
     return sections, preamble
 
 
@@ -173,8 +207,23 @@ def _tidy_punctuation(text: str) -> str:
     return re.sub(r"\s{2,}", " ", text).strip()
 
 
+def _drop_placeholder_phrases(text: str) -> str:
+    """Remove de-identification placeholders with the words that only made sense with them."""
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z0-9(])", text)
+    kept = [
+        sentence
+        for sentence in sentences
+        if not (re.search(_PLACEHOLDER, sentence) and _COMMUNICATION_PATTERN.search(sentence))
+    ]
+    text = " ".join(kept)
+    for pattern in _PLACEHOLDER_PHRASES:
+        text = pattern.sub(" ", text)
+    return text
+
+
 def _clean_text(text: str) -> str:
     text = _flatten_numbered_list(text)
+    text = _drop_placeholder_phrases(text)
     text = _DEID_PATTERN.sub(" ", text)
     text = re.sub(r"\s+", " ", text)
     return _tidy_punctuation(text)
@@ -187,8 +236,12 @@ def clean_report(report: str) -> CleanedReport:
     Headers (`FINDINGS:`, `IMPRESSION:`, `FINAL REPORT`, `EXAMINATION:`, `INDICATION:`,
     `TECHNIQUE:`, `COMPARISON:`, `HISTORY:`, ...) are recognised at a line start in any case
     (spaces before the colon allowed), and in upper case inside a line. `CONCLUSION:` counts as
-    impression and `FINDINGS AND IMPRESSION:` as findings. De-identification placeholders (`___`,
-    `XXXX`) are removed, numbered lists flattened into sentences and whitespace collapsed.
+    impression and `FINDINGS AND IMPRESSION:` as findings. The content of request sections
+    (examination, indication, history, comparison, technique, notification) and exam titles on
+    their own line ("CHEST (PORTABLE AP)") is dropped: it describes the request, not the image.
+    De-identification placeholders (`___`, `XXXX`) are removed with the words that only made sense
+    with them (an age, "Dr.", "compared to ___"), sentences about a call or page that named someone
+    are dropped, numbered lists are flattened into sentences and whitespace collapsed.
 
     Args:
         report (`str`):
@@ -218,7 +271,8 @@ def clean_report(report: str) -> CleanedReport:
         return CleanedReport(findings, "", findings, "findings")
     if impression:
         return CleanedReport("", impression, impression, "impression")
-    whole_text = _join_sentences(_clean_text(part) for part in [preamble, *(content for _, content in sections)])
+    body = [_EXAM_TITLE_PATTERN.sub("", content) for kind, content in sections if kind != "context"]
+    whole_text = _join_sentences(_clean_text(part) for part in [_EXAM_TITLE_PATTERN.sub("", preamble), *body])
     return CleanedReport("", "", whole_text, "whole_text" if whole_text else "empty")
 
 

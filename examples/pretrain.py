@@ -12,7 +12,8 @@ The same script runs on one process or several (DDP, FSDP, DeepSpeed ZeRO-2) thr
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --output_dir ...
     accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/pretrain.py --output_dir ...
 
-    # a prepared real dataset (datasets.load_from_disk) and two pre-trained backbones
+    # a prepared real dataset (datasets.load_from_disk; its `train` split, evaluated on `validation`) and two
+    # pre-trained backbones
     python examples/pretrain.py --dataset_path data/mimic_cxr --vision_model_name_or_path google/vit-base-patch16-224 \
         --text_model_name_or_path microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract --output_dir outputs/sista-base
 
@@ -36,7 +37,7 @@ from transformers import HfArgumentParser, set_seed
 from processing_sista import SistaImageProcessor, SistaProcessor
 from sista_examples.hub.release import hub_push_request, push_after_training
 from sista_examples.training.augmentation import XRayAugmentation
-from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
     DataArguments,
@@ -46,6 +47,7 @@ from sista_examples.training.pretraining import (
     check_output_dir_writable,
     ensure_report_embeds,
     load_or_generate_dataset,
+    resolve_splits,
     retrieval_sanity,
     save_loss_curve,
     select_split,
@@ -56,6 +58,7 @@ from sista_examples.training.trainer import (
     SistaTrainer,
     SistaTrainingArguments,
     check_checkpoint_matches,
+    prepare_output_dir,
     resolve_checkpoint,
 )
 
@@ -89,6 +92,10 @@ def main(args: list[str] | None = None):
 
     # every bad input fails here, before any training
     check_output_dir_writable(training_args.output_dir)
+    with training_args.main_process_first(desc="output dir"):
+        prepare_output_dir(
+            training_args.output_dir, training_args.overwrite_output_dir, training_args.resume_from_checkpoint
+        )
     hub_push = hub_push_request(training_args)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
@@ -99,12 +106,19 @@ def main(args: list[str] | None = None):
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args)
     path = data_args.dataset_path
-    train_dataset = select_split(raw_dataset, data_args.train_split, data_args.max_train_samples, path)
+    train_split, eval_split = resolve_splits(raw_dataset, data_args, training_args.do_eval)
+    data_args.train_split, data_args.eval_split = train_split, eval_split  # run_arguments.json records the used ones
+    train_dataset = select_split(raw_dataset, train_split, data_args.max_train_samples, path)
     eval_dataset = None
-    if training_args.do_eval and data_args.eval_split:
-        eval_dataset = select_split(raw_dataset, data_args.eval_split, data_args.max_eval_samples, path)
+    if eval_split is not None:
+        eval_dataset = select_split(raw_dataset, eval_split, data_args.max_eval_samples, path)
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
+    num_truncated = count_truncated_reports(tokenizer, train_dataset["report"], model_args.max_length)
+    logger.info(
+        f"{num_truncated} of {len(train_dataset)} training reports exceed --max_length {model_args.max_length} tokens "
+        "and are truncated (the findings are cut; an impression is kept whole)."
+    )
     set_seed(training_args.seed)  # same initial weights whatever the steps above drew
     model = build_model(model_args, tokenizer, start_config, image_size)
     if checkpoint is not None:
@@ -148,9 +162,10 @@ def main(args: list[str] | None = None):
         seed=training_args.seed,
         report_embeds_column=report_embeds_column,
     )
-    eval_labels = None
+    eval_labels = eval_study_ids = None
     if eval_dataset is not None:
         eval_labels = eval_dataset["labels"] if "labels" in eval_dataset.column_names else None
+        eval_study_ids = eval_dataset["study_id"] if "study_id" in eval_dataset.column_names else None
         eval_dataset = PretrainingDataset(eval_dataset, image_processor, report_embeds_column=report_embeds_column)
     collator = SistaDataCollator(tokenizer, max_length=model_args.max_length)
 
@@ -168,14 +183,16 @@ def main(args: list[str] | None = None):
         trainer.log_metrics("train", train_result.metrics)
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
+    eval_metrics = {}
     if eval_dataset is not None:
         metrics = trainer.evaluate()
         # one process runs the whole model: not possible while FSDP/DeepSpeed shard the weights
         if trainer.is_world_process_zero() and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
             sista = trainer.accelerator.unwrap_model(trainer.model)
-            metrics.update(retrieval_sanity(sista, eval_dataset, collator, eval_labels))
+            metrics.update(retrieval_sanity(sista, eval_dataset, collator, eval_labels, study_ids=eval_study_ids))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        eval_metrics = metrics
 
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
@@ -184,11 +201,7 @@ def main(args: list[str] | None = None):
         (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"
         save_loss_curve(trainer.state.log_history, curve)
-        first = next((entry for entry in trainer.state.log_history if "loss" in entry), {})
-        last = next((entry for entry in reversed(trainer.state.log_history) if "loss" in entry), {})
-        summary = " ".join(
-            f"{key} {first[key]:.3f} -> {last[key]:.3f}" for key in ("loss", "loss_sia", "loss_sta") if key in first
-        )
+        summary = run_summary(trainer.state.log_history, eval_metrics)
         print(
             f"\nSISTA pre-training finished ({trainer.state.global_step} steps; {summary}).\n"
             f"  model + processor : {output_dir}  (SistaModel.from_pretrained / AutoModel + trust_remote_code=True)\n"
@@ -199,6 +212,15 @@ def main(args: list[str] | None = None):
         )
         push_after_training(hub_push, output_dir)
     return trainer
+
+
+def run_summary(log_history: list[dict], eval_metrics: dict) -> str:
+    """The training losses from first to last log and the final evaluation, or what the run did not do."""
+    first = next((entry for entry in log_history if "loss" in entry), {})
+    last = next((entry for entry in reversed(log_history) if "loss" in entry), {})
+    parts = [f"{key} {first[key]:.3f} -> {last[key]:.3f}" for key in ("loss", "loss_sia", "loss_sta") if key in first]
+    parts += [f"{key} {eval_metrics[key]:.3f}" for key in ("eval_loss", "retrieval_exact_top1") if key in eval_metrics]
+    return "; ".join(parts) or "no loss logged: no training step and no evaluation"
 
 
 def finish(trainer) -> None:

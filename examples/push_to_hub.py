@@ -47,7 +47,17 @@ class ReleaseArguments:
     processor_dir: str | None = field(default=None, metadata={"help": "folder with the processor, if not model_dir"})
     run_dir: str | None = field(default=None, metadata={"help": "folder with training_args.bin / trainer_state.json"})
     base_model: str | None = field(default=None, metadata={"help": "Hub id this model was trained from"})
-    license: str = field(default=DEFAULT_LICENSE, metadata={"help": "licence of the release"})
+    license: str | None = field(
+        default=None,
+        metadata={"help": f"licence of the weights (default: {DEFAULT_LICENSE}, or, for weights trained on MIMIC-CXR "
+                          "or CheXpert, 'other' with that data's use agreement)"},
+    )
+    datasets: list[str] | None = field(
+        default=None,
+        metadata={"help": "dataset names for the card, a Hub id or a plain name (never a local path): NAME, or "
+                          "LOCAL=NAME to rename the dataset folder a result or the training read "
+                          "(data/chexpert=CheXpert)"},
+    )
     output_dir: str | None = field(default=None, metadata={"help": "build the release folder here (kept)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a non-empty --output_dir"})
     dry_run: bool = field(default=False, metadata={"help": "build and check the folder, push nothing"})
@@ -71,6 +81,7 @@ def run(args: ReleaseArguments) -> int:
             args.base_model,
             args.license,
             args.overwrite,
+            args.datasets,
         )
         if not push:
             if not args.skip_check:
@@ -93,6 +104,7 @@ def run(args: ReleaseArguments) -> int:
         tag=args.tag,
         license=args.license,
         check=not args.skip_check,
+        datasets=args.datasets,
     )
     return 0
 

@@ -6,14 +6,17 @@ Image-report retrieval with a SISTA checkpoint: Recall@K in both directions on o
 Every image of the split queries all of the split's reports (image→report), and every report queries all images
 (report→image), ranked by the cosine similarity of the global embeddings. Two rules say what counts as a hit:
 
-* **paired**: the retrieved item is the query's own pair (the usual protocol);
+* **paired**: the retrieved item is the query's own pair (the usual protocol), or, when the split has a `study_id`
+  column, any item of the query's study (two frontal images of one study share one report, so an image retrieving
+  its study's report through the other image's row is a hit);
 * **semantic** (the false-negative-aware view, as SIA sees the data): the retrieved item is the query's pair OR has
   a label vector identical to the query's (`labels` column, all classes equal; so two normal studies match each
   other, and so do two studies with exactly the same findings).
 
 Recall@K is the fraction of queries with a hit among their top K, ranked by decreasing similarity. Ties count against
 the query: a hit tied with a non-hit ranks after it. So a model that gives every item the same similarity (a collapsed
-encoder) scores no better than its worst case, instead of whatever the gallery order happens to favour.
+encoder) scores no better than its worst case, instead of whatever the gallery order happens to favour. A K at or
+above the gallery size is flagged (log, results and table): its recall is 1 for any model.
 
 Usage:
 
@@ -38,7 +41,7 @@ from sista_examples.evaluation.common import (
     require_columns,
 )
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
-from sista_examples.evaluation.retrieval import retrieval_metrics
+from sista_examples.evaluation.retrieval import ks_covering_gallery, retrieval_metrics
 from sista_examples.utils import setup_logging
 
 
@@ -71,17 +74,23 @@ class RetrievalArguments:
             raise ValueError(f"`recall_at` must list integers >= 1, got {self.recall_at!r}.")
 
 
-def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int) -> str:
+def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int, grouped: bool = False) -> str:
     rows = [
         (view, direction.replace("_", "→").replace("→to→", " → "), *(scores[f"R@{k}"] for k in ks))
         for view, directions in metrics.items()
         for direction, scores in directions.items()
     ]
     header = f"## Retrieval: {source['dataset']} / {source['split']} ({num_pairs} image-report pairs)\n\n"
+    pair = "the query's own pair" + (" or any item of its study" if grouped else "")
     footer = (
-        "\npaired: a hit is the query's own pair. semantic: a hit is the own pair or any item whose label vector "
-        "equals the query's.\n"
+        f"\npaired: a hit is {pair}. semantic: a hit is {pair} or any item whose label vector equals the query's.\n"
     )
+    covering = ks_covering_gallery(ks, num_pairs)
+    if covering:
+        footer += (
+            f"\nR@{', R@'.join(map(str, covering))}: K is at least the gallery size ({num_pairs}), so the recall is "
+            "1 for any model.\n"
+        )
     return header + markdown_table(["hits", "direction", *(f"R@{k}" for k in ks)], rows) + footer
 
 
@@ -108,11 +117,13 @@ def main(cli_args: list[str] | None = None) -> dict:
     image_embeds = embed_images(model, processor, LazyColumn(dataset, "image"), eval_args.batch_size).numpy()
     text_embeds = embed_texts(model, processor, texts, eval_args.batch_size, eval_args.max_length).numpy()
     labels = np.asarray(dataset["labels"]) if retrieval_args.semantic_positives else None
-    metrics = retrieval_metrics(image_embeds, text_embeds, retrieval_args.ks, labels)
+    study_ids = np.asarray(dataset["study_id"]) if "study_id" in dataset.column_names else None
+    metrics = retrieval_metrics(image_embeds, text_embeds, retrieval_args.ks, labels, study_ids)
     for view, directions in metrics.items():
         for direction, scores in directions.items():
             logger.info("%s %s: %s", view, direction, ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
 
+    grouped = study_ids is not None
     results = {
         "task": "retrieval",
         "command": command_line("retrieval.py", cli_args),
@@ -120,16 +131,18 @@ def main(cli_args: list[str] | None = None) -> dict:
         "dataset": source["dataset"],
         "split": source["split"],
         "num_pairs": len(dataset),
+        "num_studies": len(set(study_ids.tolist())) if study_ids is not None else len(dataset),
         "num_skipped_empty_reports": len(empty),
+        "ks_covering_gallery": ks_covering_gallery(retrieval_args.ks, len(dataset)),
         "hit_rules": {
-            "paired": "the retrieved item is the query's own pair",
-            "semantic": "the retrieved item is the query's own pair or has a label vector identical to the query's",
+            "paired": "the retrieved item is the query's own pair" + (" or of its study" if grouped else ""),
+            "semantic": "a paired hit, or an item with a label vector identical to the query's",
         },
         "ranking": "decreasing cosine similarity; a hit tied with a non-hit ranks after it",
         **metrics,
         "arguments": arguments_dict(eval_args, retrieval_args),
     }
-    markdown = results_markdown(metrics, retrieval_args.ks, source, len(dataset))
+    markdown = results_markdown(metrics, retrieval_args.ks, source, len(dataset), grouped)
     write_results(eval_args.output_dir, "retrieval", results, markdown)
     return results
 

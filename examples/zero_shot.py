@@ -4,7 +4,9 @@
 Zero-shot multi-label classification with a SISTA checkpoint: no label is used for training.
 
 Every class gets positive prompts ("small left pleural effusion.") and negative prompts ("no left pleural
-effusion."). Each prompt is embedded by the text tower and L2-normalised; the embeddings of a class's positive
+effusion."): SynthCXR's classes and the 14 CheXpert observations (MIMIC-CXR, CheXpert) have their own sets
+(`sista_examples.evaluation.prompts`), other classes get generic templates, and `--prompts_file` replaces any of
+them. Each prompt is embedded by the text tower and L2-normalised; the embeddings of a class's positive
 templates are averaged and renormalised (likewise the negative ones). An image's score for a class is the softmax
 over the two logits (positive, negative), i.e. `sigmoid(logit_pos - logit_neg)`, with the model's logit scale. AUROC
 per class comes from `sklearn.metrics.roc_auc_score`; a class whose labels in the split take one value only has no
@@ -42,15 +44,17 @@ from sista_examples.evaluation.common import (
     require_columns,
     resolve_class_names,
 )
+from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS, find_class_prompts
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)
 
-# Generic templates for classes without their own prompts; "{}" is the class name with "_" turned into spaces.
-GENERIC_POSITIVE_TEMPLATES = ("{}.", "there is {}.", "findings consistent with {}.", "small {}.", "large {}.")
-GENERIC_NEGATIVE_TEMPLATES = ("no {}.", "there is no {}.", "no evidence of {}.", "without {}.")
+# Generic templates for classes without their own prompts; "{}" is the class name with "_" turned into spaces. No
+# size adjective: "small no finding." or "large support devices." is no sentence a radiologist writes.
+GENERIC_POSITIVE_TEMPLATES = ("{}.", "there is {}.", "findings consistent with {}.")
+GENERIC_NEGATIVE_TEMPLATES = ("no {}.", "there is no {}.", "no evidence of {}.")
 
 # Prompts for SynthCXR's lateralised classes, in the wording of its reports; "{side}" is "left" or "right".
 _LATERAL_PROMPTS = {
@@ -155,16 +159,20 @@ def read_prompts_file(path: str) -> dict:
 
 def class_prompts(class_names: list[str], overrides: dict | None = None) -> dict[str, dict[str, list[str]]]:
     """
-    Positive and negative prompts of every class: `overrides`, then SynthCXR's wording, then the generic templates
-    applied to the class name (`"pleural_effusion"` -> `"no pleural effusion."`).
+    Positive and negative prompts of every class: `overrides`, then SynthCXR's wording, then the CheXpert-14
+    prompt set (MIMIC-CXR and CheXpert class names, any case), then the generic templates applied to the class name
+    (`"pleural_effusion"` -> `"no pleural effusion."`).
     """
     overrides = overrides or {}
     prompts = {}
     for name in class_names:
+        chexpert = find_class_prompts(name, CHEXPERT_CLASS_PROMPTS)
         if name in overrides:
             chosen = overrides[name]
         elif name in SYNTHCXR_CLASS_PROMPTS:
             chosen = SYNTHCXR_CLASS_PROMPTS[name]
+        elif chexpert is not None:
+            chosen = chexpert
         else:
             phrase = name.replace("_", " ").lower()
             chosen = {

@@ -1,6 +1,7 @@
 """The fine-tuning scripts end to end on a tiny SynthCXR, and their clear errors before training."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -142,3 +143,18 @@ def test_augmentation_moves_boxes_with_the_image():
     rows, columns = (moved_image[0, 0] > 0.5).nonzero(as_tuple=True)
     center = torch.tensor([(columns.float().mean() + 0.5) / 64, (rows.float().mean() + 0.5) / 64])
     torch.testing.assert_close(moved_box[0, :2], center, atol=1.5 / 64, rtol=0)
+
+
+def test_the_fraction_reported_is_the_one_min_train_samples_left(dataset_dir, caplog):
+    dataset = load_from_disk(str(dataset_dir))
+    num_rows = len(dataset["train"])
+    for fraction, min_samples, expected_rows in ((0.01, 8, 8), (0.5, 4, math.ceil(num_rows / 2))):
+        data_args = downstream.DataArguments(label_fraction=fraction, min_train_samples=min_samples)
+        with caplog.at_level("WARNING"):
+            train, _ = downstream.select_splits(dataset, data_args, ["image", "labels"], "Classification")
+        assert len(train) == expected_rows
+        assert data_args.requested_label_fraction == fraction
+        # the oracle: rows trained on over rows in the split, unless the requested fraction already gave them
+        expected = fraction if expected_rows == math.ceil(fraction * num_rows) else expected_rows / num_rows
+        assert data_args.label_fraction == pytest.approx(expected)
+    assert f"--min_train_samples 8 raised it to 8: the fraction used is {8 / num_rows:.4g}" in caplog.text

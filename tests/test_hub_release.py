@@ -622,3 +622,38 @@ def test_a_head_is_pushed_with_the_processor_of_its_pre_training_folder(monkeypa
     assert {"processor_config.json", "tokenizer.json", "model.safetensors"} <= set(files)
     assert b"AutoModelForImageClassification" in files["config.json"]
     assert b"Classification" in files["README.md"]
+
+
+def test_card_licence_limitations_and_dataset_names_follow_the_training_data(tmp_path, base_run, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    prepared = tmp_path / "data" / "mimic_cxr"
+    prepared.mkdir(parents=True)
+    (prepared / "sista_dataset.json").write_text(json.dumps({"dataset": "mimic_cxr"}))
+    mimic_run = tmp_path / "mimic_run"
+    shutil.copytree(base_run[0], mimic_run)
+    (mimic_run / "run_arguments.json").write_text(json.dumps({"data": {"dataset_path": "data/mimic_cxr"}}))
+    results = tmp_path / "retrieval_results.json"
+    results.write_text(json.dumps({"task": "retrieval", "dataset": "data/mimic_cxr", "split": "test", "R@1": 0.5}))
+
+    card = build_model_card(mimic_run, results=[results])
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["license_name"] == "physionet-credentialed-health-data-license-1.5.0"
+    assert data["datasets"] == ["mimic_cxr"]  # the prepared name, not the folder
+    assert "These weights derive from MIMIC-CXR**, credentialed data" in card.text
+    assert "Training data**: mimic_cxr" in card.text
+    assert "Real data." in card.text and "Synthetic data." not in card.text
+
+    renamed = build_model_card(mimic_run, results=[results], datasets=["data/mimic_cxr=physionet/mimic-cxr-jpg"])
+    assert renamed.data.to_dict()["datasets"] == ["physionet/mimic-cxr-jpg"]
+    assert renamed.data.to_dict()["model-index"][0]["results"][0]["dataset"]["type"] == "physionet/mimic-cxr-jpg"
+    assert build_model_card(mimic_run, results=[results], license="apache-2.0").data.license == "apache-2.0"
+    with pytest.raises(ValueError, match="not a local path"):
+        build_model_card(mimic_run, results=[results], datasets=[str(prepared)])
+
+    synthetic = tmp_path / "synthetic_run"
+    shutil.copytree(base_run[0], synthetic)
+    (synthetic / "run_arguments.json").write_text(json.dumps({"data": {"dataset_path": "data/synthcxr"}}))
+    card = build_model_card(synthetic, results=[])
+    assert card.data.license == "apache-2.0" and "Synthetic data." in card.text and "derive from" not in card.text

@@ -489,6 +489,43 @@ def test_prepare_mimic_cxr(tmp_path):
     assert metadata["skipped"] == {"empty_report": 1, "missing_report": 1, "missing_split": 1, "unknown_label": 2}
 
 
+def set_mimic_views(root, views: dict[str, str]) -> None:
+    """Rewrites the ViewPosition of the given dicom ids in the fixture's metadata csv."""
+    path = root / "mimic-cxr-2.0.0-metadata.csv.gz"
+    with gzip.open(path, "rt", newline="") as file:
+        rows = list(csv.reader(file))
+    view_column = rows[0].index("ViewPosition")
+    for row in rows[1:]:
+        row[view_column] = views.get(row[0], row[view_column])
+    with gzip.open(path, "wt", newline="") as file:
+        csv.writer(file).writerows(rows)
+
+
+@pytest.mark.parametrize("keep_missing", [False, True])
+def test_prepare_mimic_cxr_writes_blank_and_other_view_positions_to_skipped(tmp_path, keep_missing):
+    write_mimic_fixture(tmp_path / "mimic")
+    blank, axial = "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"
+    set_mimic_views(tmp_path / "mimic", {blank: "", axial: "AP AXIAL"})
+    output_dir = tmp_path / "out"
+    arguments = MimicCxrArguments(
+        **common_args(tmp_path / "mimic", output_dir), keep_missing_view_position=keep_missing
+    )
+    dataset_dict = prepare_mimic_cxr(arguments)
+
+    skipped = {row["image_id"]: row for row in read_skipped(output_dir)}
+    assert skipped[axial]["reason"] == "other_view_position" and "AP AXIAL" in skipped[axial]["detail"]
+    assert skipped[axial]["split"] == "validation"
+    rows = rows_by_id(dataset_dict)
+    if keep_missing:
+        assert blank not in skipped and rows[blank][1]["view_position"] == ""
+    else:
+        assert skipped[blank]["reason"] == "missing_view_position" and skipped[blank]["split"] == "train"
+        assert blank not in rows
+    _, metadata = load_prepared_dataset(output_dir)
+    assert metadata["skipped"].get("missing_view_position", 0) == (0 if keep_missing else 1)
+    assert "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962" not in skipped  # lateral: left out by design
+
+
 def test_prepare_mimic_cxr_skips_missing_and_truncated_images(tmp_path):
     write_mimic_fixture(tmp_path / "mimic")
     labels_path = tmp_path / "mimic" / "mimic-cxr-2.0.0-chexpert.csv"

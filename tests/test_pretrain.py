@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from datasets import DatasetDict
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
@@ -18,10 +19,11 @@ from conftest import load_script, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
 from sista_examples.training.augmentation import XRayAugmentation
-from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.gradient_cache import gradient_cache_backward
-from sista_examples.training.pretraining import ModelArguments, objective_config
+from sista_examples.training.pretraining import DataArguments, ModelArguments, objective_config, resolve_splits
+from sista_examples.training.trainer import prepare_output_dir
 from sista_examples.training.tokenizer import train_report_tokenizer
 
 
@@ -117,6 +119,82 @@ def test_pretraining_dataset_and_collator(tiny_tokenizer):
     assert tiny_tokenizer.convert_ids_to_tokens(batch["input_ids"][1].tolist()) == [
         "[CLS]", "small", "left", "pleural", "effusion", "[SEP]",
     ]  # fmt: skip
+
+
+def test_truncation_cuts_the_findings_and_keeps_the_impression(tiny_tokenizer):
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+
+    findings = "the heart size is normal. the lungs are clear. there is no pleural effusion."
+    impression = "small left pneumothorax."
+    reports = [f"{findings} {impression}", "no acute cardiopulmonary process."]
+    features = Features({name: Value("string") for name in ("report", "findings", "impression")})
+    features["image"] = ImageFeature()
+    raw = Dataset.from_dict(
+        {
+            "image": [Image.new("L", (8, 8))] * 2,
+            "report": reports,
+            "findings": [findings, ""],
+            "impression": [impression, ""],
+        },
+        features=features,
+    )
+    rows = PretrainingDataset(raw, SistaImageProcessor(size=32)).__getitems__([0, 1])
+    assert rows[0]["impression"] == impression and rows[0]["findings"] == findings
+    batch = SistaDataCollator(tiny_tokenizer, max_length=12)(rows)
+    tokens = tiny_tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    impression_tokens = tiny_tokenizer.tokenize(impression)
+    # the oracle: the findings' first tokens, then the whole impression, in 12 tokens with [CLS] and [SEP]
+    kept_findings = tiny_tokenizer.tokenize(findings)[: 12 - 2 - len(impression_tokens)]
+    assert tokens == ["[CLS]", *kept_findings, *impression_tokens, "[SEP]"]
+    # a report that fits is tokenised as the plain tokenizer does
+    plain = tiny_tokenizer([reports[1]], padding="max_length", max_length=12, truncation=True)["input_ids"][0]
+    assert batch["input_ids"][1].tolist() == plain
+    assert count_truncated_reports(tiny_tokenizer, reports, 12) == 1
+
+
+def test_splits_are_found_not_assumed(caplog):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"report": ["a"]})
+    synthcxr = DatasetDict({"pretrain": rows, "train": rows, "validation": rows})
+    mimic = DatasetDict({"train": rows, "validation": rows, "test": rows})
+    no_validation = DatasetDict({"train": rows})
+    with caplog.at_level("INFO"):
+        assert resolve_splits(synthcxr, DataArguments(dataset_path="s"), do_eval=True) == ("pretrain", "validation")
+        assert resolve_splits(mimic, DataArguments(dataset_path="m"), do_eval=True) == ("train", "validation")
+    assert "Pre-training on split 'train' of m (found); evaluating on 'validation'." in caplog.text
+    assert resolve_splits(mimic, DataArguments(dataset_path="m"), do_eval=False) == ("train", None)
+    assert resolve_splits(no_validation, DataArguments(dataset_path="n"), do_eval=True) == ("train", None)
+    given = DataArguments(dataset_path="m", train_split="test", eval_split="train")
+    assert resolve_splits(mimic, given, do_eval=True) == ("test", "train")
+    with pytest.raises(ValueError, match="--train_split.*'other'"):
+        resolve_splits(DatasetDict({"other": rows}), DataArguments(dataset_path="o"), do_eval=True)
+
+
+def test_a_previous_run_is_refused_or_replaced(tmp_path):
+    previous = tmp_path / "run"
+    (previous / "checkpoint-3").mkdir(parents=True)
+    (previous / "runs").mkdir()
+    for name in ("trainer_state.json", "eval_results.json", "loss_curve.png", "notes.txt"):
+        (previous / name).write_text("old")
+    with pytest.raises(ValueError, match="holds a previous run.*--overwrite_output_dir"):
+        prepare_output_dir(str(previous), overwrite_output_dir=False, resume_from_checkpoint=None)
+    prepare_output_dir(str(previous), overwrite_output_dir=False, resume_from_checkpoint="last")  # continues it
+    assert (previous / "checkpoint-3").is_dir()
+    prepare_output_dir(str(previous), overwrite_output_dir=True, resume_from_checkpoint=None)
+    assert sorted(path.name for path in previous.iterdir()) == ["notes.txt"]  # not the run's: kept
+    prepare_output_dir(str(tmp_path / "new"), overwrite_output_dir=False, resume_from_checkpoint=None)
+
+
+def test_short_runs_log_every_step_and_long_ones_keep_their_interval():
+    from transformers import TrainerState
+
+    from sista_examples.training.trainer import DenseLoggingCallback
+
+    for max_steps, logging_steps, expected in ((3, 10, 1), (100, 10, 5), (1000, 10, 10)):
+        state = TrainerState(max_steps=max_steps, logging_steps=logging_steps)
+        DenseLoggingCallback().on_train_begin(None, state, None)
+        assert state.logging_steps == expected, max_steps
 
 
 def test_augmentation_seeded_per_sample_and_epoch():

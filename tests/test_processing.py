@@ -17,7 +17,10 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
+from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -34,6 +37,9 @@ from processing_sista import (
     clean_reports,
     window_intensities,
 )
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------
@@ -128,7 +134,7 @@ def test_clean_report_flattens_numbered_list_and_removes_placeholders():
 
     assert cleaned.findings == (
         "Moderate cardiomegaly is stable. There is a new left retrocardiac opacity, and a small left pleural "
-        "effusion, compared to. No pneumothorax."
+        "effusion. No pneumothorax."
     )
     # The NOTIFICATION section after the impression is not part of it.
     assert cleaned.impression == (
@@ -167,12 +173,58 @@ def test_clean_report_falls_back_to_whole_text_without_labels():
     assert cleaned == CleanedReport(
         findings="",
         impression="",
-        text=(
-            "CHEST RADIOGRAPH PERFORMED ON. Prior exam from. Fever, question pneumonia. The lungs are clear. "
-            "Heart size is normal. There is no effusion."
-        ),
+        text="The lungs are clear. Heart size is normal. There is no effusion.",
         source="whole_text",
     )
+
+
+@pytest.mark.parametrize(
+    "report, expected",
+    [
+        (
+            "CHEST (PORTABLE AP)\n\nINDICATION: ___-year-old man status post CABG, evaluate for effusion.\n\n"
+            "Small bilateral pleural effusions. Findings were discussed with Dr. ___ at 10:15 on ___ by telephone.",
+            "Small bilateral pleural effusions.",
+        ),
+        (
+            "PA AND LATERAL CHEST RADIOGRAPHS\nHISTORY: ___ F with new onset ascites\n\nThe lungs are clear.",
+            "The lungs are clear.",
+        ),
+        (
+            "FINDINGS: Stable cardiomegaly compared to ___. A ___-year-old patient with a new left effusion.\n"
+            "IMPRESSION: Left effusion, new since ___. Dr. ___ was paged at 10:15 on ___.",
+            "Stable cardiomegaly. A patient with a new left effusion. Left effusion, new.",
+        ),
+        (
+            "FINDINGS: Mild degenerative changes of the XXXX spine. No XXXX edema.\nIMPRESSION: Normal chest.",
+            "Mild degenerative changes of the spine. No edema. Normal chest.",
+        ),
+    ],
+    ids=["exam-title-indication-and-call", "history-after-title", "dates-ages-and-pages", "iu-placeholders"],
+)
+def test_clean_report_drops_request_text_and_placeholder_phrases(report, expected):
+    assert clean_report(report).text == expected
+
+
+def test_clean_report_on_real_iu_xray_reports_leaves_no_placeholder_or_request_text():
+    # the project's data folder sits beside the checkout (or beside the folder of worktrees)
+    candidates = [folder / "shared" / "data" / "iu_xray_reports_dev.tgz" for folder in REPOSITORY.parents[:2]]
+    archive = next((path for path in candidates if path.is_file()), None)
+    if archive is None:
+        pytest.skip(f"the IU X-ray development reports are not on this machine (looked for {candidates[0]})")
+    with tarfile.open(archive) as tar:
+        members = sorted((m for m in tar.getmembers() if m.name.endswith(".xml")), key=lambda m: m.name)[:300]
+        documents = [ElementTree.parse(tar.extractfile(member)).getroot() for member in members]
+    for root in documents:
+        sections = {node.get("Label"): node.text or "" for node in root.iter("AbstractText")}
+        raw = "\n".join(f"{label}: {text}" for label, text in sections.items())
+        cleaned = clean_report(raw)
+        indication = clean_report(f"FINDINGS: {sections.get('INDICATION', '')}").text
+        assert "XX" not in cleaned.text and "  " not in cleaned.text
+        if indication and cleaned.text:
+            assert indication not in cleaned.text
+        expected_impression = clean_report(f"IMPRESSION: {sections.get('IMPRESSION', '')}").impression
+        assert cleaned.impression == expected_impression
 
 
 @pytest.mark.parametrize(

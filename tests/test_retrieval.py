@@ -15,7 +15,12 @@ from eval_test_utils import (
     tiny_synthcxr_test_split,
 )
 from sista_examples.evaluation.checkpoints import load_sista
-from sista_examples.evaluation.retrieval import recall_at_k, retrieval_positives
+from sista_examples.evaluation.retrieval import (
+    ks_covering_gallery,
+    recall_at_k,
+    retrieval_metrics,
+    retrieval_positives,
+)
 
 
 retrieval = load_script("examples/retrieval.py")
@@ -171,3 +176,40 @@ def test_missing_report_column_names_the_column_and_the_task(sista_dir, tmp_path
                 str(tmp_path / "out"),
             ]
         )
+
+
+def naive_grouped_recall(similarity, study_ids, k):
+    """The oracle with studies: a hit is any gallery item of the query's study; ties rank hits last."""
+    hits = 0
+    for query, row in enumerate(np.asarray(similarity).tolist()):
+        ranked = sorted(range(len(row)), key=lambda item: (-row[item], study_ids[item] == study_ids[query]))[:k]
+        hits += any(study_ids[item] == study_ids[query] for item in ranked)
+    return hits / len(similarity)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_items_of_one_study_are_hits_for_each_other_like_a_naive_loop(seed):
+    rng = np.random.default_rng(seed)
+    study_ids = np.array(["a", "a", "b", "c", "c", "c", "d", "e"])
+    similarity = rng.integers(0, 4, (8, 8)).astype(float)
+    positives = retrieval_positives(8, study_ids=study_ids)
+    for matrix in (similarity, similarity.T):
+        got = recall_at_k(matrix, positives, [1, 2, 3])
+        for k in (1, 2, 3):
+            assert got[f"R@{k}"] == pytest.approx(naive_grouped_recall(matrix, study_ids, k))
+    with pytest.raises(ValueError, match="study_ids"):
+        retrieval_positives(8, study_ids=study_ids[:3])
+
+
+def test_a_perfect_model_scores_one_on_a_study_with_two_images(caplog):
+    # two frontal images of one study share its report: their rows hold identical report embeddings
+    report_embeds = np.eye(3)[[0, 0, 1, 2]]
+    image_embeds = report_embeds.copy()  # a perfect model: each image sits on its report
+    ungrouped = retrieval_metrics(image_embeds, report_embeds, [1])
+    assert ungrouped["paired"]["image_to_report"]["R@1"] == 0.5  # the tie with the other row counts against it
+    with caplog.at_level("WARNING"):
+        grouped = retrieval_metrics(image_embeds, report_embeds, [1, 4, 10], study_ids=np.array(["s", "s", "t", "u"]))
+    assert grouped["paired"]["image_to_report"]["R@1"] == 1.0
+    assert grouped["paired"]["report_to_image"]["R@1"] == 1.0
+    assert "Recall@4,10 covers the whole gallery of 4 items" in caplog.text
+    assert ks_covering_gallery([1, 4, 10], 4) == [4, 10]

@@ -314,3 +314,19 @@ def test_a_bad_prompts_file_is_named(tmp_path):
     assert zero_shot.read_prompts_file(str(good)) == {
         "left_effusion": {"positive": ["left effusion"], "negative": ["no effusion"]}
     }
+
+
+def test_chexpert_class_names_get_the_radiology_prompt_sets_whatever_their_spelling():
+    from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS
+
+    names = list(CHEXPERT_CLASS_PROMPTS)
+    assert len(names) == 14
+    prompts = zero_shot.class_prompts(names)
+    assert prompts == {name: CHEXPERT_CLASS_PROMPTS[name] for name in names}
+    assert zero_shot.class_prompts(["no_finding"])["no_finding"] == CHEXPERT_CLASS_PROMPTS["No Finding"]
+    for pair in prompts.values():
+        assert not set(pair["positive"]) & set(pair["negative"])
+    generic = zero_shot.class_prompts(["support hardware"])
+    texts = [text for pair in [*prompts.values(), *generic.values()] for texts in pair.values() for text in texts]
+    assert not any(text.startswith(("no no ", "small no", "large no")) for text in texts)
+    assert not any(text.startswith(("small ", "large ")) for text in generic["support hardware"]["positive"])

@@ -772,6 +772,8 @@ def _log_filtered(dataset_name: str, filtered: Counter) -> None:
 
 MIMIC_CXR_SPLITS = {"train": "train", "validate": "validation", "test": "test"}
 FRONTAL_VIEWS = ("PA", "AP")
+# Lateral projections are left out by design (logged); any other ViewPosition, blank included, is a skip.
+LATERAL_VIEWS = ("LATERAL", "LL", "RL", "XTABLE LATERAL")
 
 
 @dataclass
@@ -786,6 +788,9 @@ class MimicCxrArguments(PrepareArguments):
         uncertain_ones (`str`, *optional*, defaults to `""`):
             Comma-separated observations whose uncertain (-1) labels count as positive; the others count
             as negative.
+        keep_missing_view_position (`bool`, *optional*, defaults to `False`):
+            Keep images whose `ViewPosition` is blank (most are frontal radiographs without the DICOM tag);
+            by default they are skipped (`missing_view_position` in skipped.csv).
     """
 
     report_dir: str | None = field(
@@ -794,6 +799,10 @@ class MimicCxrArguments(PrepareArguments):
     uncertain_ones: str = field(
         default="",
         metadata={"help": "Comma-separated observations whose uncertain (-1) labels count as positive (others: 0)."},
+    )
+    keep_missing_view_position: bool = field(
+        default=False,
+        metadata={"help": "Keep images with a blank ViewPosition (skipped as missing_view_position by default)."},
     )
 
     def __post_init__(self):
@@ -834,8 +843,8 @@ def build_mimic_cxr_records(args: MimicCxrArguments, skip_log: SkipLog) -> dict[
     filtered, studies_without_labels = Counter(), set()
     for row in iter_rows(metadata):
         dicom_id, subject_id, study_id, view = (row[column] for column in metadata_columns)
-        if view not in FRONTAL_VIEWS:
-            filtered[f"view_{view or 'missing'}"] += 1
+        if view in LATERAL_VIEWS:
+            filtered[f"view_{view}"] += 1
             continue
         if dicom_id not in split_of:
             skip_log.add("missing_split", dicom_id, detail=f"not in {split_path.name}")
@@ -843,6 +852,12 @@ def build_mimic_cxr_records(args: MimicCxrArguments, skip_log: SkipLog) -> dict[
         split = MIMIC_CXR_SPLITS.get(split_of[dicom_id])
         if split is None:
             skip_log.add("unknown_split", dicom_id, detail=f"split={split_of[dicom_id]!r}")
+            continue
+        if not view.strip() and not args.keep_missing_view_position:
+            skip_log.add("missing_view_position", dicom_id, split, "blank ViewPosition (--keep_missing_view_position)")
+            continue
+        if view.strip() and view not in FRONTAL_VIEWS:
+            skip_log.add("other_view_position", dicom_id, split, f"ViewPosition={view!r}")
             continue
         if (subject_id, study_id) in label_errors:
             skip_log.add("unknown_label", dicom_id, split, label_errors[subject_id, study_id])
@@ -933,11 +948,13 @@ def prepare_mimic_cxr(args: MimicCxrArguments) -> DatasetDict:
         metadata={
             "task": "pretraining",
             "class_names": list(CHEXPERT_OBSERVATIONS),
-            "split_rule": "official mimic-cxr-2.0.0-split.csv (validate -> validation); frontal (PA/AP) views only",
+            "split_rule": "official mimic-cxr-2.0.0-split.csv (validate -> validation); frontal (PA/AP) views only"
+            + ("; blank ViewPosition kept" if args.keep_missing_view_position else ""),
             "label_policy": f"CheXpert labeler: 1 -> 1; 0, blank -> 0; -1 -> 1 for {uncertain}, else 0; "
             "studies without a labeler row -> all 0",
             "report_rule": "processing_sista.clean_report: findings + impression, impression alone when findings "
-            "are missing, whole cleaned text without sections; empty reports skipped",
+            "are missing, the cleaned body (no exam title, indication, history, comparison, technique) without "
+            "sections; empty reports skipped",
             "label_fraction_rule": LABEL_FRACTION_RULE,
         },
     )

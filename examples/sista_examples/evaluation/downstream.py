@@ -7,6 +7,7 @@ preprocessing, the augmentation built from the arguments, the test-split predict
 """
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +175,30 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
     test = dataset[data_args.test_split]
     if data_args.max_test_samples is not None:
         test = test.select(range(min(data_args.max_test_samples, len(test))))
-    logger.info(f"{task}: {len(train)} training rows ({data_args.label_fraction:g} of {data_args.train_split}), "
+    used_fraction = used_label_fraction(len(train), len(dataset[data_args.train_split]), data_args)
+    logger.info(f"{task}: {len(train)} training rows ({used_fraction:g} of {data_args.train_split}), "
                 f"{len(test)} test rows.")
     return train, test
+
+
+def used_label_fraction(num_selected: int, num_rows: int, data_args: DataArguments) -> float:
+    """
+    The fraction of the training split actually trained on. When `--min_train_samples` raised the subset above
+    `ceil(label_fraction * rows)`, `data_args.label_fraction` becomes that fraction (with a warning), so logs, tables
+    and results files all state the one used; `requested_label_fraction` keeps the one asked for.
+    """
+    requested = data_args.label_fraction
+    data_args.requested_label_fraction = requested
+    if num_selected <= math.ceil(requested * num_rows):
+        return requested
+    used = num_selected / num_rows
+    logger.warning(
+        f"--label_fraction {requested:g} of {num_rows} rows is {math.ceil(requested * num_rows)} row(s); "
+        f"--min_train_samples {data_args.min_train_samples} raised it to {num_selected}: the fraction used is "
+        f"{used:.4g}."
+    )
+    data_args.label_fraction = used
+    return used
 
 
 def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str = "class_names") -> list[str]:
@@ -377,6 +399,7 @@ def run_description(
         "freeze_encoder": model_args.freeze_encoder,
         "dataset_dir": data_args.dataset_dir,
         "label_fraction": data_args.label_fraction,
+        "requested_label_fraction": getattr(data_args, "requested_label_fraction", data_args.label_fraction),
         "num_train_samples": num_train,
         "num_test_samples": num_test,
     }

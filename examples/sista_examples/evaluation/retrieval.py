@@ -2,20 +2,34 @@
 """
 The one retrieval rule of the project: Recall@K from a similarity matrix and a matrix of hits, where a hit tied with
 a non-hit ranks after it (ties count against the query, so a collapsed model that scores everything alike gets no
-credit). The retrieval evaluation and pre-training's end-of-run check both use it.
+credit). Items of one study (several images sharing one report) are hits for each other. The retrieval evaluation
+and pre-training's end-of-run check both use it.
 """
+
+import logging
 
 import numpy as np
 from scipy.special import gammaln
 
 
-def retrieval_positives(num_items: int, labels: np.ndarray | None = None) -> np.ndarray:
+logger = logging.getLogger(__name__)
+
+
+def retrieval_positives(
+    num_items: int, labels: np.ndarray | None = None, study_ids: np.ndarray | None = None
+) -> np.ndarray:
     """
     `(num_items, num_items)` boolean matrix of hits for paired queries and galleries: the diagonal (each query's own
-    pair), plus, when `labels` is given, every pair of items with identical label vectors. Symmetric, so it serves
-    both directions.
+    pair); with `study_ids`, every item of the query's study (two frontal images of one study share its report, so
+    either image retrieving that report is a hit); with `labels`, every pair of items with identical label vectors.
+    Symmetric, so it serves both directions.
     """
     positives = np.eye(num_items, dtype=bool)
+    if study_ids is not None:
+        study_ids = np.asarray(study_ids)
+        if study_ids.shape != (num_items,):
+            raise ValueError(f"`study_ids` must hold {num_items} ids, got shape {study_ids.shape}.")
+        positives |= study_ids[:, None] == study_ids[None, :]
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape[0] != num_items:
@@ -41,6 +55,11 @@ def first_hit_ranks(similarity: np.ndarray, positives: np.ndarray) -> np.ndarray
     best_hit = np.where(positives, similarity, -np.inf).max(axis=1, keepdims=True)
     rank = ((similarity >= best_hit) & ~positives).sum(axis=1)
     return np.where(positives.any(axis=1), rank, np.inf)
+
+
+def ks_covering_gallery(ks: list[int], gallery_size: int) -> list[int]:
+    """The K of `ks` at or above `gallery_size`: their Recall@K is 1 for any model (every query has a hit)."""
+    return [k for k in ks if k >= gallery_size]
 
 
 def recall_at_k(similarity: np.ndarray, positives: np.ndarray, ks: list[int]) -> dict[str, float]:
@@ -78,16 +97,28 @@ def chance_recall_at_k(positives: np.ndarray, ks: list[int]) -> dict[str, float]
 
 
 def retrieval_metrics(
-    image_embeds: np.ndarray, text_embeds: np.ndarray, ks: list[int], labels: np.ndarray | None = None
+    image_embeds: np.ndarray,
+    text_embeds: np.ndarray,
+    ks: list[int],
+    labels: np.ndarray | None = None,
+    study_ids: np.ndarray | None = None,
 ) -> dict:
     """
-    Recall@K image→report and report→image, paired and (with `labels`) semantic, from normalised embeddings, each
-    view with the `chance` Recall@K of a random ranking (the same both ways: the hit matrix is symmetric).
+    Recall@K image→report and report→image, paired (grouped by `study_ids` when given) and (with `labels`)
+    semantic, from normalised embeddings, each view with the `chance` Recall@K of a random ranking. A K at or above
+    the gallery size is logged: its recall is 1 by construction.
     """
     similarity = np.asarray(image_embeds) @ np.asarray(text_embeds).T
-    views = {"paired": retrieval_positives(len(similarity))}
+    covering = ks_covering_gallery(ks, len(similarity))
+    if covering:
+        logger.warning(
+            "Recall@%s covers the whole gallery of %d items: it is 1.0 for any model.",
+            ",".join(map(str, covering)),
+            len(similarity),
+        )
+    views = {"paired": retrieval_positives(len(similarity), study_ids=study_ids)}
     if labels is not None:
-        views["semantic"] = retrieval_positives(len(similarity), labels)
+        views["semantic"] = retrieval_positives(len(similarity), labels, study_ids)
     return {
         view: {
             "image_to_report": recall_at_k(similarity, positives, ks),

@@ -26,6 +26,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..data.metadata import read_dataset_metadata
 from ..evaluation.checkpoints import read_sista_config, read_training_image_size
 
 
@@ -112,6 +113,41 @@ PIPELINE_TAGS = {
     "SistaForObjectDetection": "object-detection",
 }
 
+SYNTHETIC_DATASET = "synthcxr"
+
+
+@dataclass(frozen=True)
+class DataTerms:
+    """The use terms of a dataset whose derived weights fall under them."""
+
+    title: str
+    license_name: str
+    license_link: str
+    terms: str
+    credentialed: bool
+
+
+# Datasets (by their prepared name, sista_dataset.json's "dataset") whose use agreement reaches derived weights.
+RESTRICTED_DATA = {
+    "mimic_cxr": DataTerms(
+        "MIMIC-CXR",
+        "physionet-credentialed-health-data-license-1.5.0",
+        "https://physionet.org/content/mimic-cxr-jpg/view-license/2.1.0/",
+        "PhysioNet Credentialed Health Data License 1.5.0 and Data Use Agreement: credentialed data, for "
+        "credentialed users who completed the required training and signed the agreement; no re-identification, "
+        "no sharing with anyone who has not",
+        True,
+    ),
+    "chexpert": DataTerms(
+        "CheXpert",
+        "stanford-chexpert-research-use-agreement",
+        "https://stanfordmlgroup.github.io/competitions/chexpert/",
+        "Stanford University School of Medicine CheXpert Dataset Research Use Agreement: personal, "
+        "non-commercial research use",
+        False,
+    ),
+}
+
 # Keys of a results file that describe the run rather than measure it.
 DESCRIPTIVE_KEYS = {
     "task",
@@ -141,6 +177,8 @@ DESCRIPTIVE_KEYS = {
     "source",
     "seed",
     "label_fraction",
+    "requested_label_fraction",
+    "ks_covering_gallery",
     "skipped",
     "date",
     "version",
@@ -331,7 +369,7 @@ def describe_dataset(entry: Mapping[str, Any]) -> tuple[str, str, str | None]:
     if not name:
         logger.warning("A result has no `dataset`: it is written as 'unspecified' (add `dataset` to the JSON).")
         name = "unspecified"
-    name = str(name)
+    name = plain_dataset_name(str(name))
     if dataset_type is None:
         # a local path says where the data was, not what it was: keep its last component for the type
         dataset_type = slug(Path(name).name if os.sep in name or "/" in name else name)
@@ -432,9 +470,10 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[list[TaskResult], 
             command, reconstructed = command_of(entry, task)
             details = {
                 key: entry[key]
-                for key in ("label_fraction", "freeze_encoder", "num_images", "num_pairs", "model")
+                for key in ("label_fraction", "freeze_encoder", "num_images", "num_pairs", "model", "dataset_dir",
+                            "encoder")
                 if key in entry
-            }
+            }  # fmt: skip
             results.append(
                 TaskResult(
                     task, metrics, name, dataset_type, split, command, reconstructed, display_path(path), details
@@ -556,6 +595,57 @@ def head_rows(config: Mapping[str, Any], architecture: str) -> list[tuple[str, A
     return rows
 
 
+def plain_dataset_name(name: str) -> str:
+    """
+    A dataset name fit for a card: a prepared dataset folder gives the name in its `sista_dataset.json`, another
+    local path its last component; a Hub id or a plain name is kept.
+    """
+    path = Path(name)
+    if path.is_dir():
+        return str((read_dataset_metadata(path) or {}).get("dataset") or path.resolve().name)
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name):
+        return path.name
+    return name
+
+
+def parse_dataset_names(entries: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """
+    `--datasets` entries: `NAME` (a Hub id or a plain name for the card) or `LOCAL=NAME` (the name that replaces
+    the dataset a result or the training read, given by its folder or prepared name). Returns the names and the
+    renaming.
+    """
+    names, renaming = [], {}
+    for entry in entries or []:
+        local, _, name = entry.rpartition("=")
+        if not name.strip() or (local and not local.strip()):
+            raise ValueError(f"--datasets entries are NAME or LOCAL=NAME, got {entry!r}.")
+        if plain_dataset_name(name) != name:
+            raise ValueError(f"--datasets names a dataset by a Hub id or a plain name, not a local path; got {name!r}.")
+        names.append(name)
+        if local:
+            renaming[local] = renaming[plain_dataset_name(local)] = name
+    return names, renaming
+
+
+def training_datasets(run_dir: Path, training_arguments: Mapping[str, Any], results: Sequence) -> list[str]:
+    """
+    Plain names of the data the weights were trained on: the pre-training `dataset_path`, or a head's fine-tuning
+    `dataset_dir` plus the data of the SISTA encoder it started from (when that folder is here to read).
+    """
+    folders = [training_arguments.get("dataset_path")]
+    for result in results:
+        folders += [result.details.get("dataset_dir")]
+        encoder = result.details.get("encoder")
+        if encoder and encoder != "scratch" and Path(str(encoder)).is_dir():
+            encoder_arguments = load_training_arguments(Path(str(encoder)))
+            folders.append(encoder_arguments.get("dataset_path"))
+    names = []
+    for folder in folders:
+        if folder and plain_dataset_name(str(folder)) not in names:
+            names.append(plain_dataset_name(str(folder)))
+    return names
+
+
 def is_hub_id(name: Any) -> bool:
     return (
         isinstance(name, str)
@@ -597,7 +687,7 @@ def build_model_card(
     revision: str | None = None,
     run_dir: str | os.PathLike | None = None,
     base_model: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     datasets: Sequence[str] | None = None,
     model_name: str | None = None,
 ) -> ModelCard:
@@ -612,7 +702,15 @@ def build_model_card(
         run_dir: where the Trainer wrote `training_args.bin`/`trainer_state.json` (defaults to `model_dir`).
         base_model: the Hub id this model was trained from (a head: the pre-trained SISTA). Defaults to the
             backbones' Hub ids recorded by the run, for the pre-trained model; local paths are never written.
-        license, datasets, model_name: card metadata; `datasets` defaults to the datasets of the results.
+        license: the weights' licence. `None`: apache-2.0, or, for weights trained on data under a use agreement
+            (MIMIC-CXR, CheXpert: `RESTRICTED_DATA`), `other` with that agreement's name and link.
+        datasets: names for the card, never local paths (see [`parse_dataset_names`]): `NAME` entries are the
+            card's datasets, `LOCAL=NAME` entries rename the datasets that results and training read. Default: the
+            results' datasets, by their plain names.
+        model_name: the card's title.
+
+    The card's limitations follow the data: the synthetic-data caveat for SynthCXR, the real-data caveats for
+    real datasets, and the use terms of every restricted dataset the weights derive from.
     """
     model_dir = Path(model_dir)
     run_dir = Path(run_dir) if run_dir is not None else model_dir
@@ -652,11 +750,27 @@ def build_model_card(
     elif base_model is None and is_hub_id(config.get("_name_or_path")):
         base_model = config["_name_or_path"]
 
-    dataset_names = list(datasets) if datasets else sorted({result.dataset_name for result in task_results})
+    given_names, renaming = parse_dataset_names(datasets)
+    for result in task_results:
+        result.dataset_name = renaming.get(result.dataset_name, result.dataset_name)
+        if result.dataset_name in renaming.values() and is_hub_id(result.dataset_name):
+            result.dataset_type = result.dataset_name
+    dataset_names = given_names or sorted({result.dataset_name for result in task_results})
+    trained_on = training_datasets(run_dir, training_arguments, task_results)
+    evaluated_on = {name for result in task_results for name in (result.dataset_type, result.dataset_name)}
+    data_used = set(trained_on) | evaluated_on
+    synthetic = any(SYNTHETIC_DATASET in slug(name) for name in data_used)
+    restricted = [terms for name, terms in RESTRICTED_DATA.items() if name in trained_on]
+    if license is None:
+        license = "other" if restricted else DEFAULT_LICENSE
+    license_terms = {}
+    if license == "other" and restricted:
+        license_terms = {"license_name": restricted[0].license_name, "license_link": restricted[0].license_link}
     metric_types = sorted({metric_type(name) for result in task_results for name in result.metrics})
     tags = BASE_TAGS + [tag for tag in (pipeline_tag, "zero-shot-classification" if not is_head else None) if tag]
     card_data = ModelCardData(
         license=license,
+        **license_terms,
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         tags=tags,
@@ -691,6 +805,11 @@ def build_model_card(
         results_by_task={task: {"info": TASKS[task], "results": entries} for task, entries in results_by_task.items()},
         format_value=format_value,
         arxiv_id=ARXIV_ID,
+        license_terms=license_terms,
+        training_datasets=[renaming.get(name, name) for name in trained_on],
+        synthetic_data=synthetic,
+        real_data=any(SYNTHETIC_DATASET not in slug(name) for name in trained_on) or not synthetic,
+        restricted_data=restricted,
     )
     return card
 
@@ -707,13 +826,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo_id", default=None)
     parser.add_argument("--revision", default=None, help="branch, tag or commit the usage code pins")
     parser.add_argument("--base_model", default=None, help="Hub id of the model this one was trained from")
-    parser.add_argument("--license", default=DEFAULT_LICENSE)
+    parser.add_argument(
+        "--license", default=None, help="default: apache-2.0, or the data's terms for weights from restricted data"
+    )
+    parser.add_argument("--datasets", nargs="*", default=None, help="NAME or LOCAL=NAME (Hub id or plain name)")
     parser.add_argument("--output", default=None, help="where to write the card (default: stdout)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s - %(message)s", level=logging.INFO)
     try:
         card = build_model_card(
-            args.model_dir, args.results, args.repo_id, args.revision, args.run_dir, args.base_model, args.license
+            args.model_dir, args.results, args.repo_id, args.revision, args.run_dir, args.base_model, args.license,
+            args.datasets,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.checkpoints import read_sista_config as read_checkpoint_config
-from .model_card import DEFAULT_LICENSE, PIPELINE_TAGS, build_model_card
+from .model_card import PIPELINE_TAGS, build_model_card
 
 
 logger = logging.getLogger(__name__)
@@ -164,8 +164,9 @@ def prepare_release_folder(
     repo_id: str | None = None,
     revision: str | None = None,
     base_model: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     overwrite: bool = False,
+    datasets: Sequence[str] | None = None,
 ) -> Path:
     r"""
     Builds exactly the folder that [`push_sista_to_hub`] uploads; nothing touches the network.
@@ -180,7 +181,8 @@ def prepare_release_folder(
         run_dir: where the Trainer wrote `training_args.bin` / `trainer_state.json` (defaults to `model_dir`).
         repo_id, revision: written into the card's usage code; `revision` should be a tag or commit to pin.
         base_model: the Hub id this model was trained from (for a head, the pre-trained SISTA release).
-        license: the card's licence identifier.
+        license: the card's licence identifier (`None`: apache-2.0, or the terms of restricted training data).
+        datasets: the card's dataset names, `NAME` or `LOCAL=NAME` (see `sista_examples.hub.model_card`).
 
     Returns:
         `Path` of the built folder.
@@ -246,6 +248,7 @@ def prepare_release_folder(
         run_dir=run_dir,
         base_model=base_model,
         license=license,
+        datasets=datasets,
     )
     card.save(output_dir / "README.md")
     logger.info("Release folder %s: %s", output_dir, ", ".join(sorted(path.name for path in output_dir.iterdir())))
@@ -341,8 +344,9 @@ def push_sista_to_hub(
     run_dir: str | os.PathLike | None = None,
     base_model: str | None = None,
     tag: str | None = None,
-    license: str = DEFAULT_LICENSE,
+    license: str | None = None,
     check: bool = True,
+    datasets: Sequence[str] | None = None,
 ):
     r"""
     Uploads a SISTA model (pre-trained or a task head) with its processor, code and model card in one commit.
@@ -358,7 +362,7 @@ def push_sista_to_hub(
         token: defaults to the logged-in token (`hf auth login` or `HF_TOKEN`).
         card_results: results JSON files or folders for the card (see [`prepare_release_folder`]).
         processor: a `SistaProcessor` to save with a model object.
-        processor_dir, run_dir, base_model, license: see [`prepare_release_folder`].
+        processor_dir, run_dir, base_model, license, datasets: see [`prepare_release_folder`].
         tag: tag created on the new commit; the card's usage code pins it (else `revision`, else "main").
         check: load the folder in a clean interpreter before uploading ([`check_release_folder`]).
 
@@ -386,6 +390,7 @@ def push_sista_to_hub(
             revision=tag or revision,
             base_model=base_model,
             license=license,
+            datasets=datasets,
         )
         if check:
             summary = check_release_folder(staging)

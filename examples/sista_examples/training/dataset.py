@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .augmentation import XRayAugmentation
+from .collator import SECTION_COLUMNS
 
 
 class PretrainingDataset(torch.utils.data.Dataset):
@@ -19,7 +20,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
     checkpoint (a global RNG would be restored one prefetched batch late). The `Trainer`'s dataloader calls
     `set_epoch` before each epoch.
 
-    Items are dicts with `pixel_values` (a float tensor), `report` and, when present, `report_embeds`.
+    Items are dicts with `pixel_values` (a float tensor), `report` and, when present, `report_embeds` and the
+    report's `findings` and `impression` texts.
     """
 
     def __init__(
@@ -35,8 +37,16 @@ class PretrainingDataset(torch.utils.data.Dataset):
         columns = [image_column, report_column]
         if report_embeds_column and report_embeds_column in dataset.column_names:
             columns.append(report_embeds_column)
+        # a prepared dataset's report sections as text let the collator truncate the findings, not the impression
+        self.section_columns = [
+            name
+            for name in SECTION_COLUMNS
+            if getattr(dataset.features.get(name), "dtype", None) in ("string", "large_string")
+        ]
+        if len(self.section_columns) < len(SECTION_COLUMNS):
+            self.section_columns = []
         # only these columns are decoded: masks and metadata stay out of the loader
-        self.dataset = dataset.select_columns(columns)
+        self.dataset = dataset.select_columns(columns + self.section_columns)
         self.image_processor = image_processor
         self.augmentation = augmentation
         self.seed = seed
@@ -70,5 +80,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             feature = {"pixel_values": image, "report": batch[self.report_column][position]}
             if self.report_embeds_column is not None:
                 feature["report_embeds"] = batch[self.report_embeds_column][position]
+            for name in self.section_columns:
+                feature[name] = batch[name][position]
             features.append(feature)
         return features

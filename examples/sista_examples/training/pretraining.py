@@ -54,6 +54,9 @@ OBJECTIVES = ("clip", "sia", "sta", "sista")
 # sia_threshold above 1 flags no false negative: SIA reduces exactly to the CLIP loss
 NO_FALSE_NEGATIVES = 2.0
 REQUIRED_COLUMNS = ("image", "report")
+# The split pre-training reads when --train_split is not given: SynthCXR's own, else a prepared dataset's.
+PRETRAINING_SPLITS = ("pretrain", "train")
+DEFAULT_EVAL_SPLIT = "validation"
 
 
 @dataclass
@@ -136,8 +139,16 @@ class DataArguments(SynthCXRGenerationArguments):
                           "columns. If the path does not exist, SynthCXR is generated there only at the default "
                           "path or with --generate_synthcxr; any other missing path is an error."},
     )
-    train_split: str = field(default="pretrain", metadata={"help": "Split of a DatasetDict to pre-train on."})
-    eval_split: str | None = field(default="validation", metadata={"help": "Split evaluated with --do_eval."})
+    train_split: str | None = field(
+        default=None,
+        metadata={"help": f"Split to pre-train on. Default: the dataset's pre-training split, the first of "
+                          f"{PRETRAINING_SPLITS} it has (SynthCXR: pretrain; a prepared MIMIC-CXR: train)."},
+    )
+    eval_split: str | None = field(
+        default=None,
+        metadata={"help": f"Split evaluated at the end (losses and retrieval; off with --do_eval False). Default: "
+                          f"{DEFAULT_EVAL_SPLIT!r} when the dataset has it."},
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation samples."})
     report_encoder: str = field(
@@ -177,8 +188,32 @@ def load_or_generate_dataset(data_args: DataArguments, image_size: int, training
         data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
     )
     if not isinstance(dataset, DatasetDict):
-        dataset = DatasetDict({data_args.train_split: dataset})
+        dataset = DatasetDict({data_args.train_split or PRETRAINING_SPLITS[-1]: dataset})
     return dataset
+
+
+def resolve_splits(dataset: DatasetDict, data_args: DataArguments, do_eval: bool) -> tuple[str, str | None]:
+    """
+    The training and evaluation split names: those given, else the dataset's pre-training split (the first of
+    `PRETRAINING_SPLITS` it has) and its `validation` split when it has one (no evaluation otherwise).
+    """
+    train_split = data_args.train_split
+    if train_split is None:
+        train_split = next((name for name in PRETRAINING_SPLITS if name in dataset), None)
+        if train_split is None:
+            raise ValueError(
+                f"--train_split: {data_args.dataset_path} has none of the pre-training splits {PRETRAINING_SPLITS}; "
+                f"it has {list(dataset)}. Pass --train_split with one of them."
+            )
+    eval_split = data_args.eval_split if do_eval else None
+    if do_eval and eval_split is None and DEFAULT_EVAL_SPLIT in dataset:
+        eval_split = DEFAULT_EVAL_SPLIT
+    origin = "given" if data_args.train_split else "found"
+    logger.info(
+        f"Pre-training on split {train_split!r} of {data_args.dataset_path} ({origin}); "
+        + (f"evaluating on {eval_split!r}." if eval_split else "no evaluation split (none given or found).")
+    )
+    return train_split, eval_split
 
 
 def select_split(dataset: DatasetDict, split: str, max_samples: int | None, dataset_path: str):
@@ -337,6 +372,13 @@ def ensure_report_embeds(splits: DatasetDict, data_args: DataArguments, training
     """Adds the frozen report-similarity embeddings SIA needs, one encoder for all `splits` (cached by `datasets`)."""
     if all("report_embeds" in split.column_names for split in splits.values()):
         return splits
+    # one encoder for every split: embeddings that only some splits carry are recomputed with the others
+    splits = DatasetDict(
+        {
+            name: split.remove_columns("report_embeds") if "report_embeds" in split.column_names else split
+            for name, split in splits.items()
+        }
+    )
     with training_args.main_process_first(desc="report embeddings"):
         logger.info(f"Computing report_embeds of {list(splits)} with the {data_args.report_encoder!r} encoder.")
         return add_report_embeddings(splits, encoder=data_args.report_encoder, seed=training_args.seed)
@@ -354,7 +396,7 @@ def save_loss_curve(log_history: list[dict], path: Path) -> None:
         points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
         if points:
             steps, values = zip(*points)
-            axis.plot(steps, values, marker="o" if key == "eval_loss" else None, markersize=3, label=key)
+            axis.plot(steps, values, marker="o", markersize=3, label=key)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
     axis.set_title("SISTA pre-training")
@@ -367,10 +409,16 @@ def save_loss_curve(log_history: list[dict], path: Path) -> None:
 
 @torch.no_grad()
 def retrieval_sanity(
-    model: SistaModel, dataset, collator, labels: list[list[int]] | None = None, batch_size: int = 64
+    model: SistaModel,
+    dataset,
+    collator,
+    labels: list[list[int]] | None = None,
+    batch_size: int = 64,
+    study_ids: list[str] | None = None,
 ) -> dict[str, float]:
-    """Image-to-report top-1 on `dataset`: the exact pair and, given multi-hot `labels`, a report with the same
-    labels (near-identical reports count as hits), beside the chance rate of the latter."""
+    """Image-to-report top-1 on `dataset`: the exact pair (any report of the image's study, given `study_ids`) and,
+    given multi-hot `labels`, a report with the same labels (near-identical reports count as hits), beside the
+    chance rate of the latter."""
     model.eval()
     image_embeds, text_embeds = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
@@ -385,9 +433,11 @@ def retrieval_sanity(
         text_embeds.append(outputs.text_embeds.float().cpu())
     similarity = (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).numpy()
     # the evaluation's retrieval rule: a hit tied with a non-hit ranks after it
-    results = {"retrieval_exact_top1": recall_at_k(similarity, retrieval_positives(len(similarity)), [1])["R@1"]}
+    study_ids = None if study_ids is None else np.asarray(study_ids)
+    paired = retrieval_positives(len(similarity), study_ids=study_ids)
+    results = {"retrieval_exact_top1": recall_at_k(similarity, paired, [1])["R@1"]}
     if labels is not None:
-        same = retrieval_positives(len(similarity), np.asarray(labels))
+        same = retrieval_positives(len(similarity), np.asarray(labels), study_ids)
         results["retrieval_same_labels_top1"] = recall_at_k(similarity, same, [1])["R@1"]
         results["retrieval_same_labels_chance"] = float(same.mean())
     return results

@@ -8,11 +8,12 @@ checkpoint to resume from.
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from .gradient_cache import gradient_cache_backward
@@ -29,11 +30,17 @@ class SistaTrainingArguments(TrainingArguments):
     * `remove_unused_columns=False`: the dataset yields `report` text for the collator, not model inputs;
     * `ddp_find_unused_parameters=False`: every parameter gets a gradient (the backbones have no pooler);
     * `dataloader_drop_last=True`: global-batch SIA needs the same batch size on every process;
-    * `do_train=True`, `report_to="tensorboard"`, `logging_steps=10`, `save_strategy="steps"`.
+    * `do_train=True`, `do_eval=True` (the end-of-run evaluation, when the data has an evaluation split),
+      `report_to="tensorboard"`, `logging_steps=10` (fewer on short runs, see [`DenseLoggingCallback`]),
+      `save_strategy="steps"`;
+    * `overwrite_output_dir`, the transformers convention that transformers 5 dropped: see [`prepare_output_dir`].
     """
 
     do_train: bool = field(
         default=True, metadata={"help": "Pre-train (the point of the script); False to only evaluate."}
+    )
+    do_eval: bool = field(
+        default=True, metadata={"help": "Evaluate losses and retrieval at the end on the evaluation split, if any."}
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep False: the collator needs the `report` text."}
@@ -51,6 +58,11 @@ class SistaTrainingArguments(TrainingArguments):
     )
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation reports the losses; gathering every output would cost memory."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a previous run in output_dir (its checkpoints, logs and results are deleted); "
+                          "without it such a folder is refused unless --resume_from_checkpoint continues that run."},
     )
     gradient_cache_chunk_size: int | None = field(
         default=None,
@@ -99,6 +111,24 @@ class CheckpointTrainer(Trainer):
         self._load_through_from_pretrained(self.state.best_model_checkpoint)
 
 
+class DenseLoggingCallback(TrainerCallback):
+    """
+    Logs often enough that a short run still draws a curve: at least `min_points` logs (every step when the run
+    has fewer steps), whatever `logging_steps` says.
+    """
+
+    def __init__(self, min_points: int = 20):
+        self.min_points = min_points
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        dense = max(1, state.max_steps // self.min_points)
+        if state.logging_steps > dense:
+            logger.info(
+                f"Logging every {dense} step(s) instead of {state.logging_steps}: the run has {state.max_steps}."
+            )
+            state.logging_steps = dense
+
+
 class SistaTrainer(CheckpointTrainer):
     r"""
     `Trainer` for [`SistaModel`] pre-training: the loss is the model's (`return_loss=True`), and `loss_sia` and
@@ -112,6 +142,7 @@ class SistaTrainer(CheckpointTrainer):
         # SistaModel.forward takes **kwargs, so Trainer would assume a token-count loss and multiply by world size
         self.model_accepts_loss_kwargs = False
         self._component_sums = {True: torch.zeros(3, dtype=torch.float64), False: torch.zeros(3, dtype=torch.float64)}
+        self.add_callback(DenseLoggingCallback())
         if self.args.gradient_cache_chunk_size is not None and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError(
                 "`gradient_cache_chunk_size` supports single-process and DDP training, not FSDP/DeepSpeed."
@@ -207,6 +238,39 @@ def differing_size_fields(saved: dict, current: dict) -> list[tuple[str, object,
         key for key in saved.keys() | current.keys() if is_size_field(saved.get(key)) or is_size_field(current.get(key))
     )
     return [(key, saved.get(key), current.get(key)) for key in keys if saved.get(key) != current.get(key)]
+
+
+# What a finished or interrupted run leaves in its output folder.
+PREVIOUS_RUN_FILES = ("trainer_state.json", "training_args.bin", "model.safetensors", "all_results.json")
+
+
+def prepare_output_dir(output_dir: str, overwrite_output_dir: bool, resume_from_checkpoint: str | None) -> None:
+    r"""
+    Refuses to train into a folder that holds a previous run, so that its checkpoints never sit beside the new
+    run's: `overwrite_output_dir` deletes the old `checkpoint-*` folders, TensorBoard logs (`runs/`), results and
+    loss curve first (the model files are replaced by the new run's), and `resume_from_checkpoint` continues the
+    run (the folder is kept).
+    """
+    path = Path(output_dir)
+    if resume_from_checkpoint is not None or not path.is_dir():
+        return
+    previous = sorted(item.name for item in path.glob("checkpoint-*")) + [
+        name for name in PREVIOUS_RUN_FILES if (path / name).exists()
+    ]
+    if not previous:
+        return
+    if not overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {output_dir} holds a previous run ({', '.join(previous[:4])}"
+            f"{' ...' if len(previous) > 4 else ''}): pass --overwrite_output_dir to replace it, or "
+            "--resume_from_checkpoint last to continue it."
+        )
+    logger.warning(f"--overwrite_output_dir: deleting the previous run in {output_dir} ({', '.join(previous[:4])}).")
+    for folder in [*path.glob("checkpoint-*"), path / "runs"]:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    for file in [*path.glob("*_results.json"), path / "loss_curve.png", *(path / name for name in PREVIOUS_RUN_FILES)]:
+        file.unlink(missing_ok=True)
 
 
 def check_checkpoint_matches(model: torch.nn.Module, checkpoint_dir: str | os.PathLike) -> None:
