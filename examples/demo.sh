@@ -24,7 +24,7 @@ python examples/pretrain.py \
     --synthcxr_num_pretrain "$NUM_PRETRAIN" --synthcxr_num_validation 500 \
     --synthcxr_num_train 500 --synthcxr_num_test 500 --synthcxr_seed 42 --preprocessing_num_workers 2 \
     --model_preset small --image_size 128 --objective sista --text_pooling mean \
-    --output_dir "$OUTPUT_DIR" \
+    --output_dir "$OUTPUT_DIR" --overwrite_output_dir \
     --max_steps "$MAX_STEPS" --per_device_train_batch_size 32 --per_device_eval_batch_size 32 \
     --learning_rate 1e-3 --warmup_steps 20 --weight_decay 0.05 --lr_scheduler_type cosine --max_grad_norm 1.0 \
     --logging_steps 10 --eval_strategy no --save_strategy no --do_eval \
