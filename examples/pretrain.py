@@ -29,7 +29,6 @@ from pathlib import Path
 
 import datasets
 import transformers
-from datasets import DatasetDict
 from transformers import HfArgumentParser, set_seed
 
 from processing_sista import SistaImageProcessor, SistaProcessor
@@ -44,12 +43,13 @@ from sista_examples.training.pretraining import (
     build_model,
     build_tokenizer,
     check_output_dir_writable,
-    ensure_report_embeds,
     load_or_generate_dataset,
+    prepare_report_embeddings,
     retrieval_sanity,
     save_loss_curve,
     select_split,
     starting_config,
+    uses_report_embeds,
 )
 from sista_examples.training.trainer import (
     SistaTrainer,
@@ -99,6 +99,13 @@ def main(args: list[str] | None = None):
         image_size = start_config.vision_config.image_size
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args)
+    report_embeddings = None
+    if uses_report_embeds(model_args, start_config):
+        raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, data_args, model_args, training_args)
+        # the threshold that belongs to these embeddings
+        model_args.sia_threshold = report_embeddings["sia_threshold"]
+        if start_config is not None:
+            start_config.sia_threshold = model_args.sia_threshold
     path = data_args.dataset_path
     train_dataset = select_split(raw_dataset, data_args.train_split, data_args.max_train_samples, path)
     eval_dataset = None
@@ -114,12 +121,6 @@ def main(args: list[str] | None = None):
         f"SISTA ({model_args.objective}): {model.num_parameters() / 1e6:.1f}M parameters, "
         f"sia_threshold={model.config.sia_threshold}, sta_weight={model.config.sta_weight}"
     )
-
-    needs_report_embeds = model.config.sia_threshold <= 1 and model.config.sia_similarity_source == "report_embeds"
-    if needs_report_embeds:
-        splits = DatasetDict({"train": train_dataset, **({"eval": eval_dataset} if eval_dataset is not None else {})})
-        splits = ensure_report_embeds(splits, data_args, training_args)
-        train_dataset, eval_dataset = splits["train"], splits.get("eval")
 
     vision_config = model.config.vision_config
     image_processor = SistaImageProcessor(
@@ -137,7 +138,7 @@ def main(args: list[str] | None = None):
             contrast=data_args.contrast,
             horizontal_flip=data_args.horizontal_flip,
         )
-    report_embeds_column = "report_embeds" if needs_report_embeds else None
+    report_embeds_column = "report_embeds" if report_embeddings is not None else None
     train_dataset = PretrainingDataset(
         train_dataset,
         image_processor,
@@ -177,7 +178,7 @@ def main(args: list[str] | None = None):
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
         # the script's own arguments beside the Trainer's training_args.bin (read by sista_examples.hub.model_card)
-        run_arguments = {"model": asdict(model_args), "data": asdict(data_args)}
+        run_arguments = {"model": asdict(model_args), "data": asdict(data_args), "report_embeddings": report_embeddings}
         (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"
         save_loss_curve(trainer.state.log_history, curve)
