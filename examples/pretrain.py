@@ -102,8 +102,9 @@ def main(args: list[str] | None = None):
     report_embeddings = None
     if uses_report_embeds(model_args, start_config):
         raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, data_args, model_args, training_args)
-        # the threshold that belongs to these embeddings
+        # the threshold that belongs to these embeddings; both recorded in run_arguments.json as used
         model_args.sia_threshold = report_embeddings["sia_threshold"]
+        data_args.report_encoder = report_embeddings["encoder"]
         if start_config is not None:
             start_config.sia_threshold = model_args.sia_threshold
     path = data_args.dataset_path

@@ -97,7 +97,8 @@ class AnalyzeArguments:
                                         "'suggested' (the analysis' suggestion for them)."}
     )
     output_json: Optional[str] = field(
-        default=None, metadata={"help": "Default: report_similarity.json in dataset_dir, or docs/results/ for SynthCXR."}
+        default=None,
+        metadata={"help": "Default: report_similarity.json in dataset_dir, or docs/results/ for SynthCXR."},
     )
     output_png: Optional[str] = field(
         default=None, metadata={"help": "Default: report_similarity.png in dataset_dir, or docs/images/ for SynthCXR."}
@@ -178,7 +179,8 @@ def _analyze_main(args):
         output_png = arguments.output_png or "docs/images/report_similarity.png"
     reports = dataset["report"]
     if LABELS_COLUMN in dataset.column_names:
-        labels, class_names, reference = np.asarray(dataset[LABELS_COLUMN], float), metadata.get("class_names"), "labels"
+        labels, class_names = np.asarray(dataset[LABELS_COLUMN], float), metadata.get("class_names")
+        reference = "labels"
     else:
         labels, class_names, reference = label_reports(reports), OBSERVATIONS, "labeler"
     encoders = [name for name in arguments.encoders if name != "labels" or reference == "labels"]

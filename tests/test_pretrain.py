@@ -389,7 +389,8 @@ def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
     assert len(logged_losses(tmp_path / "o")) == 2
     record = json.loads((tmp_path / "o" / "run_arguments.json").read_text())["report_embeddings"]
     assert record["encoder"] == "tfidf" and record["fitted_on"] == ["pretrain", "validation"]
-    assert record["sia_threshold"] == default_threshold("tfidf") == json.loads((tmp_path / "o" / "config.json").read_text())["sia_threshold"]
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert record["sia_threshold"] == default_threshold("tfidf") == config["sia_threshold"]
 
     from sista_examples.training.pretraining import DataArguments, prepare_report_embeddings
 

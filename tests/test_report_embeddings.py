@@ -222,7 +222,9 @@ def test_cli_in_place_and_to_new_directory(tmp_path):
     )
     assert load_from_disk(str(tmp_path / "out"))["pretrain"].features["report_embeds"].length == 8
     assert "report_embeds" not in load_from_disk(str(source))["pretrain"].column_names
-    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"])
+    load_script("examples/report_embeddings.py").main(
+        ["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"]
+    )
     in_place = load_from_disk(str(source))["pretrain"]
     assert np.allclose(in_place["report_embeds"], load_from_disk(str(tmp_path / "out"))["pretrain"]["report_embeds"])
     load_script("examples/report_embeddings.py").main(

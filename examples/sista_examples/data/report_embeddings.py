@@ -64,7 +64,12 @@ ENCODERS = ("labeler", "labels", "tfidf", "minilm")
 AUTO_ENCODER = "auto"
 # Calibrated defaults: "same label vector" for the label encoders (report_labeler.SAME_FINDINGS_THRESHOLD);
 # precision 0.95 against SynthCXR's labels for the text encoders (docs/results/report_similarity.json).
-DEFAULT_THRESHOLDS = {"labeler": SAME_FINDINGS_THRESHOLD, "labels": SAME_FINDINGS_THRESHOLD, "tfidf": 0.44, "minilm": 0.92}
+DEFAULT_THRESHOLDS = {
+    "labeler": SAME_FINDINGS_THRESHOLD,
+    "labels": SAME_FINDINGS_THRESHOLD,
+    "tfidf": 0.44,
+    "minilm": 0.92,
+}
 LABELS_COLUMN = "labels"
 POOLINGS = ("mean", "cls")
 DEFAULT_TFIDF_DIM = 256

@@ -303,8 +303,8 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
                 f"{METADATA_FILE}: pass --sia_threshold for it, or recompute it with `python "
                 f"examples/report_embeddings.py --dataset_dir {dataset_path} --overwrite_column true`."
             )
-        return {"encoder": "unrecorded", "compute": False, "embeddings_from": f"{dataset_path} ({REPORT_EMBEDS_COLUMN})",
-                "sia_threshold": sia_threshold, "threshold_from": "--sia_threshold"}  # fmt: skip
+        return {"encoder": "unrecorded", "compute": False, "sia_threshold": float(sia_threshold),
+                "embeddings_from": f"{dataset_path} ({REPORT_EMBEDS_COLUMN})", "threshold_from": "--sia_threshold"}
     if has_column and stored is not None and report_encoder in (None, stored["encoder"]):
         plan = {**stored, "compute": False, "embeddings_from": f"{dataset_path}/{METADATA_FILE}"}
         where = f"{dataset_path}/{METADATA_FILE} ({stored.get('threshold_source', 'stored')})"
