@@ -99,6 +99,11 @@ def main(args: list[str] | None = None):
         image_size = start_config.vision_config.image_size
 
     raw_dataset = load_or_generate_dataset(data_args, image_size, training_args)
+    path = data_args.dataset_path
+    train_dataset = select_split(raw_dataset, data_args.train_split, data_args.max_train_samples, path)
+    eval_dataset = None
+    if training_args.do_eval and data_args.eval_split:
+        eval_dataset = select_split(raw_dataset, data_args.eval_split, data_args.max_eval_samples, path)
     report_embeddings = None
     if uses_report_embeds(model_args, start_config):
         raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, data_args, model_args, training_args)
@@ -107,11 +112,10 @@ def main(args: list[str] | None = None):
         data_args.report_encoder = report_embeddings["encoder"]
         if start_config is not None:
             start_config.sia_threshold = model_args.sia_threshold
-    path = data_args.dataset_path
-    train_dataset = select_split(raw_dataset, data_args.train_split, data_args.max_train_samples, path)
-    eval_dataset = None
-    if training_args.do_eval and data_args.eval_split:
-        eval_dataset = select_split(raw_dataset, data_args.eval_split, data_args.max_eval_samples, path)
+        # the same rows again, now with the embeddings computed on every split
+        train_dataset = select_split(raw_dataset, data_args.train_split, data_args.max_train_samples, path)
+        if eval_dataset is not None:
+            eval_dataset = select_split(raw_dataset, data_args.eval_split, data_args.max_eval_samples, path)
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
     set_seed(training_args.seed)  # same initial weights whatever the steps above drew

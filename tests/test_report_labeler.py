@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import load_benchmark
+from conftest import load_script
 from sista_examples.data.report_labeler import (
     NO_FINDING,
     OBSERVATIONS,
@@ -79,7 +79,7 @@ STUDIES = tuple(EXPECTED_LABELS)
 
 @pytest.fixture(scope="module")
 def fixture_reports():
-    bench = load_benchmark("bench_report_similarity")
+    bench = load_script("benchmarks/bench_report_similarity.py")
     return {study: bench.parse_iu_study((FIXTURES / f"{study}.xml").read_bytes())[0] for study in STUDIES}
 
 
