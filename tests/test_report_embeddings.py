@@ -157,6 +157,17 @@ def test_minilm_missing_package_names_it(monkeypatch):
         report_embeddings.load_report_encoder("minilm")
 
 
+def test_labeler_missing_package_names_it(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "medspacy" else real_find_spec(name, *args)
+    )
+    with pytest.raises(ImportError, match="pip install medspacy"):
+        report_embeddings.load_report_encoder("labeler")
+
+
 def test_bad_arguments(tmp_path):
     dataset = Dataset.from_dict({"report": REPORTS})
     with pytest.raises(ValueError, match="text_column"):

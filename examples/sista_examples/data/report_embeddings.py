@@ -218,6 +218,13 @@ class LabelerReportEncoder:
     """
 
     def __init__(self, uncertain: str = DEFAULT_UNCERTAIN_POLICY, batch_size: int = 256, num_workers: int = 1):
+        import importlib.util
+
+        if importlib.util.find_spec("medspacy") is None:
+            raise ImportError(
+                "encoder='labeler' needs medspacy: `pip install medspacy` (in the `examples` extra), or choose "
+                "encoder='labels' (a dataset's own label column) or 'tfidf'."
+            )
         self.uncertain = uncertain
         self.batch_size = batch_size
         self.num_workers = num_workers
