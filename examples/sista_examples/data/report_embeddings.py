@@ -459,6 +459,7 @@ def embed_dataset(dataset, encoder: str = AUTO_ENCODER, sia_threshold: Optional[
         )
     if encoder == "tfidf":
         record["fitted_on"] = splits
+        record["projection_seed"] = encoder_kwargs.get("seed", 0)
     return dataset, record
 
 

@@ -294,6 +294,8 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
     """
     stored = (read_dataset_metadata(dataset_path) or {}).get(REPORT_EMBEDDINGS_KEY)
     has_column = all(REPORT_EMBEDS_COLUMN in split.column_names for split in dataset.values())
+    if report_encoder is not None:
+        report_encoder = resolve_encoder(dataset, report_encoder)
     if sia_threshold is not None:
         check_sia_threshold(sia_threshold)
     if has_column and report_encoder is None and stored is None:
@@ -309,7 +311,7 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
         plan = {**stored, "compute": False, "embeddings_from": f"{dataset_path}/{METADATA_FILE}"}
         where = f"{dataset_path}/{METADATA_FILE} ({stored.get('threshold_source', 'stored')})"
     else:
-        encoder = resolve_encoder(dataset, report_encoder or "auto")
+        encoder = report_encoder or resolve_encoder(dataset, "auto")
         plan = {"encoder": encoder, "compute": True, "embeddings_from": "computed by this run on every split",
                 "sia_threshold": default_threshold(encoder)}  # fmt: skip
         where = f"the calibrated default of the {encoder!r} encoder"
@@ -327,17 +329,17 @@ def prepare_report_embeddings(dataset: DatasetDict, data_args: DataArguments, mo
     """
     The report embeddings SIA needs on every split of `dataset` and the record of what they are (encoder, threshold
     and where both came from; logged, and saved in run_arguments.json). Embeddings the dataset lacks are computed by
-    the same step as `examples/report_embeddings.py` (`embed_dataset`, TF-IDF fitted on every split), cached by
-    `datasets`.
+    the same step, with the same defaults, as `examples/report_embeddings.py` (`embed_dataset`: TF-IDF fitted on every
+    split, projection seed 0 whatever the training seed), cached by `datasets`.
     """
     plan = report_embeddings_plan(dataset, data_args.dataset_path, data_args.report_encoder, model_args.sia_threshold)
     if plan.pop("compute"):
         with training_args.main_process_first(desc="report embeddings"):
             dataset, record = embed_dataset(
                 drop_column(dataset, REPORT_EMBEDS_COLUMN), encoder=plan["encoder"],
-                sia_threshold=plan["sia_threshold"], class_names=(read_dataset_metadata(data_args.dataset_path) or {})
-                .get("class_names"), seed=training_args.seed,
-            )  # fmt: skip
+                sia_threshold=plan["sia_threshold"],
+                class_names=(read_dataset_metadata(data_args.dataset_path) or {}).get("class_names"),
+            )
         plan = {**record, **plan}
     logger.info(
         f"SIA report embeddings: encoder {plan['encoder']} ({plan['embeddings_from']}); "
