@@ -158,13 +158,11 @@ def test_minilm_missing_package_names_it(monkeypatch):
 
 
 def test_labeler_missing_package_names_it(monkeypatch):
-    import importlib.util
+    def missing_backend():
+        raise ImportError("No module named 'an_nlp_backend'")
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "medspacy" else real_find_spec(name, *args)
-    )
-    with pytest.raises(ImportError, match="pip install medspacy"):
+    monkeypatch.setattr(report_embeddings, "labeler_pipeline", missing_backend)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[examples\]'.*an_nlp_backend"):
         report_embeddings.load_report_encoder("labeler")
 
 

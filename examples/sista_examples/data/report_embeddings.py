@@ -49,6 +49,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .report_labeler import _pipeline as labeler_pipeline
 from .report_labeler import (
     DEFAULT_UNCERTAIN_POLICY,
     OBSERVATIONS,
@@ -218,13 +219,14 @@ class LabelerReportEncoder:
     """
 
     def __init__(self, uncertain: str = DEFAULT_UNCERTAIN_POLICY, batch_size: int = 256, num_workers: int = 1):
-        import importlib.util
-
-        if importlib.util.find_spec("medspacy") is None:
+        try:
+            labeler_pipeline()  # built once per process; fails here, not in the middle of a map
+        except ImportError as error:
             raise ImportError(
-                "encoder='labeler' needs medspacy: `pip install medspacy` (in the `examples` extra), or choose "
-                "encoder='labels' (a dataset's own label column) or 'tfidf'."
-            )
+                f"encoder='labeler' needs the report labeler's NLP packages, from the `examples` extra "
+                f"(`pip install -e '.[examples]'`): {error}. Or choose encoder='labels' (a dataset's own label "
+                "column) or 'tfidf'."
+            ) from error
         self.uncertain = uncertain
         self.batch_size = batch_size
         self.num_workers = num_workers
