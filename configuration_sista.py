@@ -3,9 +3,12 @@
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import logging
 
 
-SIA_MODES = ("eliminate", "soft")
+logger = logging.get_logger(__name__)
+
+SIA_MODES = ("eliminate", "soft", "off")
 SIA_SOFT_TARGETS = ("uniform", "similarity")
 SIA_SIMILARITY_SOURCES = ("report_embeds", "text_embeds")
 POOLING_MODES = ("cls", "mean")
@@ -61,12 +64,16 @@ class SistaConfig(PretrainedConfig):
             Global report feature: the first token (`"cls"`) or the attention-masked mean of the tokens (`"mean"`).
         sia_weight (`float`, *optional*, defaults to 1.0):
             Weight of the SIA loss in the total loss; 0 turns SIA off.
-        sia_threshold (`float`, *optional*, defaults to 0.9):
+        sia_threshold (`float`, *optional*, defaults to 0.99):
             Two different reports whose report-similarity is at least this value count as false negatives of each
-            other. Must lie in [-1, 1] to flag anything; any value above 1 flags nothing and gives the CLIP loss.
+            other; a cosine similarity in [-1, 1]. The right value belongs to the report embeddings: 0.99 means "the
+            same label vector" for the default label-vector embeddings (`examples/report_embeddings.py` stores each
+            encoder's threshold with its embeddings, and `examples/pretrain.py` uses it). A value above 1 (how older
+            configs switched false-negative removal off) loads as `sia_mode="off"`.
         sia_mode (`str`, *optional*, defaults to `"eliminate"`):
-            `"eliminate"` removes false negatives from the softmax denominator; `"soft"` treats them as extra
-            positives of a soft target distribution.
+            What SIA does with false negatives: `"eliminate"` removes them from the softmax denominator; `"soft"`
+            treats them as extra positives of a soft target distribution; `"off"` flags none, so SIA is the CLIP loss
+            and needs no `report_embeds`.
         sia_soft_target (`str`, *optional*, defaults to `"uniform"`):
             Target distribution over the positives in `"soft"` mode: `"uniform"` or weighted by `"similarity"`.
         sia_similarity_source (`str`, *optional*, defaults to `"report_embeds"`):
@@ -137,7 +144,7 @@ class SistaConfig(PretrainedConfig):
     vision_pooling: str = "cls"
     text_pooling: str = "cls"
     sia_weight: float = 1.0
-    sia_threshold: float = 0.9
+    sia_threshold: float = 0.99
     sia_mode: str = "eliminate"
     sia_soft_target: str = "uniform"
     sia_similarity_source: str = "report_embeds"
@@ -179,9 +186,15 @@ class SistaConfig(PretrainedConfig):
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.sia_weight == 0 and self.sta_weight == 0:
             raise ValueError("`sia_weight` and `sta_weight` are both 0: at least one objective must be on.")
-        # Cosine similarities lie in [-1, 1]; anything above 1 is the documented "no false negatives" switch.
         if self.sia_threshold < -1:
             raise ValueError(f"`sia_threshold` must be >= -1 (a cosine similarity), got {self.sia_threshold}.")
+        # a cosine never exceeds 1: such a threshold flags no pair, which is what sia_mode="off" says explicitly
+        if self.sia_threshold > 1 and self.sia_mode != "off":
+            logger.warning_once(
+                f"`sia_threshold`={self.sia_threshold} > 1 flags no false negative: loaded as sia_mode='off' "
+                "(set sia_mode='off' to turn false-negative removal off)."
+            )
+            self.sia_mode = "off"
         if self.sta_sparsity_threshold is not None and not 0 <= self.sta_sparsity_threshold <= 1:
             raise ValueError(
                 f"`sta_sparsity_threshold` must lie in [0, 1] (it thresholds min-max normalised similarities), "

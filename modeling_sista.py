@@ -83,9 +83,12 @@ def semantic_aware_contrastive_loss(
     `mode="soft"`: soft cross-entropy `-sum_j q_ij log softmax(s_i)_j` over the full row, with `q_i` spread over
     `{i} ∪ F(i)`, uniformly (`soft_target="uniform"`) or proportionally to `max(r_ij, 0)` (`"similarity"`).
 
-    With no false negatives both modes equal the cross-entropy of CLIP.
+    `mode="off"`: no pair is a false negative, the cross-entropy of CLIP; so are both other modes without false
+    negatives.
     """
     logits = upcast(logits)
+    if mode == "off":
+        return F.cross_entropy(logits, positive_index)
     if mode == "eliminate":
         masked_logits = logits.masked_fill(false_negatives, torch.finfo(logits.dtype).min)
         return F.cross_entropy(masked_logits, positive_index)
@@ -99,7 +102,7 @@ def semantic_aware_contrastive_loss(
             target_weights = positives.to(logits.dtype)
         targets = target_weights / target_weights.sum(dim=1, keepdim=True)
         return -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    raise ValueError(f"`mode` must be 'eliminate' or 'soft', got {mode!r}.")
+    raise ValueError(f"`mode` must be 'eliminate', 'soft' or 'off', got {mode!r}.")
 
 
 def sia_loss(
@@ -993,13 +996,13 @@ class SistaModel(SistaPreTrainedModel):
         if self.config.sia_similarity_source == "text_embeds":
             report_embeds = text_embeds.detach()
         elif report_embeds is None:
-            if self.config.sia_threshold <= 1:
+            if self.config.sia_mode != "off":
                 raise ValueError(
                     "`report_embeds` is required for SIA with `sia_similarity_source='report_embeds'`: pass the "
                     "precomputed report-similarity embeddings (batch_size, dim), or set "
-                    "`config.sia_similarity_source='text_embeds'`, or `config.sia_threshold > 1` for plain CLIP."
+                    "`config.sia_similarity_source='text_embeds'`, or `config.sia_mode='off'` for plain CLIP."
                 )
-            report_embeds = text_embeds.detach()  # unused: a threshold above 1 flags no pair
+            report_embeds = text_embeds.detach()  # unused: sia_mode="off" flags no pair
 
         # logits and report similarities in float32 also under bf16 autocast: the false negatives are thresholded on
         # these similarities

@@ -15,8 +15,8 @@ pairs of studies:
   only MeSH term is `normal`).
 
 Encoders: ``labeler`` (`sista_examples/data/report_labeler.py`: label vector of the rule-based labeler,
-threshold `SAME_FINDINGS_THRESHOLD`), ``tfidf`` and ``minilm`` (`report_embeddings.py`, at the thresholds
-`pretrain.py` documents). Also written: the labeler's agreement with the MeSH groups per observation and
+threshold `SAME_FINDINGS_THRESHOLD`), ``tfidf`` and ``minilm`` (`sista_examples/data/report_embeddings.py`, at
+their calibrated defaults `DEFAULT_THRESHOLDS`, which `pretrain.py` uses). Also written: the labeler's agreement with the MeSH groups per observation and
 its speed on one core.
 
     python benchmarks/bench_report_similarity.py ../shared/data/iu_xray_reports_dev.tgz
@@ -45,10 +45,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TGZ = REPO_ROOT.parent / "shared" / "data" / "iu_xray_reports_dev.tgz"
 LABELER_PATH = REPO_ROOT / "examples" / "sista_examples" / "data" / "report_labeler.py"
-REPORT_EMBEDDINGS_PATH = REPO_ROOT / "examples" / "sista_examples" / "data" / "report_embeddings.py"
 ENCODERS = ("labeler", "tfidf", "minilm")
-# The thresholds `pretrain.py` documents for the text encoders.
-TEXT_ENCODER_THRESHOLDS = {"tfidf": 0.44, "minilm": 0.92}
 SWEEP = tuple(sorted({round(float(value), 2) for value in np.arange(0.1, 1.0, 0.05)} | {0.92, 0.97, 0.99}))
 
 # Significant finding groups of the issue: MeSH main headings (the text before the first `/`).
@@ -188,8 +185,9 @@ def observation_agreement(labels: np.ndarray, observations, groups: list, uncert
 
 
 def text_encoder_embeddings(name: str, texts: list) -> np.ndarray:
-    report_embeddings = load_module(REPORT_EMBEDDINGS_PATH, "report_embeddings")
-    encoder = report_embeddings.load_report_encoder(name)
+    from sista_examples.data.report_embeddings import load_report_encoder
+
+    encoder = load_report_encoder(name)
     if hasattr(encoder, "fit"):
         encoder.fit(texts)
     return encoder(texts)
@@ -250,7 +248,7 @@ def format_markdown(results: dict) -> str:
         lines += [
             "",
             f"Labeler speed: {results['labeler_reports_per_second']:.0f} reports/s on one process "
-            "(`label_reports`, spaCy pipeline already built).",
+            "(`label_reports`, medspacy pipeline already built).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -308,8 +306,10 @@ def main(argv=None):
                 labels, list(labeler.OBSERVATIONS), groups, labeler.DEFAULT_UNCERTAIN_POLICY == "positive"
             )
         else:
+            from sista_examples.data.report_embeddings import default_threshold
+
             embeddings = text_encoder_embeddings(name, texts)
-            threshold = TEXT_ENCODER_THRESHOLDS[name]
+            threshold = default_threshold(name)
             seconds = time.perf_counter() - start
         default, *sweep = pair_metrics(embeddings, groups, normal, (threshold, *SWEEP))
         results["encoders"][name] = {"seconds": seconds, "default": default, "sweep": sweep}

@@ -7,7 +7,9 @@ Runs, each in its own process, one after the other so they do not compete for co
 * `benchmarks/bench_core.py`      SISTA / CLIP train-step time ratio (interleaved rounds), STA memory over B, L, P;
 * `benchmarks/bench_pretrain.py`  pre-training samples/s of the demo model, data-pipeline images/s (and ViT-B/16);
 * `benchmarks/bench_synthcxr.py`  SynthCXR generation images/s;
-* `benchmarks/bench_prepare.py`   real-dataset preparation throughput (fixture JPEGs).
+* `benchmarks/bench_prepare.py`   real-dataset preparation throughput (fixture JPEGs);
+* `benchmarks/bench_report_similarity.py`  SIA's false-negative detector per report encoder on the IU X-ray
+  development reports (`../shared/data/iu_xray_reports_dev.tgz`; skipped with a message when absent).
 
 Every ratio in the table comes from numbers measured in the same run. The raw output of each script is kept.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
+IU_XRAY_REPORTS = ROOT.parent / "shared" / "data" / "iu_xray_reports_dev.tgz"
 
 # name -> (script, full arguments, --quick arguments)
 BENCHMARKS = {
@@ -45,7 +48,15 @@ BENCHMARKS = {
         [],
         ["--sizes", "20", "--throughput_size", "20", "--source_size", "512", "--image_size", "256"],
     ),
+    # writes its tables under the output folder; the curated copy is docs/results/report_similarity_real.md
+    "report_similarity": (
+        "benchmarks/bench_report_similarity.py",
+        [str(IU_XRAY_REPORTS), "--output", "{output_dir}/report_similarity_real"],
+        [str(IU_XRAY_REPORTS), "--encoders", "labeler", "tfidf", "--output", "{output_dir}/report_similarity_real"],
+    ),
 }
+# Inputs a benchmark needs that are not in the repository: without them it is skipped, with a message.
+REQUIRED_INPUTS = {"report_similarity": IU_XRAY_REPORTS}
 
 _NUMBER = r"([0-9]+(?:\.[0-9]+)?)"
 
@@ -98,12 +109,23 @@ def parse_prepare(text: str) -> dict:
                      for n, p, f, r in rows]} if rows else {}
 
 
-PARSERS = {"core": parse_core, "pretrain": parse_pretrain, "synthcxr": parse_synthcxr, "prepare": parse_prepare}
+def parse_report_similarity(text: str) -> dict:
+    defaults = text.split("## At each encoder's default threshold")[-1].split("## Threshold sweep")[0]
+    rows = re.findall(rf"^\|\s*(\w+)\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}%\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|"
+                      rf"\s*{_NUMBER}\s*\|", defaults, flags=re.MULTILINE)
+    return {"encoders": [{"encoder": name, "threshold": float(t), "percent_flagged": float(f), "precision": float(p),
+                          "recall": float(r), "normal_normal_recall": float(n)} for name, t, f, p, r, n in rows]
+            } if rows else {}
+
+
+PARSERS = {"core": parse_core, "pretrain": parse_pretrain, "synthcxr": parse_synthcxr, "prepare": parse_prepare,
+           "report_similarity": parse_report_similarity}
 
 
 def run_benchmark(name: str, quick: bool, raw_dir: Path, timeout: int) -> dict:
     script, full_args, quick_args = BENCHMARKS[name]
-    command = [sys.executable, script, *(quick_args if quick else full_args)]
+    arguments = [argument.format(output_dir=raw_dir.parent) for argument in (quick_args if quick else full_args)]
+    command = [sys.executable, script, *arguments]
     start = time.time()
     load_before = os.getloadavg()
     try:
@@ -155,11 +177,17 @@ def readme_table(results: dict) -> str:
     if "images_per_s" in synth:
         rows.append((f"SynthCXR generation, {synth['num_images']} images at {synth['image_size']} px",
                      f"{synth['images_per_s']:.1f} images/s wall ({synth.get('cpu_ms_per_image', 0):.1f} CPU-ms/image)"))
+    for entry in results.get("report_similarity", {}).get("parsed", {}).get("encoders", []):
+        rows.append((f"SIA false negatives on IU X-ray reports, {entry['encoder']} @ {entry['threshold']:.2f}",
+                     f"precision {entry['precision']:.3f}, normal-normal recall {entry['normal_normal_recall']:.3f}, "
+                     f"{entry['percent_flagged']:.2f}% of pairs flagged"))
     for entry in prepare.get("runs", []):
         rows.append((f"dataset preparation, {entry['images']} images, num_proc {entry['num_proc']}, {entry['format']}",
                      f"{entry['images_per_s']:.1f} images/s"))
     for name, result in results.items():
-        if result.get("returncode") != 0:
+        if result.get("skipped"):
+            rows.append((f"bench_{name}.py", f"skipped: {result['skipped']}"))
+        elif result.get("returncode") != 0:
             rows.append((f"bench_{name}.py", f"FAILED (rc {result.get('returncode')}), see raw/bench_{name}.txt"))
     lines = ["| what | result |", "|---|---|", *[f"| {what} | {value} |" for what, value in rows]]
     return "\n".join(lines) + "\n"
@@ -182,6 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir = ROOT / output_dir
     results = {}
     for name in names:
+        missing = REQUIRED_INPUTS.get(name)
+        if missing is not None and not missing.is_file():
+            results[name] = {"skipped": f"needs {missing}, which does not exist"}
+            print(f"skipping bench_{name}.py: it needs {missing}, which does not exist.", flush=True)
+            continue
         print(f"running bench_{name}.py ...", flush=True)
         results[name] = run_benchmark(name, args.quick, output_dir / "raw", args.timeout)
         print(f"  rc {results[name]['returncode']} in {results[name]['wall_s']:.0f} s: {results[name]['parsed']}",

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import datasets
 import transformers
-from datasets import DatasetDict
 from transformers import HfArgumentParser, set_seed
 
 from processing_sista import SistaImageProcessor, SistaProcessor
@@ -45,14 +44,15 @@ from sista_examples.training.pretraining import (
     build_model,
     build_tokenizer,
     check_output_dir_writable,
-    ensure_report_embeds,
     load_or_generate_dataset,
     resolve_splits,
+    prepare_report_embeddings,
     retrieval_sanity,
     save_loss_curve,
     select_split,
     starting_config,
     training_image_size,
+    uses_report_embeds,
 )
 from sista_examples.training.trainer import (
     SistaTrainer,
@@ -112,6 +112,18 @@ def main(args: list[str] | None = None):
     eval_dataset = None
     if eval_split is not None:
         eval_dataset = select_split(raw_dataset, eval_split, data_args.max_eval_samples, path)
+    report_embeddings = None
+    if uses_report_embeds(model_args, start_config):
+        raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, data_args, model_args, training_args)
+        # the threshold that belongs to these embeddings; both recorded in run_arguments.json as used
+        model_args.sia_threshold = report_embeddings["sia_threshold"]
+        data_args.report_encoder = report_embeddings["encoder"]
+        if start_config is not None:
+            start_config.sia_threshold = model_args.sia_threshold
+        # the same rows again, now with the embeddings computed on every split
+        train_dataset = select_split(raw_dataset, train_split, data_args.max_train_samples, path)
+        if eval_dataset is not None:
+            eval_dataset = select_split(raw_dataset, eval_split, data_args.max_eval_samples, path)
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
     num_truncated = count_truncated_reports(tokenizer, train_dataset["report"], model_args.max_length)
@@ -127,12 +139,6 @@ def main(args: list[str] | None = None):
         f"SISTA ({model_args.objective}): {model.num_parameters() / 1e6:.1f}M parameters, "
         f"sia_threshold={model.config.sia_threshold}, sta_weight={model.config.sta_weight}"
     )
-
-    needs_report_embeds = model.config.sia_threshold <= 1 and model.config.sia_similarity_source == "report_embeds"
-    if needs_report_embeds:
-        splits = DatasetDict({"train": train_dataset, **({"eval": eval_dataset} if eval_dataset is not None else {})})
-        splits = ensure_report_embeds(splits, data_args, training_args)
-        train_dataset, eval_dataset = splits["train"], splits.get("eval")
 
     # the training image size lives here: saved with the processor, read back by every later script
     image_processor = SistaImageProcessor(
@@ -154,7 +160,7 @@ def main(args: list[str] | None = None):
             contrast=data_args.contrast,
             horizontal_flip=data_args.horizontal_flip,
         )
-    report_embeds_column = "report_embeds" if needs_report_embeds else None
+    report_embeds_column = "report_embeds" if report_embeddings is not None else None
     train_dataset = PretrainingDataset(
         train_dataset,
         image_processor,
@@ -197,7 +203,7 @@ def main(args: list[str] | None = None):
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
         # the script's own arguments beside the Trainer's training_args.bin (read by sista_examples.hub.model_card)
-        run_arguments = {"model": asdict(model_args), "data": asdict(data_args)}
+        run_arguments = {"model": asdict(model_args), "data": asdict(data_args), "report_embeddings": report_embeddings}
         (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"
         save_loss_curve(trainer.state.log_history, curve)

@@ -17,7 +17,7 @@ Writes docs/results/fn_analysis.json and docs/results/fn_analysis.png.
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("fn_analysis")
 
 
-def default_sia_threshold() -> float:
-    """The `--sia_threshold` default of examples/pretrain.py (read, not copied)."""
-    from sista_examples.training.pretraining import ModelArguments
+def default_sia_threshold(dataset_dir: str) -> float:
+    """The threshold examples/pretrain.py uses on `dataset_dir`: the one stored with its report embeddings, else the
+    calibrated default of TF-IDF, the study's encoder (read, not copied)."""
+    from sista_examples.data.metadata import read_dataset_metadata
+    from sista_examples.data.report_embeddings import default_threshold
 
-    return next(item.default for item in fields(ModelArguments) if item.name == "sia_threshold")
+    stored = (read_dataset_metadata(dataset_dir) or {}).get("report_embeddings")
+    return stored["sia_threshold"] if stored else default_threshold("tfidf")
 
 
 @dataclass
@@ -43,7 +46,9 @@ class FalseNegativeArguments:
     split: str = field(default="pretrain", metadata={"help": "Split pre-training used."})
     batch_size: int = field(default=32, metadata={"help": "Per-step batch size (the study's)."})
     num_batches: int = field(default=500, metadata={"help": "Random batches drawn for the in-batch view."})
-    threshold: float | None = field(default=None, metadata={"help": "Default: pretrain.py's --sia_threshold."})
+    threshold: float | None = field(
+        default=None, metadata={"help": "Default: the threshold stored with the dataset's report embeddings."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the batch draws."})
     output_json: str = field(default="docs/results/fn_analysis.json", metadata={"help": "Results JSON."})
     output_png: str = field(default="docs/results/fn_analysis.png", metadata={"help": "Curve plot."})
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     (args,) = HfArgumentParser(FalseNegativeArguments).parse_args_into_dataclasses(args=argv)
-    threshold = default_sia_threshold() if args.threshold is None else args.threshold
+    threshold = default_sia_threshold(args.dataset_dir) if args.threshold is None else args.threshold
     dataset = load_from_disk(args.dataset_dir)[args.split]
     missing = {"report_embeds", "labels"} - set(dataset.column_names)
     if missing:

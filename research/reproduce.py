@@ -213,7 +213,8 @@ def prepare_dataset(args: ReproduceArguments) -> Path:
     if (path / "dataset_dict.json").is_file():
         logger.info("Dataset found at %s (reused).", path)
         return path
-    from sista_examples.data.report_embeddings import add_report_embeddings
+    from sista_examples.data.metadata import update_dataset_metadata
+    from sista_examples.data.report_embeddings import embed_dataset
     from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
 
     start = time.time()
@@ -226,8 +227,9 @@ def prepare_dataset(args: ReproduceArguments) -> Path:
         seed=args.data_seed,
         num_proc=min(2, os.cpu_count() or 1),
     )
-    dataset = add_report_embeddings(dataset, encoder="tfidf", seed=args.data_seed)
+    dataset, record = embed_dataset(dataset, encoder="tfidf", seed=args.data_seed)
     save_synthcxr(dataset, os.fspath(path), overwrite=True)
+    update_dataset_metadata(path, report_embeddings=record)  # the encoder and threshold pretrain.py reads
     logger.info("Generated SynthCXR with report_embeds in %.0f s: %s", time.time() - start, path)
     return path
 

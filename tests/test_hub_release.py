@@ -97,7 +97,7 @@ def base_run(tmp_path_factory, tiny_processor):
 
     run_dir = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    model = perturbed(SistaModel(tiny_sista_config()), seed=1)
+    model = perturbed(SistaModel(tiny_sista_config(sia_threshold=0.9)), seed=1)
     model.save_pretrained(run_dir)
     tiny_processor.save_pretrained(run_dir)
     arguments = TrainingArguments(

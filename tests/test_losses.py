@@ -63,6 +63,35 @@ def test_sia_with_threshold_above_one_equals_transformers_clip_loss(mode):
     torch.testing.assert_close(loss, clip_loss(logits_per_text), rtol=0, atol=1e-6)
 
 
+def test_sia_mode_off_equals_transformers_clip_loss():
+    image_embeds, text_embeds = random_embeddings(8, 16, seed=1), random_embeddings(8, 16, seed=2)
+    logits_per_text = 14.3 * text_embeds @ image_embeds.t()
+    report_similarity = torch.ones(8, 8)  # every pair identical, and a threshold that would flag them all
+    loss = sia_loss(logits_per_text.t(), logits_per_text, report_similarity, threshold=0.0, mode="off")
+    torch.testing.assert_close(loss, clip_loss(logits_per_text), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("config_kwargs", [{"sia_mode": "off", "sia_threshold": 0.0}, {"sia_threshold": 2.0}])
+def test_model_with_false_negative_removal_off_gives_transformers_clip_loss(config_kwargs):
+    """The explicit setting, and an older config's threshold above 1 (loaded as sia_mode="off")."""
+    from conftest import tiny_batch, tiny_sista_config
+    from modeling_sista import SistaModel
+
+    config = tiny_sista_config(sta_weight=0.0, **config_kwargs)
+    assert config.sia_mode == "off"
+    torch.manual_seed(0)
+    model = SistaModel(config).eval()
+    batch = tiny_batch(batch_size=6)
+    batch["report_embeds"] = torch.ones_like(batch["report_embeds"])  # all identical: SIA would flag every pair
+    with torch.no_grad():
+        outputs = model(**batch, return_loss=True)
+        without_report_embeds = model(**{**batch, "report_embeds": None}, return_loss=True)
+    torch.testing.assert_close(outputs.loss_sia, clip_loss(outputs.logits_per_text), rtol=0, atol=1e-6)
+    torch.testing.assert_close(without_report_embeds.loss_sia, outputs.loss_sia)
+    reloaded = type(config).from_dict(config.to_dict())
+    assert reloaded.sia_mode == "off"
+
+
 @pytest.mark.parametrize(
     "mode,soft_target", [("eliminate", "uniform"), ("soft", "uniform"), ("soft", "similarity")]
 )

@@ -16,8 +16,11 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoProcessor, TrainerCallback
 
 from conftest import load_script, tiny_batch, tiny_sista_config
+from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
+from sista_examples.data.metadata import update_dataset_metadata
+from sista_examples.data.report_embeddings import default_threshold
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
@@ -51,6 +54,9 @@ def tiny_dataset_path(tmp_path_factory) -> str:
         dataset[split] = dataset[split].add_column("report_embeds", embeds.tolist())
     path = tmp_path_factory.mktemp("data") / "tiny_synthcxr"
     dataset.save_to_disk(str(path))
+    record = {"column": "report_embeds", "encoder": "random (test)", "dim": 16, "sia_threshold": 0.44,
+              "threshold_source": "the test fixture"}  # fmt: skip
+    update_dataset_metadata(path, report_embeddings=record)
     return str(path)
 
 
@@ -224,12 +230,16 @@ def test_report_tokenizer_is_deterministic(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "objective, sia_threshold, sta_weight",
-    [("clip", 2.0, 0.0), ("sia", 0.44, 0.0), ("sta", 2.0, 1.0), ("sista", 0.44, 1.0)],
+    "objective, sia_mode, sta_weight",
+    [("clip", "off", 0.0), ("sia", "eliminate", 0.0), ("sta", "off", 1.0), ("sista", "eliminate", 1.0)],
 )
-def test_objectives(objective, sia_threshold, sta_weight):
-    config = objective_config(ModelArguments(objective=objective))
-    assert (config["sia_threshold"], config["sta_weight"], config["sia_weight"]) == (sia_threshold, sta_weight, 1.0)
+def test_objectives(objective, sia_mode, sta_weight):
+    config = objective_config(ModelArguments(objective=objective, sia_threshold=0.7))
+    assert (config["sia_mode"], config["sta_weight"], config["sia_weight"]) == (sia_mode, sta_weight, 1.0)
+    assert config["sia_threshold"] == 0.7
+    # without --sia_threshold the config's default applies: the one of the default (label-vector) report encoders
+    assert "sia_threshold" not in objective_config(ModelArguments(objective=objective))
+    assert SistaConfig().sia_threshold == default_threshold("labeler") == default_threshold("labels")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -408,7 +418,7 @@ def test_pretraining_continues_from_a_whole_sista_checkpoint(resumed_runs, tiny_
     for name in started:
         assert torch.equal(started[name], continued[name]), name
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["sta_weight"] == 0.0 and config["sia_threshold"] > 1  # --objective clip
+    assert config["sta_weight"] == 0.0 and config["sia_mode"] == "off"  # --objective clip
     assert config["text_pooling"] == "mean" and config["vision_pooling"] == "cls"  # given / kept
     assert AutoTokenizer.from_pretrained(output_dir).get_vocab() == AutoTokenizer.from_pretrained(start).get_vocab()
 
@@ -462,13 +472,57 @@ def test_resume_from_checkpoint_of_another_model(resumed_runs, tiny_dataset_path
 
 
 def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
+    """Computed by pretrain itself, the embeddings are those of the separate step with its defaults: TF-IDF fitted on
+    every split, the same projection whatever the training seed."""
     from datasets import load_from_disk
 
     dataset = load_from_disk(tiny_dataset_path)
-    dataset["pretrain"] = dataset["pretrain"].remove_columns("report_embeds")
+    for split in dataset:
+        dataset[split] = dataset[split].remove_columns("report_embeds")
     dataset.save_to_disk(str(tmp_path / "no_embeds"))
     pretrain.main(
         TINY_ARGS + ["--dataset_path", str(tmp_path / "no_embeds"), "--output_dir", str(tmp_path / "o"),
-                     "--max_steps", "2", "--save_strategy", "no"]
+                     "--max_steps", "2", "--save_strategy", "no", "--report_encoder", "tfidf"]
     )  # fmt: skip
     assert len(logged_losses(tmp_path / "o")) == 2
+    record = json.loads((tmp_path / "o" / "run_arguments.json").read_text())["report_embeddings"]
+    assert record["encoder"] == "tfidf" and record["fitted_on"] == ["pretrain", "validation"]
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert record["sia_threshold"] == default_threshold("tfidf") == config["sia_threshold"]
+
+    from sista_examples.training.pretraining import DataArguments, prepare_report_embeddings
+
+    separate_step = load_script("examples/report_embeddings.py")
+    separate_step.main(["--dataset_dir", str(tmp_path / "no_embeds"), "--output_dir", str(tmp_path / "embedded"),
+                        "--encoder", "tfidf"])  # fmt: skip
+    stored = load_from_disk(str(tmp_path / "embedded"))
+    in_run, _ = prepare_report_embeddings(
+        dataset, DataArguments(dataset_path=str(tmp_path / "no_embeds"), report_encoder="tfidf"),
+        ModelArguments(), pretrain.SistaTrainingArguments(output_dir=str(tmp_path / "p"), seed=1, report_to="none"),
+    )
+    for split in dataset:
+        np.testing.assert_allclose(in_run[split]["report_embeds"], stored[split]["report_embeds"], atol=1e-6)
+
+
+def test_pretrain_uses_the_threshold_stored_with_the_embeddings(tiny_dataset_path, tmp_path, caplog):
+    from datasets import load_from_disk
+
+    # a prepared dataset whose report embeddings were computed by examples/report_embeddings.py with its threshold
+    source = tmp_path / "prepared"
+    load_from_disk(tiny_dataset_path).save_to_disk(str(source))
+    load_script("examples/report_embeddings.py").main(
+        ["--dataset_dir", str(source), "--overwrite_column", "true", "--sia_threshold", "0.87"]
+    )
+    common = TINY_ARGS + ["--dataset_path", str(source), "--max_steps", "1", "--save_strategy", "no"]
+    with caplog.at_level("INFO"):
+        pretrain.main(common + ["--output_dir", str(tmp_path / "stored")])
+    assert json.loads((tmp_path / "stored" / "config.json").read_text())["sia_threshold"] == 0.87
+    assert (
+        f"SIA report embeddings: encoder labels ({source}/sista_dataset.json); sia_threshold=0.87 from "
+        f"{source}/sista_dataset.json (--sia_threshold of examples/report_embeddings.py)." in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("INFO"):  # an explicit --sia_threshold wins, and says so
+        pretrain.main(common + ["--output_dir", str(tmp_path / "given"), "--sia_threshold", "0.5"])
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["sia_threshold"] == 0.5
+    assert "sia_threshold=0.5 from --sia_threshold." in caplog.text

@@ -157,6 +157,15 @@ def test_minilm_missing_package_names_it(monkeypatch):
         report_embeddings.load_report_encoder("minilm")
 
 
+def test_labeler_missing_package_names_it(monkeypatch):
+    def missing_backend():
+        raise ImportError("No module named 'an_nlp_backend'")
+
+    monkeypatch.setattr(report_embeddings, "labeler_pipeline", missing_backend)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[examples\]'.*an_nlp_backend"):
+        report_embeddings.load_report_encoder("labeler")
+
+
 def test_bad_arguments(tmp_path):
     dataset = Dataset.from_dict({"report": REPORTS})
     with pytest.raises(ValueError, match="text_column"):
@@ -168,9 +177,15 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(TypeError, match="Dataset"):
         add_report_embeddings(REPORTS)
     with pytest.raises(ValueError, match="already has a column"):
-        add_report_embeddings(add_report_embeddings(dataset, dim=8), dim=8)
+        add_report_embeddings(add_report_embeddings(dataset, encoder="tfidf", dim=8), encoder="tfidf", dim=8)
     with pytest.raises(ValueError, match="every report is empty"):
-        add_report_embeddings(Dataset.from_dict({"report": ["", " "]}))
+        add_report_embeddings(Dataset.from_dict({"report": ["", " "]}), encoder="tfidf")
+    with pytest.raises(ValueError, match="the 'labels' encoder's column 'labels' is not a column"):
+        add_report_embeddings(dataset, encoder="labels")
+    with pytest.raises(ValueError, match="`sia_threshold` is required for encoder"):
+        report_embeddings.embed_dataset(dataset, encoder=str(tmp_path / "some-model"))
+    with pytest.raises(ValueError, match=r"`sia_threshold` must be a number in \[-1, 1\]"):
+        report_embeddings.embed_dataset(dataset, encoder="tfidf", sia_threshold=2.0)
     checkpoint, _, _ = _tiny_bert(tmp_path)
     with pytest.raises(ValueError, match="pooling"):
         add_report_embeddings(dataset, encoder=str(checkpoint), pooling="max")
@@ -216,9 +231,158 @@ def test_cli_in_place_and_to_new_directory(tmp_path):
     )
     assert load_from_disk(str(tmp_path / "out"))["pretrain"].features["report_embeds"].length == 8
     assert "report_embeds" not in load_from_disk(str(source))["pretrain"].column_names
-    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"])
+    load_script("examples/report_embeddings.py").main(
+        ["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "8"]
+    )
     in_place = load_from_disk(str(source))["pretrain"]
     assert np.allclose(in_place["report_embeds"], load_from_disk(str(tmp_path / "out"))["pretrain"]["report_embeds"])
-    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source), "--dim", "4", "--overwrite_column", "true"])
+    load_script("examples/report_embeddings.py").main(
+        ["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "4", "--overwrite_column", "true"]
+    )
     assert load_from_disk(str(source))["pretrain"].features["report_embeds"].length == 4
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "out"], "no staging directory left behind"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The report-embedding step on prepared datasets: encoders labels and labeler, metadata, analysis
+# ---------------------------------------------------------------------------------------------------------------------
+
+CHEXPERT_NAMES = list(report_embeddings.OBSERVATIONS)
+
+
+def _chexpert_row(*positive):
+    return [int(name in positive) for name in CHEXPERT_NAMES]
+
+
+# A prepared MIMIC-CXR's labels: multi-hot over the 14 CheXpert observations, No Finding included; the last row is a
+# study without a labeler row (all 0), which must match nothing.
+MIMIC_LABELS = [
+    _chexpert_row("No Finding"),
+    _chexpert_row("Cardiomegaly"),
+    _chexpert_row("Cardiomegaly", "Support Devices"),
+    _chexpert_row("No Finding"),
+    _chexpert_row("Cardiomegaly"),
+    _chexpert_row(),
+]
+
+
+def _same_findings_oracle(labels, class_names=None):
+    """Naive pairwise truth: the same set of positive classes, where a row with nothing positive is "normal" only
+    when there is no no-finding column (else it is unknown and matches nothing)."""
+    has_no_finding = class_names is not None and "No Finding" in class_names
+    keys = []
+    for row in labels:
+        positive = frozenset(index for index, value in enumerate(row) if value == 1)
+        keys.append(None if has_no_finding and not positive else positive)
+    return [[i != j and keys[i] is not None and keys[i] == keys[j] for j in range(len(keys))] for i in range(len(keys))]
+
+
+def _prepared_mimic_like(path):
+    """A DatasetDict saved as prepare_datasets.py saves one: splits, sista_dataset.json and skipped.csv beside."""
+    from sista_examples.data.metadata import write_dataset_metadata
+
+    split = {"report": REPORTS, "labels": MIMIC_LABELS}
+    DatasetDict({"train": Dataset.from_dict(split), "validation": Dataset.from_dict(split)}).save_to_disk(str(path))
+    metadata = {"dataset": "mimic_cxr", "task": "pretraining", "class_names": CHEXPERT_NAMES,
+                "num_rows": {"train": 6, "validation": 6}, "skipped": {"empty_report": 1}}  # fmt: skip
+    write_dataset_metadata(path, metadata)
+    (path / "skipped.csv").write_text("image_id,split,reason,detail\nx1,train,empty_report,p1/s1.txt\n")
+    return metadata
+
+
+def test_metadata_and_skipped_survive_in_place_and_with_output_dir(tmp_path):
+    from sista_examples.data.prepare import load_prepared_dataset
+
+    source = tmp_path / "mimic_cxr"
+    metadata = _prepared_mimic_like(source)
+    skipped = (source / "skipped.csv").read_text()
+    script = load_script("examples/report_embeddings.py")
+
+    script.main(["--dataset_dir", str(source), "--output_dir", str(tmp_path / "copy")])
+    untouched, _ = load_prepared_dataset(source)  # the source is left as it was
+    assert "report_embeds" not in untouched["train"].column_names
+    assert json.loads((source / "sista_dataset.json").read_text()) == metadata
+
+    script.main(["--dataset_dir", str(source)])  # in place
+    for directory in (source, tmp_path / "copy"):
+        dataset, written = load_prepared_dataset(directory)
+        assert (directory / "skipped.csv").read_text() == skipped
+        assert {key: written[key] for key in metadata} == metadata
+        record = written["report_embeddings"]
+        assert record["encoder"] == "labels" and record["sia_threshold"] == 0.99
+        assert record["no_finding"] == "the data's no-finding column" and record["splits"] == ["train", "validation"]
+        assert dataset["train"].features["report_embeds"].length == record["dim"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["copy", "mimic_cxr"], "no staging directory left"
+
+
+def test_labels_encoder_on_a_prepared_mimic_cxr(tmp_path):
+    source = tmp_path / "mimic_cxr"
+    _prepared_mimic_like(source)
+    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source)])
+    embeddings = np.asarray(load_from_disk(str(source))["train"]["report_embeds"])
+    assert np.isfinite(embeddings).all()
+    flagged = (embeddings @ embeddings.T) >= report_embeddings.SAME_FINDINGS_THRESHOLD
+    np.fill_diagonal(flagged, False)
+    assert flagged.tolist() == _same_findings_oracle(MIMIC_LABELS, CHEXPERT_NAMES)
+    assert flagged[0, 3] and flagged[1, 4] and not flagged[1, 2]  # normals; cardiomegaly; a device is a finding
+    assert not embeddings[5].any()  # no labeler row: unknown, never a false negative
+
+
+def test_labels_encoder_on_synthcxr_is_the_default():
+    from sista_examples.data.synthcxr import generate_synthcxr
+
+    dataset = generate_synthcxr(num_pretrain=40, num_train=0, num_validation=8, num_test=0, image_size=32, seed=3)
+    embedded, record = report_embeddings.embed_dataset(dataset)
+    assert record["encoder"] == "labels" and record["no_finding"] == "an all-zero label row"
+    assert record["sia_threshold"] == report_embeddings.SAME_FINDINGS_THRESHOLD
+    labels = embedded["pretrain"]["labels"]
+    embeddings = np.asarray(embedded["pretrain"]["report_embeds"])
+    flagged = (embeddings @ embeddings.T) >= record["sia_threshold"]
+    np.fill_diagonal(flagged, False)
+    assert flagged.tolist() == _same_findings_oracle(labels)
+    assert flagged.any(), "SynthCXR has near-identical studies (normals at least)"
+
+
+def test_labeler_is_the_default_without_labels(tmp_path):
+    reports = ["No acute cardiopulmonary process.", "The lungs are clear. No effusion.", "Mild cardiomegaly.",
+               "Heart is mildly enlarged.", "No cardiomegaly."]  # fmt: skip
+    source = tmp_path / "reports"
+    DatasetDict({"train": Dataset.from_dict({"report": reports})}).save_to_disk(str(source))
+    load_script("examples/report_embeddings.py").main(["--dataset_dir", str(source)])
+    record = json.loads((source / "sista_dataset.json").read_text())["report_embeddings"]
+    assert record["encoder"] == "labeler" and record["sia_threshold"] == 0.99
+    embeddings = np.asarray(load_from_disk(str(source))["train"]["report_embeds"])
+    np.testing.assert_allclose(embeddings, report_embeddings.embed_reports(reports), atol=1e-6)
+
+
+def test_analyze_stores_its_measurement_and_a_chosen_threshold(tmp_path):
+    source = tmp_path / "mimic_cxr"
+    _prepared_mimic_like(source)
+    script = load_script("examples/report_embeddings.py")
+    script.main(["--dataset_dir", str(source), "--encoder", "tfidf", "--dim", "16"])
+    script.main(["analyze", "--dataset_dir", str(source), "--encoders", "labels", "tfidf", "--split", "train"])
+    metadata = json.loads((source / "sista_dataset.json").read_text())
+    analysis, record = metadata["report_similarity_analysis"], metadata["report_embeddings"]
+    assert analysis["reference"] == "the dataset's labels column" and analysis["num_studies"] == 6
+    assert set(analysis["encoders"]) == {"labels", "tfidf", "stored (tfidf)"}
+    # the dataset's own labels against themselves: every flagged pair is right, every same pair flagged
+    assert analysis["encoders"]["labels"]["at_default_threshold"]["precision"] == 1.0
+    assert analysis["encoders"]["labels"]["at_default_threshold"]["recall"] == 1.0
+    assert (source / "report_similarity.png").stat().st_size > 10_000
+    # the stored column's own measurement, against a brute-force count over the pairs
+    embeddings = np.asarray(load_from_disk(str(source))["train"]["report_embeds"])
+    truth = np.asarray(_same_findings_oracle(MIMIC_LABELS, CHEXPERT_NAMES))
+    flagged = (embeddings @ embeddings.T) >= record["sia_threshold"]
+    np.fill_diagonal(flagged, False)
+    upper = np.triu_indices(6, k=1)
+    hits = int((flagged & truth)[upper].sum())
+    expected_precision = hits / flagged[upper].sum() if flagged[upper].any() else 1.0
+    assert record["measured"]["precision"] == pytest.approx(expected_precision)
+    assert record["measured"]["recall"] == pytest.approx(hits / truth[upper].sum())
+    assert record["sia_threshold"] == 0.44 and record["threshold_source"] == "calibrated default of the 'tfidf' encoder"
+
+    script.main(["analyze", "--dataset_dir", str(source), "--encoders", "tfidf", "--sia_threshold", "0.6"])
+    record = json.loads((source / "sista_dataset.json").read_text())["report_embeddings"]
+    assert record["sia_threshold"] == 0.6 and "analyze" in record["threshold_source"]
+    with pytest.raises(ValueError, match="`sia_threshold` must be a number in \\[-1, 1\\] or 'suggested'"):
+        script.main(["analyze", "--dataset_dir", str(source), "--encoders", "tfidf", "--sia_threshold", "high"])

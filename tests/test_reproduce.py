@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +136,26 @@ def test_run_all_parsers():
     table = run_all.readme_table({"core": {"returncode": 0, "parsed": core},
                                   "pretrain": {"returncode": 0, "parsed": pretrain}})
     assert "1.254 / 1.237 s = 1.014" in table and "88.9 samples/s" in table
+
+
+def test_run_all_report_similarity_parser_and_skip(tmp_path):
+    """The parsed default-threshold rows of the curated Markdown equal the JSON written beside it."""
+    run_all = load_script("benchmarks/run_all.py")
+    results_dir = Path(__file__).resolve().parents[1] / "docs" / "results"
+    parsed = run_all.parse_report_similarity((results_dir / "report_similarity_real.md").read_text())
+    written = json.loads((results_dir / "report_similarity_real.json").read_text())["encoders"]
+    assert [row["encoder"] for row in parsed["encoders"]] == list(written)
+    for row in parsed["encoders"]:
+        default = written[row["encoder"]]["default"]
+        assert row["threshold"] == pytest.approx(default["threshold"], abs=5e-3)
+        assert row["precision"] == pytest.approx(default["precision"], abs=5e-4)
+        assert row["normal_normal_recall"] == pytest.approx(default["normal_normal_recall"], abs=5e-4)
+        assert row["percent_flagged"] == pytest.approx(100 * default["fraction_flagged"], abs=5e-3)
+    # without the reports, the benchmark is skipped with a message in the table, not failed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(run_all.REQUIRED_INPUTS, "report_similarity", tmp_path / "absent.tgz")
+        payload = run_all.main(["--quick", "--only", "report_similarity", "--output_dir", str(tmp_path / "out")])
+    assert "skipped: needs" in payload["table_markdown"] and "absent.tgz" in payload["table_markdown"]
 
 
 def test_pretrain_extra_args_are_appended_last(tmp_path):

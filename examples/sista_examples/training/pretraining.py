@@ -2,7 +2,7 @@
 """
 The pieces of `examples/pretrain.py`: its arguments, the dataset (SynthCXR generated when absent), the report
 tokenizer, the model (from presets, two backbones or a whole SISTA checkpoint, with the chosen objective), report
-embeddings for SIA, the loss curve and the end-of-run retrieval check.
+embeddings for SIA with the threshold that belongs to them, the loss curve and the end-of-run retrieval check.
 """
 
 import logging
@@ -19,7 +19,8 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, ResNetConfig, Vi
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 
-from ..data.report_embeddings import add_report_embeddings
+from ..data.metadata import METADATA_FILE, read_dataset_metadata
+from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
 from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
 from ..evaluation.checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
@@ -51,8 +52,8 @@ MODEL_PRESETS = {
 }  # fmt: skip
 VISION_POOLINGS = ("cls", "mean", "pooler")
 OBJECTIVES = ("clip", "sia", "sta", "sista")
-# sia_threshold above 1 flags no false negative: SIA reduces exactly to the CLIP loss
-NO_FALSE_NEGATIVES = 2.0
+REPORT_EMBEDS_COLUMN = "report_embeds"
+REPORT_EMBEDDINGS_KEY = "report_embeddings"  # the record examples/report_embeddings.py stores in sista_dataset.json
 REQUIRED_COLUMNS = ("image", "report")
 # The split pre-training reads when --train_split is not given: SynthCXR's own, else a prepared dataset's.
 PRETRAINING_SPLITS = ("pretrain", "train")
@@ -113,12 +114,13 @@ class ModelArguments:
         metadata={"help": "clip: CLIP loss only; sia: SIA only; sta: CLIP + STA; sista: SIA + STA.",
                   "choices": OBJECTIVES},
     )
-    sia_threshold: float = field(
-        default=0.44,
+    sia_threshold: float | None = field(
+        default=None,
         metadata={
-            "help": "Report similarity at or above which a pair is a false negative (sia/sista). The default is "
-            "calibrated for the tfidf report encoder on SynthCXR (precision 0.95 against 'same label vector', "
-            "docs/results/report_similarity.json); the same rule gives 0.92 for minilm."
+            "help": "Report similarity at or above which a pair is a false negative (sia/sista). Default: the "
+            "threshold stored with the dataset's report embeddings (sista_dataset.json, written by "
+            "examples/report_embeddings.py), else the report encoder's calibrated one (0.99 for labels and labeler, "
+            "the SistaConfig default; 0.44 tfidf, 0.92 minilm)."
         },
     )
     sia_mode: str = field(
@@ -151,10 +153,12 @@ class DataArguments(SynthCXRGenerationArguments):
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation samples."})
-    report_encoder: str = field(
-        default="tfidf",
-        metadata={"help": "Frozen encoder of the report-similarity embeddings for SIA, when the dataset has no "
-                          "`report_embeds` column: tfidf (offline), minilm, or a local model path."},
+    report_encoder: str | None = field(
+        default=None,
+        metadata={"help": "Encoder of the report-similarity embeddings for SIA: labels, labeler, tfidf, minilm or a "
+                          "model path. Default: the one stored with the dataset's `report_embeds`, else auto (labels "
+                          "when the dataset has a `labels` column, else labeler). Embeddings it lacks are computed on "
+                          "every split, as examples/report_embeddings.py does."},
     )
     augment: bool = field(default=True, metadata={"help": "Apply training augmentations."})
     crop_scale_min: float = field(default=0.8, metadata={"help": "Smallest area fraction of the random crop."})
@@ -259,10 +263,11 @@ def objective_config(model_args: ModelArguments) -> dict:
     if vision_pooling is None and from_preset:
         vision_pooling = MODEL_PRESETS[model_args.model_preset]["vision_pooling"]
     pooling = {"vision_pooling": vision_pooling, "text_pooling": model_args.text_pooling}
+    threshold = {} if model_args.sia_threshold is None else {"sia_threshold": model_args.sia_threshold}
     return {
         "sia_weight": 1.0,
-        "sia_threshold": model_args.sia_threshold if uses_sia else NO_FALSE_NEGATIVES,
-        "sia_mode": model_args.sia_mode,
+        **threshold,
+        "sia_mode": model_args.sia_mode if uses_sia else "off",
         "sta_weight": model_args.sta_weight if uses_sta else 0.0,
         "sta_temperature": model_args.sta_temperature,
         **{key: value for key, value in pooling.items() if value is not None},
@@ -368,20 +373,74 @@ def build_model(
     return SistaModel(config)
 
 
-def ensure_report_embeds(splits: DatasetDict, data_args: DataArguments, training_args) -> DatasetDict:
-    """Adds the frozen report-similarity embeddings SIA needs, one encoder for all `splits` (cached by `datasets`)."""
-    if all("report_embeds" in split.column_names for split in splits.values()):
-        return splits
-    # one encoder for every split: embeddings that only some splits carry are recomputed with the others
-    splits = DatasetDict(
-        {
-            name: split.remove_columns("report_embeds") if "report_embeds" in split.column_names else split
-            for name, split in splits.items()
-        }
+def uses_report_embeds(model_args: ModelArguments, start_config: SistaConfig | None = None) -> bool:
+    """Whether this run's SIA reads a `report_embeds` column (objectives sia and sista with that similarity source)."""
+    source = start_config.sia_similarity_source if start_config is not None else "report_embeds"
+    return model_args.objective in ("sia", "sista") and source == "report_embeds"
+
+
+def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encoder: str | None,
+                           sia_threshold: float | None) -> dict:
+    """
+    Which report embeddings and SIA threshold this run uses, and where each comes from: the `report_embeds` column
+    and the threshold stored with it in `sista_dataset.json`, unless `--report_encoder` asks for another encoder (then
+    computed here) or `--sia_threshold` for another threshold. Without a column, the embeddings are computed with
+    `--report_encoder` (default auto) and the threshold defaults to that encoder's calibrated one.
+    """
+    stored = (read_dataset_metadata(dataset_path) or {}).get(REPORT_EMBEDDINGS_KEY)
+    has_column = all(REPORT_EMBEDS_COLUMN in split.column_names for split in dataset.values())
+    if report_encoder is not None:
+        report_encoder = resolve_encoder(dataset, report_encoder)
+    if sia_threshold is not None:
+        check_sia_threshold(sia_threshold)
+    if has_column and report_encoder is None and stored is None:
+        if sia_threshold is None:
+            raise ValueError(
+                f"{dataset_path} has a {REPORT_EMBEDS_COLUMN!r} column but no record of its encoder and threshold in "
+                f"{METADATA_FILE}: pass --sia_threshold for it, or recompute it with `python "
+                f"examples/report_embeddings.py --dataset_dir {dataset_path} --overwrite_column true`."
+            )
+        return {"encoder": "unrecorded", "compute": False, "sia_threshold": float(sia_threshold),
+                "embeddings_from": f"{dataset_path} ({REPORT_EMBEDS_COLUMN})", "threshold_from": "--sia_threshold"}
+    if has_column and stored is not None and report_encoder in (None, stored["encoder"]):
+        plan = {**stored, "compute": False, "embeddings_from": f"{dataset_path}/{METADATA_FILE}"}
+        where = f"{dataset_path}/{METADATA_FILE} ({stored.get('threshold_source', 'stored')})"
+    else:
+        encoder = report_encoder or resolve_encoder(dataset, "auto")
+        plan = {"encoder": encoder, "compute": True, "embeddings_from": "computed by this run on every split",
+                "sia_threshold": default_threshold(encoder)}  # fmt: skip
+        where = f"the calibrated default of the {encoder!r} encoder"
+        if sia_threshold is None and plan["sia_threshold"] is None:
+            raise ValueError(f"--sia_threshold is required for --report_encoder {encoder!r}, which has no calibrated "
+                             "default (choose one with `python examples/report_embeddings.py analyze`).")
+    if sia_threshold is not None:
+        plan["sia_threshold"], where = float(sia_threshold), "--sia_threshold"
+    plan["threshold_from"] = where
+    return plan
+
+
+def prepare_report_embeddings(dataset: DatasetDict, data_args: DataArguments, model_args: ModelArguments,
+                              training_args) -> tuple[DatasetDict, dict]:
+    """
+    The report embeddings SIA needs on every split of `dataset` and the record of what they are (encoder, threshold
+    and where both came from; logged, and saved in run_arguments.json). Embeddings the dataset lacks are computed by
+    the same step, with the same defaults, as `examples/report_embeddings.py` (`embed_dataset`: TF-IDF fitted on every
+    split, projection seed 0 whatever the training seed), cached by `datasets`.
+    """
+    plan = report_embeddings_plan(dataset, data_args.dataset_path, data_args.report_encoder, model_args.sia_threshold)
+    if plan.pop("compute"):
+        with training_args.main_process_first(desc="report embeddings"):
+            dataset, record = embed_dataset(
+                drop_column(dataset, REPORT_EMBEDS_COLUMN), encoder=plan["encoder"],
+                sia_threshold=plan["sia_threshold"],
+                class_names=(read_dataset_metadata(data_args.dataset_path) or {}).get("class_names"),
+            )
+        plan = {**record, **plan}
+    logger.info(
+        f"SIA report embeddings: encoder {plan['encoder']} ({plan['embeddings_from']}); "
+        f"sia_threshold={plan['sia_threshold']} from {plan['threshold_from']}."
     )
-    with training_args.main_process_first(desc="report embeddings"):
-        logger.info(f"Computing report_embeds of {list(splits)} with the {data_args.report_encoder!r} encoder.")
-        return add_report_embeddings(splits, encoder=data_args.report_encoder, seed=training_args.seed)
+    return dataset, plan
 
 
 def save_loss_curve(log_history: list[dict], path: Path) -> None:
