@@ -39,6 +39,7 @@ from processing_sista import clean_report
 
 from .label_fractions import label_fraction_ranks, seeded_order_key
 from .metadata import METADATA_FILE, read_dataset_metadata, write_dataset_metadata
+from .report_labeler import OBSERVATIONS as CHEXPERT_OBSERVATIONS  # MIMIC-CXR's chexpert csv column order
 
 
 logger = logging.getLogger(__name__)
@@ -701,23 +702,6 @@ def load_prepared_dataset(path: str | Path) -> tuple[DatasetDict, dict]:
 LABEL_FRACTION_RULE = (
     "select_label_fraction(split, f) keeps the ceil(f * n) rows with the lowest label_fraction_rank, the order "
     "of SHA-256('<seed>:<image_id>'); subsets are nested (1% in 10% in 100%)"
-)
-# The 14 observations of the CheXpert labeler, in the column order of MIMIC-CXR's chexpert csv.
-CHEXPERT_OBSERVATIONS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
 )
 # The 5 observations of the CheXpert competition, evaluated by every paper that reports CheXpert AUROC.
 CHEXPERT_COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
