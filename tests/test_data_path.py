@@ -219,8 +219,9 @@ def test_tokenizer_and_report_embeds_built_once_for_two_processes(tmp_path):
     launch(common + ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "8"], tmp_path)
     launch(common + ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "4"], tmp_path,
            two_processes)  # fmt: skip
-    shared = np.load(tmp_path / "two" / "report_embeds" / "train.npy")
+    shared = np.load(tmp_path / "two" / "report_embeds" / "pretrain.npy")
     assert shared.shape[0] == 32 and np.isfinite(shared).all()
+    assert (tmp_path / "two" / "report_embeds" / "record.json").is_file()
     assert not (tmp_path / "one" / "report_embeds").exists()  # one process shares nothing
     np.testing.assert_allclose(logged_losses(tmp_path / "two"), logged_losses(tmp_path / "one"), atol=1e-4)
 
