@@ -985,9 +985,18 @@ class SistaModel(SistaPreTrainedModel):
         """The tokens STA aligns: attended and not one of `config.sta_ignore_token_ids`."""
         token_mask = attention_mask.bool()
         if self.config.sta_ignore_token_ids:
-            ignored = torch.tensor(self.config.sta_ignore_token_ids, device=input_ids.device)
-            token_mask = token_mask & ~torch.isin(input_ids, ignored)
+            token_mask = token_mask & ~torch.isin(input_ids, self._sta_ignored_ids(input_ids.device))
         return token_mask
+
+    def _sta_ignored_ids(self, device: torch.device) -> torch.Tensor:
+        """`config.sta_ignore_token_ids` as a tensor on `device`, built once rather than copied from the host every
+        step (rebuilt when the ids or the device change)."""
+        ids = tuple(self.config.sta_ignore_token_ids)
+        cached = getattr(self, "_sta_ignored_ids_cache", None)
+        if cached is None or cached[0] != ids or cached[1].device != device:
+            cached = (ids, torch.tensor(ids, device=device))
+            self._sta_ignored_ids_cache = cached
+        return cached[1]
 
     def compute_sia_loss(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, report_embeds: torch.Tensor | None
@@ -1485,7 +1494,8 @@ class SistaForImageClassification(SistaVisionHeadModel):
                     f"single-label `labels` must be class indices of shape ({batch_size},), got "
                     f"{labels.dtype} of shape {tuple(labels.shape)}{self._inferred_problem_type_hint}."
                 )
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
+            check_range = labels.numel() and values_are_checkable(labels, self.training)
+            if check_range and (labels.min() < 0 or labels.max() >= self.num_labels):
                 raise ValueError(
                     f"`labels` must lie in [0, {self.num_labels - 1}] (num_labels={self.num_labels}), got values "
                     f"from {labels.min().item()} to {labels.max().item()}."
@@ -1496,7 +1506,8 @@ class SistaForImageClassification(SistaVisionHeadModel):
                     f"multi-label `labels` must be multi-hot of shape ({batch_size}, {self.num_labels}), got "
                     f"{tuple(labels.shape)}{self._inferred_problem_type_hint}."
                 )
-            if labels.numel() and (labels.min() < 0 or labels.max() > 1):
+            check_range = labels.numel() and values_are_checkable(labels, self.training)
+            if check_range and (labels.min() < 0 or labels.max() > 1):
                 raise ValueError(
                     f"multi-label `labels` must lie in [0, 1], got values from {labels.min().item()} to "
                     f"{labels.max().item()}."
@@ -1604,6 +1615,8 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
                 f"`pixel_values`), got {labels.dtype} of shape {tuple(labels.shape)}."
             )
         num_classes = max(self.config.num_labels, 2)  # one logit channel still means classes {0, 1}
+        if not values_are_checkable(labels, self.training):
+            return
         valid = labels[labels != self.config.semantic_loss_ignore_index]
         if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
             raise ValueError(
@@ -1752,6 +1765,8 @@ class SistaForObjectDetection(SistaVisionHeadModel):
                     f"`labels[{index}]` must hold `boxes` of shape (num_boxes, 4) and `class_labels` of shape "
                     f"(num_boxes,), got {tuple(boxes.shape)} and {tuple(class_labels.shape)}."
                 )
+            if not values_are_checkable(boxes, self.training):
+                continue
             if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= self.config.num_labels):
                 raise ValueError(
                     f"`labels[{index}]['class_labels']` must lie in [0, {self.config.num_labels - 1}] "

@@ -29,7 +29,7 @@ from processing_sista import SistaImageProcessor
 from sista_examples.data.synthcxr import generate_synthcxr
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator
-from sista_examples.training.dataset import PretrainingDataset
+from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
 from sista_examples.training.pretraining import ModelArguments, build_model
 from sista_examples.training.tokenizer import train_report_tokenizer
 
@@ -62,9 +62,13 @@ def train_step_seconds(model: SistaModel, batch: dict, steps: int, warmup: int =
 def demo_model_and_batch(dataset, batch_size: int, objective: str = "sista"):
     tokenizer = train_report_tokenizer(dataset["report"], vocab_size=3000)
     model = build_model(ModelArguments(model_preset="small", objective=objective), tokenizer)
-    rows = PretrainingDataset(dataset, SistaImageProcessor(size=128)).__getitems__(list(range(batch_size)))
+    image_processor = SistaImageProcessor(size=128)
+    rows = PretrainingDataset(dataset, image_processor).__getitems__(list(range(batch_size)))
     batch = SistaDataCollator(tokenizer, max_length=128)(rows)
     batch.pop("return_loss")
+    batch["pixel_values"] = normalize_pixel_values(
+        batch["pixel_values"], image_processor.image_mean, image_processor.image_std, 3
+    )
     batch["report_embeds"] = torch.nn.functional.normalize(torch.randn(batch_size, 256), dim=-1)
     return model, batch, tokenizer
 

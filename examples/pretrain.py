@@ -8,9 +8,9 @@ The same script runs on one process or several (DDP, FSDP, DeepSpeed ZeRO-2) thr
     # missing path is an error unless --generate_synthcxr asks for SynthCXR there)
     python examples/pretrain.py --output_dir outputs/sista-small --model_preset small --num_train_epochs 2
 
-    # 2 processes on CPU (gloo); on GPUs drop ACCELERATE_USE_CPU and use --config_file for FSDP/DeepSpeed
+    # 2 processes on CPU (gloo); on GPUs drop ACCELERATE_USE_CPU and use --config_file for FSDP/DeepSpeed (bf16)
     ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 examples/pretrain.py --output_dir ...
-    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/pretrain.py --output_dir ...
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml --num_processes 8 examples/pretrain.py ...
 
     # a prepared real dataset (datasets.load_from_disk; its `train` split, evaluated on `validation`) and two
     # pre-trained backbones
@@ -173,7 +173,12 @@ def main(args: list[str] | None = None):
         eval_labels = eval_dataset["labels"] if "labels" in eval_dataset.column_names else None
         eval_study_ids = eval_dataset["study_id"] if "study_id" in eval_dataset.column_names else None
         eval_dataset = PretrainingDataset(eval_dataset, image_processor, report_embeds_column=report_embeds_column)
-    collator = SistaDataCollator(tokenizer, max_length=model_args.max_length)
+    collator = SistaDataCollator(
+        tokenizer,
+        max_length=model_args.max_length,
+        pad_to_multiple_of=model_args.pad_to_multiple_of,
+        text_config=model.config.text_config,
+    )
 
     trainer = SistaTrainer(
         model=model,

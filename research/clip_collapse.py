@@ -147,7 +147,9 @@ def main(argv=None):
                 test = load_from_disk(os.fspath(data_path))["test"]
                 test = test.select(range(min(options.num_probe, len(test))))
                 dataset = pretrain.PretrainingDataset(test, self.trainer.processing_class.image_processor, None)
-                self.loader = DataLoader(dataset, batch_size=64, collate_fn=self.trainer.data_collator)
+                # the trainer's input step normalises the dataset's 8-bit images on the model's device
+                collate = lambda rows: self.trainer._prepare_inputs(self.trainer.data_collator(rows))  # noqa: E731
+                self.loader = DataLoader(dataset, batch_size=64, collate_fn=collate)
             record = {"step": step, **probe(model, self.loader)}
             trajectory.append(record)
             print(f"[probe] step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()

@@ -23,7 +23,7 @@ from sista_examples.data.metadata import update_dataset_metadata
 from sista_examples.data.report_embeddings import default_threshold
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
-from sista_examples.training.dataset import PretrainingDataset
+from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
 from sista_examples.training.gradient_cache import gradient_cache_backward
 from sista_examples.training.pretraining import DataArguments, ModelArguments, objective_config, resolve_splits
 from sista_examples.training.trainer import prepare_output_dir
@@ -111,15 +111,20 @@ def test_pretraining_dataset_and_collator(tiny_tokenizer):
     reports = ["No acute cardiopulmonary process.", "Small left pleural effusion."]
     features = Features({"image": ImageFeature(), "report": Value("string"), "report_embeds": List(Value("float32"))})
     raw = Dataset.from_dict({"image": images, "report": reports, "report_embeds": [[1, 0], [0, 1]]}, features=features)
-    dataset = PretrainingDataset(raw, SistaImageProcessor(size=32))
+    image_processor = SistaImageProcessor(size=32)
+    dataset = PretrainingDataset(raw, image_processor)
     rows = dataset.__getitems__([0, 1])
     assert set(rows[0]) == {"pixel_values", "report", "report_embeds"}
-    torch.testing.assert_close(rows[0]["pixel_values"], torch.full((3, 32, 32), -1.0))
-    torch.testing.assert_close(rows[1]["pixel_values"], torch.full((3, 32, 32), 1.0))
+    # 8-bit transport: one uint8 channel, normalised to the processor's values on the device
+    torch.testing.assert_close(rows[0]["pixel_values"], torch.full((1, 32, 32), 0, dtype=torch.uint8))
+    torch.testing.assert_close(rows[1]["pixel_values"], torch.full((1, 32, 32), 255, dtype=torch.uint8))
 
     batch = SistaDataCollator(tiny_tokenizer, max_length=6)(rows)
     assert batch["return_loss"] is True
-    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert batch["pixel_values"].shape == (2, 1, 32, 32)
+    normalized = normalize_pixel_values(batch["pixel_values"], image_processor.image_mean, image_processor.image_std, 3)
+    torch.testing.assert_close(normalized[0], torch.full((3, 32, 32), -1.0))
+    torch.testing.assert_close(normalized[1], torch.full((3, 32, 32), 1.0))
     torch.testing.assert_close(batch["report_embeds"], torch.eye(2))
     assert batch["input_ids"].shape == (2, 6)  # truncated to max_length
     assert tiny_tokenizer.convert_ids_to_tokens(batch["input_ids"][1].tolist()) == [
@@ -215,7 +220,7 @@ def test_augmentation_seeded_per_sample_and_epoch():
     torch.testing.assert_close(dataset[2]["pixel_values"], first[2])
     torch.testing.assert_close(dataset.__getitems__([1, 0])[1]["pixel_values"], first[0])
     dataset.set_epoch(1)  # a new epoch: new draws
-    assert not torch.allclose(dataset[0]["pixel_values"], first[0])
+    assert not torch.equal(dataset[0]["pixel_values"], first[0])
 
 
 def test_report_tokenizer_is_deterministic(tmp_path):

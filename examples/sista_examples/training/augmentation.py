@@ -20,11 +20,13 @@ class XRayAugmentation:
     Training augmentations for chest radiographs; every random draw comes from the `rng` passed in, so that
     [`PretrainingDataset`] can give each sample its own seed.
 
-    Geometric part (`geometric`, on the decoded PIL image, before the image processor): one affine warp combining a
+    Geometric part (`affine_coefficients`, warped by `geometric` on a decoded PIL image, or composed by
+    [`PretrainingDataset`] with the processor's resize into one warp to the model's size): one affine map combining a
     random resized crop (area fraction in `crop_scale`, aspect ratio in `crop_ratio`), a rotation of at most
     `rotation_degrees` and a translation of at most `translate` of the image side; uncovered borders are black, as
-    outside a collimated radiograph. Photometric part (`photometric`, on the processor's normalised tensor):
-    brightness shift up to `brightness` and contrast factor within `1 ± contrast`, in [0, 1] intensity units.
+    outside a collimated radiograph. Photometric part (`photometric` on the processor's normalised tensor,
+    `photometric_uint8` on an 8-bit image): brightness shift up to `brightness` and contrast factor within
+    `1 ± contrast`, in [0, 1] intensity units.
 
     Batch part (`augment_batch`, on a batch of processed tensors, for the fine-tuning heads): a zoom of at most
     `zoom` about the centre and a shift of at most `translate` of the side, applied to the images and to their masks
@@ -52,9 +54,12 @@ class XRayAugmentation:
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
 
-    def geometric(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """Random resized crop + rotation + translation (+ optional flip) as one bilinear affine warp, same size."""
-        width, height = image.size
+    def affine_coefficients(self, width: int, height: int, rng: np.random.Generator) -> tuple[float, ...]:
+        """
+        Draws one random resized crop + rotation + translation (+ optional flip) of a `width` x `height` image as
+        PIL's affine coefficients `(a, b, c, d, e, f)`: the output pixel `(u, v)` of an image of the same size
+        samples the input at `(a u + b v + c, d u + e v + f)` (pixel edges at integers).
+        """
         area_fraction = rng.uniform(*self.crop_scale)
         ratio = math.exp(rng.uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])))
         crop_width = min(math.sqrt(area_fraction * ratio), 1.0) * width
@@ -67,18 +72,23 @@ class XRayAugmentation:
         angle = math.radians(rng.uniform(-self.rotation_degrees, self.rotation_degrees))
         flip = -1.0 if self.horizontal_flip and rng.uniform() < 0.5 else 1.0
 
-        # PIL maps each output pixel (u, v) to the input point (a u + b v + c, d u + e v + f)
         scale_x, scale_y = flip * crop_width / width, crop_height / height
         cos, sin = math.cos(angle), math.sin(angle)
         a, b = cos * scale_x, -sin * scale_y
         d, e = sin * scale_x, cos * scale_y
         c = center_x - a * width / 2 - b * height / 2
         f = center_y - d * width / 2 - e * height / 2
+        return a, b, c, d, e, f
+
+    def geometric(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Random resized crop + rotation + translation (+ optional flip) as one bilinear affine warp, same size."""
+        width, height = image.size
+        coefficients = self.affine_coefficients(width, height, rng)
         # PIL warps 8-bit and 32-bit images; 16-bit ones are widened first (the processor windows them anyway)
         if image.mode not in ("L", "I", "F"):
             image = image.convert("I" if image.mode.startswith("I;16") else "L")
         return image.transform(
-            (width, height), Image.Transform.AFFINE, (a, b, c, d, e, f), resample=Image.Resampling.BILINEAR
+            (width, height), Image.Transform.AFFINE, coefficients, resample=Image.Resampling.BILINEAR
         )
 
     def photometric(
@@ -93,6 +103,15 @@ class XRayAugmentation:
         average = intensities.mean()
         intensities = ((intensities - average) * contrast + average + brightness).clamp(0, 1)
         return (intensities - mean) / std
+
+    def photometric_uint8(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`photometric`'s brightness and contrast jitter of an 8-bit image (any shape), back to 8 bits."""
+        intensities = image.astype(np.float32) / 255
+        contrast = rng.uniform(1 - self.contrast, 1 + self.contrast)
+        brightness = rng.uniform(-self.brightness, self.brightness)
+        average = intensities.mean()
+        intensities = np.clip((intensities - average) * contrast + average + brightness, 0, 1)
+        return np.rint(intensities * 255).astype(np.uint8)
 
     def random_affine_parameters(self, batch_size: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image: zoom `z` and shift `(t_x, t_y)` in fractions of the side. No rotation keeps boxes exact."""

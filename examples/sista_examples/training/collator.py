@@ -1,11 +1,32 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
-"""The pre-training collator: tokenises the reports (the impression kept whole) and stacks images and embeddings."""
+"""The pre-training collator: tokenises the reports (the impression kept whole), checks the batch on the CPU, stacks
+images and embeddings."""
 
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+from modeling_sista import check_report_embeds, check_text_inputs
+
+
+def check_reports_have_content(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_token_ids: list[int], reports: list[str]
+) -> None:
+    """
+    Raises a `ValueError` naming the reports of a tokenised batch that have no token besides special ones. The model
+    skips such value checks in a training step on an accelerator (reading values there would wait for the device),
+    so the loader checks each batch on the CPU instead.
+    """
+    content = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special_token_ids, dtype=input_ids.dtype))
+    empty_rows = (~content.any(dim=1)).nonzero().flatten().tolist()
+    if empty_rows:
+        examples = ", ".join(f"{row}: {reports[row]!r}" for row in empty_rows[:3])
+        raise ValueError(
+            f"`report` must hold at least one word token for pre-training; rows {empty_rows} of this batch tokenise "
+            f"to special tokens only ({examples}). Drop empty reports from the dataset."
+        )
 
 
 # Columns of a prepared dataset (examples/prepare_datasets.py) that hold a report's two sections as text.
@@ -38,15 +59,27 @@ def count_truncated_reports(tokenizer, reports, max_length: int) -> int:
 @dataclass
 class SistaDataCollator:
     r"""
-    Tokenises the reports of a batch (padded to the longest, at most `max_length` tokens) and stacks `pixel_values`
-    and `report_embeds`. Features that carry `findings` and `impression` texts (prepared MIMIC-CXR) are truncated
-    by [`fit_report`]: the findings are cut, the impression is kept. Adds `return_loss=True` so that
-    `Trainer` also computes the loss during evaluation.
+    Tokenises the reports of a batch (padded to the longest, rounded up to `pad_to_multiple_of` so that batches come
+    in few shapes, at most `max_length` tokens) and stacks `pixel_values` (as they come: `uint8` from
+    [`PretrainingDataset`]) and `report_embeds` (float32). Features that carry `findings` and `impression` texts
+    (prepared MIMIC-CXR) are truncated by [`fit_report`]: the findings are cut, the impression is kept. Adds
+    `return_loss=True` so that `Trainer` also computes the loss during evaluation.
+
+    Every batch is checked here, on the CPU, because the model skips its value checks in accelerator training steps:
+    every report keeps a word token ([`check_reports_have_content`]), `report_embeds` are finite
+    ([`check_report_embeds`]) and, given the model's `text_config`, the ids and positions fit the text tower
+    ([`check_text_inputs`]).
     """
 
     tokenizer: Any
     max_length: int = 128
     pad_to_multiple_of: int | None = None
+    text_config: Any = None
+
+    def __post_init__(self):
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
+            raise ValueError(f"`pad_to_multiple_of` must be a positive integer or None, got {self.pad_to_multiple_of}.")
+        self.special_token_ids = sorted(set(self.tokenizer.all_special_ids))
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
@@ -64,10 +97,16 @@ class SistaDataCollator:
                 return_tensors="pt",
             )
         )
+        check_reports_have_content(batch["input_ids"], batch["attention_mask"], self.special_token_ids, reports)
+        if self.text_config is not None:
+            check_text_inputs(
+                batch["input_ids"], self.text_config, batch["attention_mask"], batch.get("token_type_ids")
+            )
         batch["pixel_values"] = torch.stack([torch.as_tensor(feature["pixel_values"]) for feature in features])
         if "report_embeds" in features[0]:
             batch["report_embeds"] = torch.tensor(
                 np.asarray([feature["report_embeds"] for feature in features]), dtype=torch.float32
             )
+            check_report_embeds(batch["report_embeds"], len(features))
         batch["return_loss"] = True
         return batch

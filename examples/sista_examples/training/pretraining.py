@@ -5,6 +5,7 @@ tokenizer, the model (from presets, two backbones or a whole SISTA checkpoint, w
 embeddings for SIA with the threshold that belongs to them, the loss curve and the end-of-run retrieval check.
 """
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..data.report_embeddings import check_sia_threshold, default_threshold, dro
 from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
 from ..evaluation.checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
+from .dataset import normalize_pixel_values
 from .tokenizer import train_report_tokenizer
 
 
@@ -93,7 +95,11 @@ class ModelArguments:
         metadata={"help": "Training image side in pixels, saved with the image processor (default: the checkpoint's, "
                           "the vision backbone's, or the preset's)."},
     )
-    projection_dim: int | None = field(default=None, metadata={"help": "Shared embedding size (default: preset's)."})
+    projection_dim: int | None = field(
+        default=None,
+        metadata={"help": "Shared embedding size (default: the preset's; with pre-trained backbones the narrower of "
+                          "their widths)."},
+    )
     dropout: float = field(
         default=0.0,
         metadata={"help": "Hidden and attention dropout of preset transformer backbones (0, as in CLIP pre-training)."},
@@ -129,6 +135,21 @@ class ModelArguments:
     sta_weight: float = field(default=1.0, metadata={"help": "Weight of STA for objectives sta and sista."})
     sta_temperature: float = field(default=0.1, metadata={"help": "Temperature of the STA token contrast."})
     max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens (longer are truncated)."})
+    pad_to_multiple_of: int | None = field(
+        default=8,
+        metadata={"help": "Pad each batch's reports to a multiple of this many tokens (few batch shapes for "
+                          "compiled or CUDA-graph steps; --max_length for one shape); must divide --max_length. "
+                          "None: to the longest report."},
+    )
+
+    def __post_init__(self):
+        if self.pad_to_multiple_of is not None and (
+            self.pad_to_multiple_of <= 0 or self.max_length % self.pad_to_multiple_of
+        ):
+            raise ValueError(
+                f"--pad_to_multiple_of must be a positive divisor of --max_length {self.max_length} (padding may not "
+                f"pass the longest length), got {self.pad_to_multiple_of}."
+            )
 
 
 @dataclass
@@ -232,7 +253,20 @@ def select_split(dataset: DatasetDict, split: str, max_samples: int | None, data
         )
     if max_samples is not None:
         split_dataset = split_dataset.select(range(min(max_samples, len(split_dataset))))
-    return split_dataset
+    return drop_empty_reports(split_dataset, split)
+
+
+def drop_empty_reports(dataset, split: str):
+    """Rows whose report is missing or blank have nothing to align: they are dropped, with their count logged."""
+    # in memory: no cache file written beside a dataset that may be read-only or read by several processes at once
+    kept = dataset.filter(
+        lambda report: isinstance(report, str) and bool(report.strip()), input_columns="report",
+        keep_in_memory=True, desc=f"Dropping empty reports ({split})",
+    )
+    if len(kept) == len(dataset):
+        return dataset  # without an indices mapping in front of every read
+    logger.warning(f"Split {split!r}: dropped {len(dataset) - len(kept)} of {len(dataset)} rows with an empty report.")
+    return kept
 
 
 def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str | None, training_args):
@@ -242,9 +276,10 @@ def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str |
         return AutoTokenizer.from_pretrained(name)
     if checkpoint is not None and (Path(checkpoint) / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(checkpoint)
-    # built once by the main process and read back by the others, so every process holds the same vocabulary
+    # built once by the global main process and read back by the others (on every node, once it is written), so
+    # every process holds the same vocabulary
     tokenizer_dir = Path(training_args.output_dir)
-    with training_args.main_process_first(desc="tokenizer"):
+    with training_args.main_process_first(local=False, desc="tokenizer"):
         if training_args.process_index == 0:
             logger.info(f"Building a WordPiece tokenizer from {len(train_dataset)} reports into {tokenizer_dir}.")
             return train_report_tokenizer(
@@ -358,6 +393,12 @@ def build_model(
     preset = MODEL_PRESETS[model_args.model_preset]
     projection_dim = model_args.projection_dim or preset["projection_dim"]
     if model_args.vision_model_name_or_path is not None:
+        if model_args.projection_dim is None:
+            projection_dim = min(
+                backbone_width(AutoConfig.from_pretrained(path))
+                for path in (model_args.vision_model_name_or_path, model_args.text_model_name_or_path)
+            )
+            logger.info(f"projection_dim {projection_dim}: the narrower backbone's width (--projection_dim to set it).")
         return SistaModel.from_vision_text_pretrained(
             model_args.vision_model_name_or_path,
             model_args.text_model_name_or_path,
@@ -429,18 +470,48 @@ def prepare_report_embeddings(dataset: DatasetDict, data_args: DataArguments, mo
     """
     plan = report_embeddings_plan(dataset, data_args.dataset_path, data_args.report_encoder, model_args.sia_threshold)
     if plan.pop("compute"):
-        with training_args.main_process_first(desc="report embeddings"):
-            dataset, record = embed_dataset(
-                drop_column(dataset, REPORT_EMBEDS_COLUMN), encoder=plan["encoder"],
-                sia_threshold=plan["sia_threshold"],
-                class_names=(read_dataset_metadata(data_args.dataset_path) or {}).get("class_names"),
-            )
+        dataset, record = embed_dataset_once(dataset, plan, data_args, training_args)
         plan = {**record, **plan}
     logger.info(
         f"SIA report embeddings: encoder {plan['encoder']} ({plan['embeddings_from']}); "
         f"sia_threshold={plan['sia_threshold']} from {plan['threshold_from']}."
     )
     return dataset, plan
+
+
+def embed_dataset_once(dataset: DatasetDict, plan: dict, data_args: DataArguments, training_args) -> tuple:
+    r"""
+    `embed_dataset` run by the global main process only: with several processes it writes the columns and the record
+    to `output_dir/report_embeds/`, and the others (on every node) read them after a global barrier instead of
+    refitting the encoder.
+    """
+    shared_dir = Path(training_args.output_dir) / "report_embeds"
+    dataset = drop_column(dataset, REPORT_EMBEDS_COLUMN)
+    with training_args.main_process_first(local=False, desc="report embeddings"):
+        if training_args.process_index == 0:
+            dataset, record = embed_dataset(
+                dataset, encoder=plan["encoder"], sia_threshold=plan["sia_threshold"],
+                class_names=(read_dataset_metadata(data_args.dataset_path) or {}).get("class_names"),
+            )
+            if training_args.world_size > 1:
+                shared_dir.mkdir(parents=True, exist_ok=True)
+                for name, split in dataset.items():
+                    embeds = split.select_columns([REPORT_EMBEDS_COLUMN]).with_format("numpy")[:][REPORT_EMBEDS_COLUMN]
+                    np.save(shared_dir / f"{name}.npy", np.asarray(embeds, dtype=np.float32))
+                (shared_dir / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+            return dataset, record
+    record = json.loads((shared_dir / "record.json").read_text())
+    dataset = DatasetDict({
+        name: split.add_column(REPORT_EMBEDS_COLUMN, list(np.load(shared_dir / f"{name}.npy")))
+        for name, split in dataset.items()
+    })  # fmt: skip
+    return dataset, record
+
+
+def backbone_width(config) -> int:
+    """The width of a backbone's last hidden state from its config: `hidden_size`, else the last `hidden_sizes`."""
+    hidden_sizes = getattr(config, "hidden_sizes", None)
+    return int(hidden_sizes[-1]) if hidden_sizes else int(config.hidden_size)
 
 
 def save_loss_curve(log_history: list[dict], path: Path) -> None:
@@ -479,14 +550,22 @@ def retrieval_sanity(
     given multi-hot `labels`, a report with the same labels (near-identical reports count as hits), beside the
     chance rate of the latter."""
     model.eval()
+    image_processor = dataset.image_processor
     image_embeds, text_embeds = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collator):
         token_type_ids = batch.get("token_type_ids")
+        pixel_values = normalize_pixel_values(
+            batch["pixel_values"].to(model.device),
+            image_processor.image_mean,
+            image_processor.image_std,
+            model.config.vision_config.num_channels,
+            model.dtype,
+        )
         outputs = model(
             input_ids=batch["input_ids"].to(model.device),
             attention_mask=batch["attention_mask"].to(model.device),
             token_type_ids=None if token_type_ids is None else token_type_ids.to(model.device),
-            pixel_values=batch["pixel_values"].to(model.device, model.dtype),
+            pixel_values=pixel_values,
         )
         image_embeds.append(outputs.image_embeds.float().cpu())
         text_embeds.append(outputs.text_embeds.float().cpu())

@@ -1,8 +1,8 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-The `Trainer` subclasses: `SistaTrainer` (pre-training; logs `loss_sia` and `loss_sta`, optional gradient cache)
-and `CheckpointTrainer` (reloads checkpoints through `from_pretrained`), their arguments, and the checks of a
-checkpoint to resume from.
+The `Trainer` subclasses: `SistaTrainer` (pre-training; logs `loss_sia` and `loss_sta`, optional gradient cache,
+8-bit images normalised on the device, epochs passed to the dataset, fp32 final weights) and `CheckpointTrainer`
+(reloads checkpoints through `from_pretrained`), their arguments, and the checks of a checkpoint to resume from.
 """
 
 import json
@@ -13,19 +13,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from .dataset import normalize_pixel_values
 from .gradient_cache import gradient_cache_backward
 
 
 logger = logging.getLogger(__name__)
 
+FSDP_SHARDED_CHECKPOINT_PREFIX = "pytorch_model_fsdp"
+FINAL_WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def default_dataloader_workers() -> int:
+    """Loader workers per process: none on CPU (they would compete with the model for the cores); with GPUs the
+    cores of the node shared among its GPUs, one left for the training process, at most 16 (docs/pretraining.md
+    measures what a GPU needs)."""
+    if not torch.cuda.is_available():
+        return 0
+    cores_per_gpu = (os.cpu_count() or 1) // max(torch.cuda.device_count(), 1)
+    return max(1, min(16, cores_per_gpu - 1))
+
 
 @dataclass
 class SistaTrainingArguments(TrainingArguments):
     r"""
-    `TrainingArguments` with defaults that SISTA pre-training needs, plus `gradient_cache_chunk_size`.
+    `TrainingArguments` with defaults that SISTA pre-training needs, plus `gradient_cache_chunk_size` and
+    `final_weights_dtype`.
 
     * `remove_unused_columns=False`: the dataset yields `report` text for the collator, not model inputs;
     * `ddp_find_unused_parameters=False`: every parameter gets a gradient (the backbones have no pooler);
@@ -33,7 +49,11 @@ class SistaTrainingArguments(TrainingArguments):
     * `do_train=True`, `do_eval=True` (the end-of-run evaluation, when the data has an evaluation split),
       `report_to="tensorboard"`, `logging_steps=10` (fewer on short runs, see [`DenseLoggingCallback`]),
       `save_strategy="steps"`;
-    * `overwrite_output_dir`, the transformers convention that transformers 5 dropped: see [`prepare_output_dir`].
+    * `overwrite_output_dir`, the transformers convention that transformers 5 dropped: see [`prepare_output_dir`];
+    * `logging_nan_inf_filter=False`: Trainer's filter reads every step's loss on the host;
+    * `data_seed=seed`: every process shuffles alike (the processes' global RNGs differ, see `SistaTrainer`);
+    * with a GPU: `bf16=True`, loader workers (`default_dataloader_workers`), persistent workers, pinned memory and
+      non-blocking host-to-device copies (accelerate's `non_blocking`); on CPU none of these.
     """
 
     do_train: bool = field(
@@ -56,6 +76,27 @@ class SistaTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool = field(
         default=torch.cuda.is_available(), metadata={"help": "Pinned host memory (only helps with a GPU)."}
     )
+    dataloader_num_workers: int = field(
+        default_factory=default_dataloader_workers,
+        metadata={"help": "Loader worker processes per training process (default: 0 on CPU; with GPUs the node's "
+                          "cores per GPU minus one, at most 16; see docs/pretraining.md for how many a GPU needs)."},
+    )
+    dataloader_persistent_workers: bool | None = field(
+        default=None,
+        metadata={"help": "Keep the loader workers between epochs (default: whenever there are workers)."},
+    )
+    bf16: bool = field(
+        # is_available() does not create a CUDA context (asking the GPU's bf16 support would, before the process
+        # has its device)
+        default=torch.cuda.is_available(),
+        metadata={"help": "bf16 autocast (default: on where a GPU is present; False on GPUs before Ampere); the "
+                          "losses stay fp32."},
+    )
+    final_weights_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the final weights in output_dir (DeepSpeed trains bf16 copies: the fp32 master "
+                          "weights are saved unless this asks otherwise).", "choices": FINAL_WEIGHT_DTYPES},
+    )
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluation reports the losses; gathering every output would cost memory."}
     )
@@ -63,6 +104,11 @@ class SistaTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Replace a previous run in output_dir (its checkpoints, logs and results are deleted); "
                           "without it such a folder is refused unless --resume_from_checkpoint continues that run."},
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Replace a NaN/inf step loss in the logged average. Off: the check reads the loss on the "
+                          "host every step (a device sync); a NaN loss is logged as NaN."},
     )
     gradient_cache_chunk_size: int | None = field(
         default=None,
@@ -73,6 +119,19 @@ class SistaTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if self.data_seed is None:
+            # the shuffling seed, fixed here: accelerate would take it from the global RNG, which differs per process
+            # once SistaTrainer seeds each process for its own dropout
+            self.data_seed = self.seed
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = self.dataloader_num_workers > 0
+        if self.accelerator_config is None and self.dataloader_pin_memory:
+            # pinned batches copied without blocking the training process
+            self.accelerator_config = {"non_blocking": True}
+        if self.final_weights_dtype not in FINAL_WEIGHT_DTYPES:
+            raise ValueError(
+                f"`final_weights_dtype` must be one of {FINAL_WEIGHT_DTYPES}, got {self.final_weights_dtype!r}."
+            )
         super().__post_init__()
         if self.gradient_cache_chunk_size is not None:
             if self.gradient_cache_chunk_size <= 0:
@@ -129,19 +188,48 @@ class DenseLoggingCallback(TrainerCallback):
             state.logging_steps = dense
 
 
+class DatasetEpochCallback(TrainerCallback):
+    r"""
+    Passes the epoch to a training dataset with `set_epoch` at the start of every epoch. Trainer's own call reaches
+    the dataset through accelerate's loader only with one process: with several, `DataLoaderShard.set_epoch` sets the
+    sampler's epoch and skips the dataset's, and the augmentation would repeat every epoch.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the whole number of epochs done at an epoch boundary, fractional after a mid-epoch resume
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
 class SistaTrainer(CheckpointTrainer):
     r"""
     `Trainer` for [`SistaModel`] pre-training: the loss is the model's (`return_loss=True`), and `loss_sia` and
     `loss_sta` are logged beside `loss`, averaged over the steps since the last log and over processes (also for
     evaluation, as `eval_loss_sia` and `eval_loss_sta`). With `args.gradient_cache_chunk_size`, each training step
     runs [`gradient_cache_backward`].
+
+    Besides `Trainer`:
+
+    * 8-bit `pixel_values` ([`PretrainingDataset`]) are normalised on the device with the processor's mean and std;
+      `report_embeds` stay float32 (DeepSpeed would cast every float input to its dtype);
+    * nothing in a training step reads a value back to the host: loss components accumulate as device tensors and
+      are read when logged;
+    * the training dataset's `set_epoch` is called every epoch ([`DatasetEpochCallback`]);
+    * every process gets its own seed after the model is built (same initial weights, different dropout);
+    * no weight decay on 1-d parameters (biases, norms) nor on the logit scale;
+    * FSDP2 reduces gradients in float32 under bf16; its checkpoints stay sharded (with the config beside them, so a
+      resume can be checked) and the final `save_model` writes whole weights in `args.final_weights_dtype`
+      (DeepSpeed's fp32 master weights, not its bf16 copies).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # SistaModel.forward takes **kwargs, so Trainer would assume a token-count loss and multiply by world size
         self.model_accepts_loss_kwargs = False
-        self._component_sums = {True: torch.zeros(3, dtype=torch.float64), False: torch.zeros(3, dtype=torch.float64)}
+        self._component_sums = {True: None, False: None}
+        self._pixel_normalization = None
         self.add_callback(DenseLoggingCallback())
         if self.args.gradient_cache_chunk_size is not None and (self.is_deepspeed_enabled or self.is_fsdp_enabled):
             raise ValueError(
@@ -154,12 +242,59 @@ class SistaTrainer(CheckpointTrainer):
                 "each micro-batch contrasts only its own samples; the accumulated gradient is NOT that of the larger "
                 "batch. Use `--gradient_cache_chunk_size` for large contrastive batches with small-batch memory."
             )
+        if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(DatasetEpochCallback(self.train_dataset))
+        if self.is_fsdp_enabled:
+            set_fsdp_float32_reduction(self.accelerator.state.fsdp_plugin, self.args)
+        # Trainer seeded every process alike for the initial weights; from here each draws its own dropout
+        set_seed(self.args.seed, device_specific=True)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """Weight decay on matrices only: not on biases, norms or the logit scale (all 1-d)."""
+        return [name for name, parameter in model.named_parameters() if parameter.ndim >= 2]
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        report_embeds = inputs.get("report_embeds")
+        inputs = super()._prepare_inputs({key: value for key, value in inputs.items() if key != "report_embeds"})
+        if report_embeds is not None:
+            inputs["report_embeds"] = report_embeds.to(self.args.device, torch.float32, non_blocking=True)
+        pixel_values = inputs.get("pixel_values")
+        if pixel_values is not None and not pixel_values.is_floating_point():
+            inputs["pixel_values"] = self._normalize_pixel_values(pixel_values)
+        return inputs
+
+    def _normalize_pixel_values(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self._pixel_normalization is None:
+            image_processor = getattr(self.processing_class, "image_processor", None)
+            if image_processor is None:
+                raise ValueError(
+                    "8-bit `pixel_values` are normalised with the image processor's mean and std: pass "
+                    "`processing_class=SistaProcessor(...)` to the trainer."
+                )
+            num_channels = self.accelerator.unwrap_model(self.model).config.vision_config.num_channels
+            dtype = torch.float32
+            if self.is_deepspeed_enabled:  # DeepSpeed runs the model in its own dtype, without autocast
+                dtype = self.accelerator.state.deepspeed_plugin.hf_ds_config.dtype()
+            # cached on the device, so the step copies nothing from the host
+            mean, std = (
+                torch.tensor(values, dtype=torch.float32, device=pixel_values.device).reshape(-1, 1, 1)
+                for values in (image_processor.image_mean, image_processor.image_std)
+            )
+            self._pixel_normalization = {
+                "image_mean": mean,
+                "image_std": std,
+                "num_channels": num_channels,
+                "dtype": dtype,
+            }
+        return normalize_pixel_values(pixel_values, **self._pixel_normalization)
 
     def _accumulate_components(self, loss_sia: torch.Tensor | None, loss_sta: torch.Tensor | None, training: bool):
-        sums = self._component_sums[training]
-        sums[0] += 0.0 if loss_sia is None else loss_sia.detach().double().item()
-        sums[1] += 0.0 if loss_sta is None else loss_sta.detach().double().item()
-        sums[2] += 1
+        """Adds the step's loss components to device sums (no host sync; `log` reads them)."""
+        if self._component_sums[training] is None:
+            self._component_sums[training] = torch.zeros(3, dtype=torch.float32, device=self.args.device)
+        zero = self._component_sums[training].new_zeros(())
+        components = [zero if loss is None else loss.detach().float().reshape(()) for loss in (loss_sia, loss_sta)]
+        self._component_sums[training] += torch.stack([*components, zero + 1])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "return_loss": True}
@@ -187,18 +322,75 @@ class SistaTrainer(CheckpointTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Trainer calls `log` on every process at the same steps, so the reduction below is a matching collective
         for training, prefix, key in ((True, "", "loss"), (False, "eval_", "eval_loss")):
-            if key not in logs or self._component_sums[training][2] == 0:
-                continue
             sums = self._component_sums[training]
+            if key not in logs or sums is None:
+                continue
             if self.accelerator.num_processes > 1:
-                sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            sia_sum, sta_sum, count = sums.double().tolist()  # the one read-back, at logging time
+            if count == 0:
+                continue
             config = self.accelerator.unwrap_model(self.model).config
             if config.sia_weight > 0:
-                logs[f"{prefix}loss_sia"] = round((sums[0] / sums[2]).item(), 6)
+                logs[f"{prefix}loss_sia"] = round(sia_sum / count, 6)
             if config.sta_weight > 0:
-                logs[f"{prefix}loss_sta"] = round((sums[1] / sums[2]).item(), 6)
+                logs[f"{prefix}loss_sta"] = round(sta_sum / count, 6)
             self._component_sums[training].zero_()
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        r"""
+        Checkpoints (`_internal_call`) as `Trainer` writes them, plus the config and the processor beside FSDP's
+        sharded weights; the final model whole, in `args.final_weights_dtype`, loadable by `from_pretrained`.
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if _internal_call:
+            super().save_model(output_dir, _internal_call=True)
+            if self.is_fsdp_enabled and self.args.should_save:
+                self.accelerator.unwrap_model(self.model).config.save_pretrained(output_dir)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+            return
+        state_dict = self.full_state_dict()  # a collective under FSDP and DeepSpeed: every process calls it
+        if self.args.should_save:
+            dtype = getattr(torch, self.args.final_weights_dtype)
+            state_dict = {
+                name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()
+            }
+            self._save(output_dir, state_dict=state_dict)
+        self.accelerator.wait_for_everyone()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights on the main process: FSDP's shards gathered, DeepSpeed's fp32 master weights."""
+        if self.is_fsdp_enabled:
+            plugin = self.accelerator.state.fsdp_plugin
+            plugin.set_state_dict_type("FULL_STATE_DICT")
+            return self.accelerator.get_state_dict(self.model)
+        if self.is_deepspeed_enabled:
+            return deepspeed_fp32_state_dict(self.accelerator.unwrap_model(self.model))
+        return self.accelerator.unwrap_model(self.model).state_dict()
+
+
+def set_fsdp_float32_reduction(fsdp_plugin, args) -> None:
+    """FSDP2 under bf16: parameters cast to bf16 for compute, gradients reduced across processes in float32
+    (accelerate's policy for `mixed_precision: bf16` reduces in bf16, and its config file has no key for it)."""
+    if getattr(fsdp_plugin, "fsdp_version", 1) != 2 or not args.bf16:
+        return
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def deepspeed_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """DeepSpeed ZeRO's fp32 master copy of every parameter (a collective: every process calls it), with the
+    module's buffers; a parameter without a master copy keeps its own values."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state_dict = model.state_dict()
+    for name, parameter in model.named_parameters():
+        master = safe_get_full_fp32_param(parameter)
+        state_dict[name] = (master if master is not None else parameter.detach()).float().cpu()
+    return state_dict
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -280,8 +472,14 @@ def check_checkpoint_matches(model: torch.nn.Module, checkpoint_dir: str | os.Pa
     """
     checkpoint_dir = Path(checkpoint_dir)
     config_file = checkpoint_dir / "config.json"
-    if not config_file.is_file() or not (checkpoint_dir / "model.safetensors").is_file():
-        raise ValueError(f"--resume_from_checkpoint {checkpoint_dir} has no config.json and model.safetensors.")
+    has_weights = (checkpoint_dir / "model.safetensors").is_file() or any(
+        path.is_dir() for path in checkpoint_dir.glob(f"{FSDP_SHARDED_CHECKPOINT_PREFIX}*")
+    )
+    if not config_file.is_file() or not has_weights:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint_dir} has no config.json and model weights (model.safetensors, or "
+            f"FSDP's sharded {FSDP_SHARDED_CHECKPOINT_PREFIX}_* folder)."
+        )
     saved = json.loads(config_file.read_text())
     if saved.get("model_type") != model.config.model_type:
         raise ValueError(
