@@ -387,7 +387,10 @@ for name, auto_class in {sorted(expected)!r}:
             results[(name, auto_class)] = outputs.get("logits", outputs.get("heatmap_logits"))
 torch.save(results, {str(tmp_path / "results.pt")!r})
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "OMP_NUM_THREADS": "1"}
+    # the same number of threads as here: convolutions may sum in another order with another count
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env["OMP_NUM_THREADS"] = threads
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
