@@ -1,8 +1,9 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
 The grounding figure: for a few test studies, the image with the finding's mask outlined, then the finding words' STA
-map of each model given, on the study's own image and on a blank image (no anatomy, so whatever a map shows there
-comes from the tower, e.g. its zero padding).
+map of each model given, with the report's own image, with another study's image (a map that looks at the image
+changes; the mask drawn is the report's own) and with a blank image (no anatomy, so whatever a map shows there comes
+from the tower, e.g. its zero padding). The cross marks the map's peak.
 
     PYTHONPATH=$PWD:$PWD/examples python research/grounding/figure.py --output research/grounding/grounding.png \
         --model "SPARC contrast=outputs/grounding/resnet_sista_tokens/model" \
@@ -57,10 +58,13 @@ def main(argv=None):
         blank = testbed.encode_test(
             model, processor, studies, images=[Image.new("L", studies[0]["image"].size, blank_value)] * len(studies)
         )
+        other_images = studies["image"][1:] + studies["image"][:1]
+        other = testbed.encode_test(model, processor, studies, images=other_images)
         columns.append((f"{label}\nown image", own, processor))
+        columns.append((f"{label}\nanother study's image", other, processor))
         columns.append((f"{label}\nblank image", blank, processor))
 
-    figure, axes = plt.subplots(len(studies), len(columns) + 1, figsize=(2.1 * (len(columns) + 1), 2.3 * len(studies)))
+    figure, axes = plt.subplots(len(studies), len(columns) + 1, figsize=(1.9 * (len(columns) + 1), 2.0 * len(studies)))
     image_processor = columns[0][2].image_processor
     for row, example in enumerate(studies):
         image = vg.display_image(image_processor, example["image"])

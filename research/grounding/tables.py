@@ -33,20 +33,21 @@ def main(root: str):
         )
         overall = results["pointing_game"]["overall"]
         pointing.append(
-            [name, overall["sta_weights"], overall["similarity"], overall.get("sta_weights_receptive_field", "-"),
+            [name, overall["sta_weights"], overall["similarity"], overall.get("similarity_centred", "-"),
+             overall.get("sta_weights_receptive_field", "-"),
              overall["random_point"], overall["fixed_point"], overall["oracle"], overall["num_findings"]]
         )
         for finding, entry in results["pointing_game"].items():
             if finding != "overall":
-                per_finding.append([name, finding, entry["sta_weights"], entry["random_point"], entry["fixed_point"],
-                                    entry["oracle"], entry["num_findings"]])
+                per_finding.append([name, finding, entry["sta_weights"], entry.get("similarity_centred", "-"),
+                                    entry["random_point"], entry["fixed_point"], entry["oracle"], entry["num_findings"]])
     print(table(["run", "steps", "final loss", "i2t R@1", "i2t R@10", "chance R@10", "mean image cosine", "train s"],
                 learning))
     print()
-    print(table(["run", "pointing (A)", "pointing (raw S)", "pointing (A, receptive-field centres)", "random point",
+    print(table(["run", "pointing (A)", "pointing (raw S)", "pointing (S centred)", "pointing (A, receptive-field centres)", "random point",
                  "fixed point", "oracle", "findings"], pointing))
     print()
-    print(table(["run", "finding", "pointing (A)", "random point", "fixed point", "oracle", "findings"], per_finding))
+    print(table(["run", "finding", "pointing (A)", "pointing (S centred)", "random point", "fixed point", "oracle", "findings"], per_finding))
     probes = sorted(Path(root).glob("*/probe.json"))
     rows = []
     for path in probes:

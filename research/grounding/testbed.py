@@ -149,8 +149,13 @@ def encode_test(model, processor, dataset, batch_size: int = 50, images: list | 
                     "weights": outputs.token_patch_weights[index].cpu().numpy(),
                     "similarity": similarity[index].cpu().numpy(),
                     "patch_embeds": outputs.image_patch_embeds[index].cpu().numpy(),
+                    "token_embeds": outputs.text_token_embeds[index].cpu().numpy(),
                 }
             )
+    # the word's similarity to each grid position of an average image: what a map shows whatever the image
+    mean_patch_embeds = np.mean([pair["patch_embeds"] for pair in pairs], axis=0)
+    for pair in pairs:
+        pair["similarity_centred"] = pair["similarity"] - pair.pop("token_embeds") @ mean_patch_embeds.T
     return {"image_embeds": torch.cat(image_embeds), "text_embeds": torch.cat(text_embeds), "pairs": pairs,
             "grid": grid}
 
@@ -182,6 +187,7 @@ MAP_KINDS = {
     "sta_weights": lambda pair, temperature: pair["weights"],
     "similarity": lambda pair, temperature: pair["similarity"],
     "similarity_softmax": lambda pair, temperature: softmax_rows(pair["similarity"], temperature),
+    "similarity_centred": lambda pair, temperature: pair["similarity_centred"],
 }
 
 
