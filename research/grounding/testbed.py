@@ -65,15 +65,16 @@ def build_model(args, tokenizer) -> SistaModel:
     )
     from configuration_sista import SistaConfig
 
-    config = SistaConfig.from_vision_text_configs(
-        vision_config_for(args.backbone, args.image_size),
-        text_config,
-        projection_dim=128,
-        vision_pooling="mean",
-        sia_threshold=TFIDF_SIA_THRESHOLD if uses_sia else NO_FALSE_NEGATIVES,
-        sta_weight=1.0 if uses_sta else 0.0,
-        sta_ignore_token_ids=sorted(set(tokenizer.all_special_ids)),
+    fields = {
+        "projection_dim": 128,
+        "vision_pooling": "mean",
+        "sia_threshold": TFIDF_SIA_THRESHOLD if uses_sia else NO_FALSE_NEGATIVES,
+        "sta_weight": 1.0 if uses_sta else 0.0,
+        "sta_ignore_token_ids": sorted(set(tokenizer.all_special_ids)),
         **json.loads(args.config_overrides),
+    }
+    config = SistaConfig.from_vision_text_configs(
+        vision_config_for(args.backbone, args.image_size), text_config, **fields
     )
     model = SistaModel(config)
     if args.padding_mode != "zeros":
