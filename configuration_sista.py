@@ -14,6 +14,8 @@ SIA_SIMILARITY_SOURCES = ("report_embeds", "text_embeds")
 POOLING_MODES = ("cls", "mean")
 VISION_POOLING_MODES = (*POOLING_MODES, "pooler")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+# what a token of STA is contrasted against: SPARC's other tokens of its report, or its own grouping on other images
+STA_NEGATIVES = ("tokens", "images", "tokens+images")
 
 # Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
 # sub-configs or use `SistaModel.from_vision_text_pretrained`.
@@ -86,6 +88,10 @@ class SistaConfig(PretrainedConfig):
             the number of patches.
         sta_temperature (`float`, *optional*, defaults to 0.1):
             Temperature of the within-report token-to-region contrast of STA.
+        sta_negatives (`str`, *optional*, defaults to `"tokens"`):
+            The negatives of a token in STA: `"tokens"`, the language-grouped embeddings of the other tokens of its
+            report (SPARC, the design); `"images"`, its own language-grouped embedding on the other images of the
+            batch, which ties the word to what its image shows; `"tokens+images"`, the mean of both losses.
         sta_ignore_token_ids (`list[int]`, *optional*):
             Token ids that STA does not align (the tokenizer's special tokens, e.g. `tokenizer.all_special_ids`).
             Padding is always ignored through the attention mask.
@@ -151,6 +157,7 @@ class SistaConfig(PretrainedConfig):
     sta_weight: float = 1.0
     sta_sparsity_threshold: float | None = None
     sta_temperature: float = 0.1
+    sta_negatives: str = "tokens"
     sta_ignore_token_ids: list[int] | None = None
     freeze_encoder: bool = False
     classifier_dropout: float = 0.0
@@ -178,6 +185,7 @@ class SistaConfig(PretrainedConfig):
             ("sia_mode", SIA_MODES),
             ("sia_soft_target", SIA_SOFT_TARGETS),
             ("sia_similarity_source", SIA_SIMILARITY_SOURCES),
+            ("sta_negatives", STA_NEGATIVES),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")

@@ -30,10 +30,10 @@ if torch.distributed.is_available():
     from torch.distributed import _functional_collectives as functional_collectives
 
 try:
-    from .configuration_sista import PROBLEM_TYPES, SistaConfig
+    from .configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, SistaConfig
     from .processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 except ImportError:  # a flat checkout imported without a package
-    from configuration_sista import PROBLEM_TYPES, SistaConfig
+    from configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, SistaConfig
     from processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 
 
@@ -178,14 +178,23 @@ def sta_loss(
     token_mask: torch.BoolTensor,
     sparsity_threshold: float | None = None,
     temperature: float = 0.1,
+    negatives: str = "tokens",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     Sparse token alignment, vectorised over the batch.
 
     For sample i, the language-grouped vision embedding of token j is `c_ij = normalise(sum_k A[j,k] p_ik)`, with
-    `A = sparse_token_patch_weights(<w_ij, p_ik>)`. Inside each report, token j's positive is `c_ij` and its
-    negatives are the `c_ij'` of the other valid tokens; the loss is symmetric (token→group and group→token) with
-    temperature `temperature`, averaged over the valid tokens of a sample, then over the samples that have any.
+    `A = sparse_token_patch_weights(<w_ij, p_ik>)`. With `negatives="tokens"` (SPARC's contrast), inside each
+    report token j's positive is `c_ij` and its negatives are the `c_ij'` of the other valid tokens; the loss is
+    symmetric (token→group and group→token) with temperature `temperature`, averaged over the valid tokens of a
+    sample, then over the samples that have any.
+
+    That contrast never compares images: any token-distinct choice of patches satisfies it, also one that ignores
+    the image (a fixed anatomical or border position per word). `negatives="images"` ties a word to what its own
+    image shows: token j of report i is grouped on every image m of the batch, `c_ij^m` from
+    `A^m = sparse_token_patch_weights(<w_ij, p_mk>)`, and its logits `<w_ij, c_ij^m> / temperature` are contrasted
+    over the images, its own image m = i the positive (token→image). `"tokens+images"` averages the two losses.
+    The returned map is the paired image's `A` in every mode.
 
     Args:
         text_token_embeds (`torch.Tensor` of shape `(batch_size, num_tokens, dim)`): L2-normalised `w_ij`.
@@ -193,11 +202,15 @@ def sta_loss(
         token_mask (`torch.BoolTensor` of shape `(batch_size, num_tokens)`): the tokens to align (no padding, no
             special tokens).
         sparsity_threshold (`float`, *optional*): defaults to `1 / num_patches`.
+        temperature (`float`, *optional*, defaults to 0.1): temperature of the contrast.
+        negatives (`str`, *optional*, defaults to `"tokens"`): `"tokens"`, `"images"` or `"tokens+images"`.
 
     Returns:
         `(loss, weights)`: the scalar loss (0 when no sample has a valid token) and `A` of shape
         `(batch_size, num_tokens, num_patches)`, in float32 (float64 inputs stay float64), also under autocast.
     """
+    if negatives not in STA_NEGATIVES:
+        raise ValueError(f"`negatives` must be one of {STA_NEGATIVES}, got {negatives!r}.")
     with torch.autocast(device_type=image_patch_embeds.device.type, enabled=False):
         text_token_embeds, image_patch_embeds = upcast(text_token_embeds), upcast(image_patch_embeds)
         if sparsity_threshold is None:
@@ -205,21 +218,66 @@ def sta_loss(
 
         token_patch_similarity = torch.einsum("bld,bpd->blp", text_token_embeds, image_patch_embeds)
         weights = sparse_token_patch_weights(token_patch_similarity, sparsity_threshold)
-        language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
+        losses = []
+        if negatives in ("tokens", "tokens+images"):
+            losses.append(
+                sta_token_contrast_loss(text_token_embeds, image_patch_embeds, weights, token_mask, temperature)
+            )
+        if negatives in ("images", "tokens+images"):
+            losses.append(
+                sta_image_contrast_loss(
+                    text_token_embeds, image_patch_embeds, token_mask, sparsity_threshold, temperature
+                )
+            )
+        return sum(losses) / len(losses), weights
 
-        token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds)
-        token_group_logits = token_group_logits / temperature
-        pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
-        token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
-        token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
-        group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
-        per_token = (token_to_group + group_to_token) / 2 * token_mask
 
-        tokens_per_sample = token_mask.sum(dim=1)
-        has_tokens = tokens_per_sample > 0
-        per_sample = per_token.sum(dim=1) / tokens_per_sample.clamp_min(1)
-        loss = (per_sample * has_tokens).sum() / has_tokens.sum().clamp_min(1)
-        return loss, weights
+def average_over_tokens(per_token: torch.Tensor, token_mask: torch.BoolTensor) -> torch.Tensor:
+    """Mean over the valid tokens of each sample, then over the samples that have any (0 when none has)."""
+    per_token = per_token * token_mask
+    tokens_per_sample = token_mask.sum(dim=1)
+    has_tokens = tokens_per_sample > 0
+    per_sample = per_token.sum(dim=1) / tokens_per_sample.clamp_min(1)
+    return (per_sample * has_tokens).sum() / has_tokens.sum().clamp_min(1)
+
+
+def sta_token_contrast_loss(
+    text_token_embeds: torch.Tensor,
+    image_patch_embeds: torch.Tensor,
+    weights: torch.Tensor,
+    token_mask: torch.BoolTensor,
+    temperature: float,
+) -> torch.Tensor:
+    """SPARC's within-report contrast of `sta_loss` (`negatives="tokens"`), from the weights `A`."""
+    language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
+
+    token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds) / temperature
+    pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
+    token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
+    token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
+    group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
+    return average_over_tokens((token_to_group + group_to_token) / 2, token_mask)
+
+
+def sta_image_contrast_loss(
+    text_token_embeds: torch.Tensor,
+    image_patch_embeds: torch.Tensor,
+    token_mask: torch.BoolTensor,
+    sparsity_threshold: float,
+    temperature: float,
+) -> torch.Tensor:
+    r"""
+    The across-image contrast of `sta_loss` (`negatives="images"`): token j of report i is grouped on each image m,
+    `c_ij^m = normalise(sum_k A^m[j,k] p_mk)`, and `-log softmax_m(<w_ij, c_ij^m> / temperature)` at `m = i` is
+    averaged like the token contrast. Memory grows as batch_size² × num_tokens × num_patches.
+    """
+    # [report, image, token, patch]
+    cross_similarity = torch.einsum("ild,mpd->imlp", text_token_embeds, image_patch_embeds)
+    cross_weights = sparse_token_patch_weights(cross_similarity, sparsity_threshold)
+    grouped = F.normalize(torch.einsum("imlp,mpd->imld", cross_weights, image_patch_embeds), dim=-1)
+    token_image_logits = torch.einsum("ild,imld->ilm", text_token_embeds, grouped) / temperature
+    token_to_image = -token_image_logits.log_softmax(dim=-1).diagonal(dim1=0, dim2=2).t()
+    return average_over_tokens(token_to_image, token_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1115,6 +1173,7 @@ class SistaModel(SistaPreTrainedModel):
                 token_mask,
                 sparsity_threshold=self.config.sta_sparsity_threshold,
                 temperature=self.config.sta_temperature,
+                negatives=self.config.sta_negatives,
             )
             token_patch_weights = token_patch_weights * token_mask[..., None]
             if not output_token_patch_weights:

@@ -1,0 +1,69 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+Markdown tables of the testbed runs (`results.json`) and probes (`probe.json`) under an outputs folder.
+
+    python research/grounding/tables.py outputs/grounding
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(root: str):
+    runs = sorted(Path(root).glob("*/results.json"))
+    learning, pointing, per_finding = [], [], []
+    for path in runs:
+        results = json.loads(path.read_text())
+        name = path.parent.name
+        loss = results["final_loss"]
+        learning.append(
+            [name, results["arguments"]["steps"], loss["loss"], results["i2t_R@1"], results["i2t_R@10"],
+             results["chance_R@10"], results["mean_image_cosine"], round(results["train_seconds"])]
+        )
+        overall = results["pointing_game"]["overall"]
+        pointing.append(
+            [name, overall["sta_weights"], overall["similarity"], overall.get("similarity_centred", "-"),
+             overall.get("sta_weights_receptive_field", "-"),
+             overall["random_point"], overall["fixed_point"], overall["oracle"], overall["num_findings"]]
+        )
+        for finding, entry in results["pointing_game"].items():
+            if finding != "overall":
+                per_finding.append([name, finding, entry["sta_weights"], entry.get("similarity_centred", "-"),
+                                    entry["random_point"], entry["fixed_point"], entry["oracle"], entry["num_findings"]])
+    print(table(["run", "steps", "final loss", "i2t R@1", "i2t R@10", "chance R@10", "mean image cosine", "train s"],
+                learning))
+    print()
+    print(table(["run", "pointing (A)", "pointing (raw S)", "pointing (S centred)", "pointing (A, receptive-field centres)", "random point",
+                 "fixed point", "oracle", "findings"], pointing))
+    print()
+    print(table(["run", "finding", "pointing (A)", "pointing (S centred)", "random point", "fixed point", "oracle", "findings"], per_finding))
+    probes = sorted(Path(root).glob("*/probe.json"))
+    rows = []
+    for path in probes:
+        probe = json.loads(path.read_text())
+        game, border = probe["pointing_game"], probe["peak_on_border"]
+        rows.append(
+            [path.parent.name, game["own_hit"], game["other_image_hit"], game["blank_image_hit"], game["prior_hit"],
+             probe["own_vs_other_image_map_correlation"], border["own_image"], border["blank_image"],
+             border["mask_centre"], probe["position_variance_share"], probe["sta_kept_patch_fraction"]]
+        )
+    if rows:
+        print()
+        print(table(["run", "pointing own image", "with another image", "with a blank image", "word prior map",
+                     "corr(own, other image)", "peak on border", "blank: peak on border", "mask centre on border",
+                     "position share of patch variance", "patches kept by A"], rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,354 @@
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""
+The grounding testbed: builds a small SISTA model (ResNet or ViT vision tower, BERT text tower), pre-trains it on a
+SynthCXR folder with the project's `PretrainingDataset`, `SistaDataCollator` and `XRayAugmentation` in a plain loop
+(AdamW, linear warm-up, cosine decay, gradient clipping: the recipe of `examples/pretrain.py`), and evaluates it on
+the test split: paired image→report R@1/R@10 beside chance, mean pairwise image cosine, and the pointing game of
+several word maps beside the random-point, fixed-point and oracle references.
+
+    PYTHONPATH=$PWD:$PWD/examples python research/grounding/testbed.py --backbone resnet --objective sista \
+        --steps 300 --output_dir outputs/grounding/resnet_sista
+"""
+
+import argparse
+from collections import Counter
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import load_from_disk
+from transformers import BertConfig, ResNetConfig, ViTConfig, get_cosine_schedule_with_warmup, set_seed
+
+import visualize_grounding as vg
+from modeling_sista import SistaModel
+from processing_sista import SistaImageProcessor, SistaProcessor
+from sista_trainer import PretrainingDataset, SistaDataCollator, XRayAugmentation, train_report_tokenizer
+
+from oracle import oracle_pointing_hit
+
+
+logger = logging.getLogger(__name__)
+
+TEXT_SIZES = {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768}
+NO_FALSE_NEGATIVES = 2.0
+TFIDF_SIA_THRESHOLD = 0.44
+
+
+def vision_config_for(backbone: str, image_size: int):
+    """ResNet: 3 basic stages 48/96/192, output stride 16; ViT: 192 × 4, patch 16 (both an 8 × 8 grid at 128 px)."""
+    if backbone == "resnet":
+        return ResNetConfig(
+            num_channels=3, embedding_size=32, hidden_sizes=[48, 96, 192], depths=[1, 1, 1], layer_type="basic"
+        )
+    if backbone == "vit":
+        return ViTConfig(**TEXT_SIZES, patch_size=16, image_size=image_size)
+    raise ValueError(f"`backbone` must be 'resnet' or 'vit', got {backbone!r}.")
+
+
+def set_padding_mode(model: SistaModel, padding_mode: str) -> int:
+    """Sets `padding_mode` of every padded convolution of the vision tower; returns how many were changed."""
+    changed = 0
+    for module in model.vision_model.modules():
+        if isinstance(module, torch.nn.Conv2d) and any(pad > 0 for pad in module.padding):
+            module.padding_mode = padding_mode
+            changed += 1
+    return changed
+
+
+def build_model(args, tokenizer) -> SistaModel:
+    uses_sia, uses_sta = args.objective in ("sia", "sista"), args.objective in ("sta", "sista")
+    text_config = BertConfig(
+        **TEXT_SIZES, vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id
+    )
+    from configuration_sista import SistaConfig
+
+    fields = {
+        "projection_dim": 128,
+        "vision_pooling": "mean",
+        "sia_threshold": TFIDF_SIA_THRESHOLD if uses_sia else NO_FALSE_NEGATIVES,
+        "sta_weight": 1.0 if uses_sta else 0.0,
+        "sta_ignore_token_ids": sorted(set(tokenizer.all_special_ids)),
+        **json.loads(args.config_overrides),
+    }
+    config = SistaConfig.from_vision_text_configs(
+        vision_config_for(args.backbone, args.image_size), text_config, **fields
+    )
+    model = SistaModel(config)
+    if args.padding_mode != "zeros":
+        set_padding_mode(model, args.padding_mode)
+    return model
+
+
+def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
+    augmentation = XRayAugmentation() if args.augment else None
+    columns = "report_embeds" if model.config.sia_threshold <= 1 else None
+    train_dataset = PretrainingDataset(
+        dataset, image_processor, augmentation, seed=args.seed, report_embeds_column=columns
+    )
+    collator = SistaDataCollator(tokenizer, max_length=128)
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
+    model.train()
+    history, step, epoch, started = [], 0, 0, time.time()
+    while step < args.steps:
+        train_dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            train_dataset, batch_size=args.batch_size, shuffle=True, drop_last=True, collate_fn=collator,
+            generator=generator,
+        )
+        for batch in loader:
+            batch = {key: value.to(args.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+            outputs = model(**batch)
+            outputs.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            entry = {"step": step, "loss": outputs.loss.item()}
+            for name in ("loss_sia", "loss_sta"):
+                if getattr(outputs, name) is not None:
+                    entry[name] = getattr(outputs, name).item()
+            history.append(entry)
+            if step % 25 == 0 or step == args.steps:
+                rounded = {key: round(value, 4) for key, value in entry.items()}
+                logger.info("step %d %s (%.0f s)", step, rounded, time.time() - started)
+            if step >= args.steps:
+                break
+        epoch += 1
+    history.append({"train_seconds": time.time() - started})
+    return history
+
+
+@torch.no_grad()
+def encode_test(model, processor, dataset, batch_size: int = 50, images: list | None = None) -> dict:
+    """Global embeddings, token/patch embeddings and the STA map of every test pair, with the grid size; `images`
+    replaces the dataset's images (mismatched or blank pairs for the probes)."""
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    model.eval()
+    image_embeds, text_embeds, pairs = [], [], []
+    grid = None
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset[start : start + batch_size]
+        encoding = tokenizer(rows["report"], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        batch_images = rows["image"] if images is None else images[start : start + batch_size]
+        pixel_values = image_processor(batch_images, return_tensors="pt")["pixel_values"]
+        inputs = {key: value.to(model.device) for key, value in encoding.items()}
+        outputs = model(**inputs, pixel_values=pixel_values.to(model.device), output_token_patch_weights=True)
+        grid = tuple(outputs.patch_grid_size)
+        image_embeds.append(outputs.image_embeds.cpu())
+        text_embeds.append(outputs.text_embeds.cpu())
+        similarity = torch.einsum("bld,bpd->blp", outputs.text_token_embeds, outputs.image_patch_embeds)
+        for index in range(len(rows["report"])):
+            pairs.append(
+                {
+                    "encoding": encoding.encodings[index],
+                    "weights": outputs.token_patch_weights[index].cpu().numpy(),
+                    "similarity": similarity[index].cpu().numpy(),
+                    "patch_embeds": outputs.image_patch_embeds[index].cpu().numpy(),
+                    "token_embeds": outputs.text_token_embeds[index].cpu().numpy(),
+                }
+            )
+    # the word's similarity to each grid position of an average image: what a map shows whatever the image
+    mean_patch_embeds = np.mean([pair["patch_embeds"] for pair in pairs], axis=0)
+    for pair in pairs:
+        pair["similarity_centred"] = pair["similarity"] - pair.pop("token_embeds") @ mean_patch_embeds.T
+    return {"image_embeds": torch.cat(image_embeds), "text_embeds": torch.cat(text_embeds), "pairs": pairs,
+            "grid": grid}
+
+
+def retrieval_metrics(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> dict:
+    """Paired image→report R@1/R@10 with chance k/N, and the mean pairwise cosine of distinct images."""
+    similarity = image_embeds @ text_embeds.t()
+    ranks = (similarity > similarity.diagonal()[:, None]).sum(dim=1)
+    count = len(similarity)
+    image_cosine = image_embeds @ image_embeds.t()
+    off_diagonal = image_cosine[~torch.eye(count, dtype=torch.bool)]
+    return {
+        "i2t_R@1": (ranks < 1).float().mean().item(),
+        "i2t_R@10": (ranks < 10).float().mean().item(),
+        "chance_R@1": 1 / count,
+        "chance_R@10": 10 / count,
+        "mean_image_cosine": off_diagonal.mean().item(),
+    }
+
+
+def softmax_rows(values: np.ndarray, temperature: float) -> np.ndarray:
+    logits = values / temperature
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+MAP_KINDS = {
+    "sta_weights": lambda pair, temperature: pair["weights"],
+    "similarity": lambda pair, temperature: pair["similarity"],
+    "similarity_softmax": lambda pair, temperature: softmax_rows(pair["similarity"], temperature),
+    "similarity_centred": lambda pair, temperature: pair["similarity_centred"],
+}
+
+
+def first_cell_centre(vision_config, stride: float) -> float:
+    """Pixel coordinate of the first grid cell's centre: 0 for a ResNet (its symmetric 'same' padding centres cell
+    i on input pixel `stride * i`), `stride / 2 - 0.5` for patch tokens (the centre of patch i)."""
+    return 0.0 if vision_config.model_type == "resnet" else stride / 2 - 0.5
+
+
+def upsample_at_centres(grid_map: np.ndarray, grid: tuple[int, int], size: tuple[int, int], first_centre: float):
+    """Bilinear map from a grid whose cell `(r, c)` is centred on pixel `first_centre + stride * (r, c)`."""
+    from scipy.ndimage import map_coordinates
+
+    rows = (np.arange(size[0]) - first_centre) / (size[0] / grid[0])
+    columns = (np.arange(size[1]) - first_centre) / (size[1] / grid[1])
+    coordinates = np.meshgrid(rows, columns, indexing="ij")
+    return map_coordinates(np.asarray(grid_map, dtype=np.float64).reshape(grid), coordinates, order=1, mode="nearest")
+
+
+def pointing_game_records(
+    dataset, encoded, image_processor, map_kinds=tuple(MAP_KINDS), temperature=0.1, first_centre=None
+) -> list:
+    """One record per scorable finding: hits of every map kind and of the oracle, mask fraction, finding words."""
+    grid = encoded["grid"]
+    records, skipped = [], {}
+    for index, example in enumerate(dataset):
+        pair = encoded["pairs"][index]
+        # tokens STA ignores have no map in any kind
+        has_map = pair["weights"].sum(-1, keepdims=True) > 0
+        word_maps = {
+            kind: vg.word_maps_from_encoding(
+                example["report"], pair["encoding"], MAP_KINDS[kind](pair, temperature) * has_map
+            )
+            for kind in map_kinds
+        }
+        counter = Counter()
+        targets = vg.finding_targets(example, word_maps["sta_weights"], counter)
+        for reason, count in counter.items():
+            skipped[reason] = skipped.get(reason, 0) + count
+        for target in targets:
+            mask = vg.mask_to_model_frame(image_processor, target["mask"])
+            record = {
+                "study": index,
+                "finding": target["finding"],
+                "words": [word_maps["sta_weights"].words[i] for i in target["word_indices"]],
+                "fallback": target["fallback"],
+                "mask_fraction": vg.random_point_baseline(mask),
+                "oracle_hit": oracle_pointing_hit(mask, grid),
+            }
+            for kind, maps in word_maps.items():
+                word_map = maps.maps[target["word_indices"]].mean(axis=0, keepdims=True)
+                heatmap = vg.upsample_maps(word_map, grid, mask.shape)[0]
+                hit, peak = vg.pointing_game_hit(heatmap, mask)
+                record[f"{kind}_hit"] = hit
+                record[f"{kind}_peak_cell"] = int(np.argmax(word_map[0]))
+                if first_centre is not None and kind == "sta_weights":
+                    shifted = upsample_at_centres(word_map[0], grid, mask.shape, first_centre)
+                    record["sta_weights_receptive_field_hit"] = vg.pointing_game_hit(shifted, mask)[0]
+            records.append(record)
+            record["_mask"] = mask
+    fixed = vg.fixed_point_hits([r["finding"] for r in records], [r.pop("_mask") for r in records])
+    for record, hit in zip(records, fixed):
+        record["fixed_point_hit"] = hit
+    return records, skipped
+
+
+def summarise_pointing(records: list, map_kinds=tuple(MAP_KINDS)) -> dict:
+    def summary(group):
+        entry = {
+            "num_findings": len(group),
+            "random_point": float(np.mean([r["mask_fraction"] for r in group])),
+            "fixed_point": float(np.mean([r["fixed_point_hit"] for r in group])),
+            "oracle": float(np.mean([r["oracle_hit"] for r in group])),
+        }
+        for kind in map_kinds:
+            entry[kind] = float(np.mean([r[f"{kind}_hit"] for r in group]))
+        if "sta_weights_receptive_field_hit" in group[0]:
+            hits = [r["sta_weights_receptive_field_hit"] for r in group]
+            entry["sta_weights_receptive_field"] = float(np.mean(hits))
+        return entry
+
+    names = sorted({r["finding"] for r in records})
+    per_finding = {name: summary([r for r in records if r["finding"] == name]) for name in names}
+    return {"overall": summary(records), **per_finding}
+
+
+def pretrain_model(args, pretrain):
+    """Tokenizer, report embeddings (tfidf, for SIA), model and the training loop; `(history, model, processor)`."""
+    tokenizer = train_report_tokenizer(pretrain["report"], vocab_size=3000)
+    if args.objective in ("sia", "sista") and "report_embeds" not in pretrain.column_names:
+        from datasets import DatasetDict
+        from report_embeddings import add_report_embeddings
+
+        pretrain = add_report_embeddings(DatasetDict(pretrain=pretrain), encoder="tfidf", seed=args.seed)["pretrain"]
+    model = build_model(args, tokenizer).to(args.device)
+    image_processor = SistaImageProcessor(size={"height": args.image_size, "width": args.image_size}, num_channels=3)
+    processor = SistaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    history = train(args, model, pretrain, tokenizer, image_processor)
+    return history, model, processor
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_dir", default="/work/data_synthcxr128")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--backbone", default="resnet", choices=("resnet", "vit"))
+    parser.add_argument("--objective", default="sista", choices=("clip", "sia", "sta", "sista"))
+    parser.add_argument("--config_overrides", default="{}", help="JSON of extra SistaConfig fields.")
+    parser.add_argument("--padding_mode", default="zeros", choices=("zeros", "reflect", "replicate"))
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup_steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", type=int, default=1)
+    parser.add_argument("--num_test", type=int, default=500)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eval_only", action="store_true", help="Evaluate output_dir/model again, no training.")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    splits = load_from_disk(args.data_dir)
+    pretrain, test = splits["pretrain"], splits["test"].select(range(min(args.num_test, len(splits["test"]))))
+    if args.eval_only:
+        model = SistaModel.from_pretrained(output_dir / "model").eval()
+        processor = SistaProcessor.from_pretrained(output_dir / "model")
+        image_processor = processor.image_processor
+        history = json.loads((output_dir / "history.json").read_text())
+    else:
+        history, model, processor = pretrain_model(args, pretrain)
+        image_processor = processor.image_processor
+        model.save_pretrained(output_dir / "model")
+        processor.save_pretrained(output_dir / "model")
+        (output_dir / "history.json").write_text(json.dumps(history))
+
+    encoded = encode_test(model, processor, test)
+    arguments = vars(args)
+    if args.eval_only and (output_dir / "results.json").exists():
+        # the training run's arguments, with this evaluation's
+        arguments = {**json.loads((output_dir / "results.json").read_text())["arguments"], "num_test": args.num_test}
+    results = {"arguments": arguments, "grid": encoded["grid"], "final_loss": history[-2],
+               "train_seconds": history[-1]["train_seconds"]}
+    results.update(retrieval_metrics(encoded["image_embeds"], encoded["text_embeds"]))
+    stride = args.image_size / encoded["grid"][1]
+    first_centre = first_cell_centre(model.config.vision_config, stride)
+    records, skipped = pointing_game_records(test, encoded, image_processor, first_centre=first_centre)
+    results["pointing_game"] = summarise_pointing(records)
+    results["pointing_skipped"] = skipped
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (output_dir / "records.json").write_text(json.dumps(records))
+    logger.info(json.dumps({k: v for k, v in results.items() if k != "arguments"}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
