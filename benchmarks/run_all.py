@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
-"""One entry point for the performance benchmarks: runs the colleagues' scripts, collects one README-ready table.
+"""One entry point for the performance benchmarks: runs the benchmark scripts, collects one README-ready table.
 
 Runs, each in its own process, one after the other so they do not compete for cores:
 

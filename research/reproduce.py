@@ -104,7 +104,9 @@ class ReproduceArguments:
     quick: bool = field(default=False, metadata={"help": "1 seed, tiny budgets, subset of tasks (minutes)."})
     aggregate_only: bool = field(default=False, metadata={"help": "Only rebuild table and plots from work_dir."})
     # data (shared by every run)
-    image_size: int = field(default=64, metadata={"help": "SynthCXR image side (pixels)."})
+    image_size: int = field(
+        default=128, metadata={"help": "SynthCXR image side (pixels); 128 gives the `small` preset an 8 x 8 grid."}
+    )
     num_pretrain: int | None = field(default=None, metadata={"help": "Pre-training studies (default 2000)."})
     num_train: int | None = field(default=None, metadata={"help": "Labelled training studies (default 1000)."})
     num_test: int | None = field(default=None, metadata={"help": "Test studies (default 300)."})

@@ -2,9 +2,9 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """CLIP vs SIA vs STA vs SISTA from one shared STA warm start (not from a near-collapsed random initialisation).
 
-From a random initialisation plain CLIP collapses at the study's budget (`docs/results/REPRODUCE.md`, "Why CLIP
-collapses"), so the main table compares STA against a collapsed model. Here every objective starts from the same
-encoders, pre-trained briefly with `--objective sta`:
+A from-scratch ViT collapses under plain CLIP at a small budget (`clip_collapse.py` probes it), so a study from a
+random initialisation can compare STA against a collapsed model. Here every objective starts from the same encoders,
+pre-trained briefly with `--objective sta`:
 
 1. warm start: the study's pre-training (`reproduce.py`'s `pretrain_arguments`: small preset, 64 px, mean pooling,
    batch 32, lr 1e-3, warm-up 20, cosine) with `--objective sta --num_train_epochs <warm_epochs>` (1 epoch = 62
@@ -22,7 +22,7 @@ encoders, pre-trained briefly with `--objective sta`:
 
     python research/warm_start.py                                   # seed 0, classification/zero-shot/retrieval
     python research/warm_start.py --seeds 0,1,2 --tasks classification,segmentation,detection,zero_shot,retrieval \
-        --label_fractions 0.1,1.0                                     # what REPRODUCE.md reports (~23 min on 2 cores)
+        --label_fractions 0.1,1.0                                     # every head at 10% and 100% labels
     python research/warm_start.py --warm_epochs 4 --objectives clip,sia,sta,sista --seeds 0 \
         --diag_dir outputs/warm_start4_diag --work_dir outputs/warm_start4 \
         --output_dir docs/results/warm_start/warm_start_4epochs        # a stronger warm start (248 STA steps)
