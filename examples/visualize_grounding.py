@@ -24,7 +24,12 @@ miss. Accuracy is reported overall and per finding, beside two baselines that lo
 baseline (the fraction of the image the mask covers, i.e. the chance that a uniformly random peak is a hit) and the
 fixed-point baseline (the hit rate of the single pixel most often inside this finding's masks on the split: the best
 one fixed pixel per finding can do, looking at neither the image nor the wording; a collapsed model whose maps always
-peak on the heart scores about this much on cardiomegaly).
+peak on the heart scores about this much on cardiomegaly), and the oracle, the ceiling at the model's patch grid (the
+hit rate of the finding's own mask pooled to the grid and scored by the same rule: lesions smaller than a patch or
+between patch centres are lost at that grid).
+
+The words, targets, hit rule and references are `sista_examples.evaluation.grounding`'s, shared with the grounding
+study in `research/grounding/`; this script adds the model pass, the figures and the results files.
 
 Datasets without SynthCXR's `findings` metadata but with a union `mask` column are scored with one target per image:
 the mean map of all content words of the report, or of `--grounding_text` (e.g. "pneumothorax" for SIIM-ACR) for
@@ -42,20 +47,16 @@ Usage:
 
 import json
 import logging
-import re
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from sista_examples.data import synthcxr
 from sista_examples.evaluation.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
@@ -65,20 +66,25 @@ from sista_examples.evaluation.common import (
     require_columns,
     text_max_length,
 )
+from sista_examples.evaluation.grounding import (
+    SUBWORD_REDUCTIONS,
+    WordMaps,
+    display_image,
+    finding_targets,
+    fixed_point_hits,
+    mask_to_model_frame,
+    oracle_pointing_hit,
+    pointing_game_hit,
+    pointing_game_summary,
+    random_point_baseline,
+    upsample_maps,
+    word_maps_from_encoding,
+)
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 from sista_examples.utils import setup_logging
 
 
 logger = logging.getLogger(__name__)
-
-# Function words of English radiology reports and the section headers: they describe no region.
-STOP_WORDS = frozenset(
-    """a an the of and or but nor no not without with within is are was were be been being there this that these
-    those it its to in on at by for from as into onto than then also both either any some all each other another
-    has have had do does did may might can could should would will shall seen noted present identified again
-    findings finding impression""".split()
-)
-SUBWORD_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -123,230 +129,8 @@ class GroundingArguments:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Words and their maps
+# Targets of datasets with a union mask only (SynthCXR's per-finding targets: `finding_targets`)
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def merge_subword_maps(
-    word_ids: Sequence[int | None], token_maps: np.ndarray, reduce: str = "mean"
-) -> tuple[list[int], np.ndarray]:
-    """
-    Merges the maps of the sub-tokens of each word.
-
-    Args:
-        word_ids (`Sequence[int | None]`): the word of each token (a fast tokenizer's `encoding.word_ids()`),
-            `None` for special tokens and padding, which are dropped.
-        token_maps (`np.ndarray` of shape `(num_tokens, num_patches)`): the tokens' grounding maps.
-        reduce (`str`): `"mean"` or `"sum"` of the sub-token maps.
-
-    Returns:
-        `(words, word_maps)`: the word ids in order of first appearance and their maps `(num_words, num_patches)`.
-    """
-    token_maps = np.asarray(token_maps)
-    if len(word_ids) != token_maps.shape[0]:
-        raise ValueError(f"{len(word_ids)} word ids for {token_maps.shape[0]} token maps.")
-    if reduce not in SUBWORD_REDUCTIONS:
-        raise ValueError(f"`reduce` must be one of {SUBWORD_REDUCTIONS}, got {reduce!r}.")
-    tokens_of_word = defaultdict(list)
-    for token_index, word_id in enumerate(word_ids):
-        if word_id is not None:
-            tokens_of_word[word_id].append(token_index)
-    words = list(tokens_of_word)
-    if not words:
-        return [], np.zeros((0, token_maps.shape[1]), dtype=token_maps.dtype)
-    reducer = np.mean if reduce == "mean" else np.sum
-    return words, np.stack([reducer(token_maps[tokens_of_word[word]], axis=0) for word in words])
-
-
-def word_spans(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None]) -> dict[int, tuple[int, int]]:
-    """Character span `(start, end)` of each word in the text, from the tokens' offsets."""
-    spans = {}
-    for (start, end), word_id in zip(offsets, word_ids):
-        if word_id is None:
-            continue
-        previous = spans.get(word_id)
-        spans[word_id] = (start, end) if previous is None else (min(previous[0], start), max(previous[1], end))
-    return spans
-
-
-def is_content_word(word: str) -> bool:
-    return word.lower() not in STOP_WORDS and any(character.isalnum() for character in word)
-
-
-@dataclass
-class WordMaps:
-    """The words of one text with their spans and grounding maps (`(num_words, num_patches)`)."""
-
-    text: str
-    words: list[str]
-    spans: list[tuple[int, int]]
-    maps: np.ndarray
-
-    def content_indices(self) -> list[int]:
-        """Words that are content words and have a grounding map (not only STA-ignored tokens)."""
-        return [index for index, word in enumerate(self.words) if is_content_word(word) and self.maps[index].sum() > 0]
-
-
-def word_maps_from_encoding(text: str, encoding, token_maps: np.ndarray, reduce: str = "mean") -> WordMaps:
-    """`WordMaps` of one text from its fast-tokenizer encoding (`encoding.word_ids()`, `encoding.offsets`)."""
-    word_ids = encoding.word_ids
-    word_ids = word_ids() if callable(word_ids) else word_ids
-    words, maps = merge_subword_maps(word_ids, token_maps[: len(word_ids)], reduce)
-    spans = word_spans(encoding.offsets, word_ids)
-    return WordMaps(text, [text[slice(*spans[word])] for word in words], [spans[word] for word in words], maps)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Heatmaps and the pointing game
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """`(num_maps, num_patches)` patch maps -> `(num_maps, height, width)` images, bilinear (align_corners=False)."""
-    maps = torch.as_tensor(np.asarray(maps, dtype=np.float32)).reshape(-1, 1, *grid)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-
-
-PEAK_RELATIVE_TOLERANCE = 1e-5
-
-
-def pointing_game_hit(heatmap: np.ndarray, mask: np.ndarray) -> tuple[bool, tuple[int, int] | None]:
-    """
-    Whether the heatmap's peak lies in `mask`; returns `(hit, (row, col))`, or `(False, None)` for a flat map.
-
-    The peak is the first pixel in row-major order within `PEAK_RELATIVE_TOLERANCE` of the maximum: bilinear
-    upsampling makes plateaus (a whole border band shares the edge patch's value) whose pixels differ only by float
-    noise, which would otherwise make the peak depend on batch padding. A map with every pixel that close to the
-    maximum points nowhere, and counts as a miss.
-    """
-    heatmap, mask = np.asarray(heatmap), np.asarray(mask, dtype=bool)
-    if heatmap.shape != mask.shape:
-        raise ValueError(f"`heatmap` {heatmap.shape} and `mask` {mask.shape} must have one shape.")
-    maximum = float(heatmap.max())
-    near_maximum = heatmap >= maximum - PEAK_RELATIVE_TOLERANCE * abs(maximum)
-    if near_maximum.all():
-        return False, None
-    peak = np.unravel_index(int(np.argmax(near_maximum)), heatmap.shape)
-    return bool(mask[peak]), (int(peak[0]), int(peak[1]))
-
-
-def random_point_baseline(mask: np.ndarray) -> float:
-    """Chance that a uniformly random point of the image lies in `mask`: the fraction of the image it covers."""
-    return float(np.asarray(mask, dtype=bool).mean())
-
-
-def fixed_point_hits(findings: list[str], masks: list[np.ndarray]) -> list[bool]:
-    """
-    For each (finding, mask), whether the finding's fixed point lies in the mask: the pixel inside the most masks of
-    that finding (first in row-major order on ties). The hit rate is the best one fixed pixel per finding can do.
-    """
-    if len(findings) != len(masks):
-        raise ValueError(f"`findings` and `masks` must have one length, got {len(findings)} and {len(masks)}.")
-    counts = {}
-    for finding, mask in zip(findings, masks):
-        counts[finding] = counts.get(finding, 0) + np.asarray(mask, dtype=np.int64)
-    points = {finding: np.unravel_index(int(np.argmax(count)), count.shape) for finding, count in counts.items()}
-    return [bool(np.asarray(mask, dtype=bool)[points[finding]]) for finding, mask in zip(findings, masks)]
-
-
-def pointing_game_summary(records: list[dict]) -> dict:
-    """Accuracy and baselines of `records` (`fixed_point_baseline` where they carry `fixed_point_hit`)."""
-    if not records:
-        raise ValueError("The pointing game has no finding to score: no finding with a mask and words was found.")
-
-    def summarise(group):
-        summary = {
-            "accuracy": float(np.mean([record["hit"] for record in group])),
-            "random_baseline": float(np.mean([record["mask_fraction"] for record in group])),
-            "num_findings": len(group),
-        }
-        if all("fixed_point_hit" in record for record in group):
-            summary["fixed_point_baseline"] = float(np.mean([record["fixed_point_hit"] for record in group]))
-        return summary
-
-    by_finding = defaultdict(list)
-    for record in records:
-        by_finding[record["finding"]].append(record)
-    return {
-        "overall": summarise(records),
-        "per_finding": {name: summarise(by_finding[name]) for name in sorted(by_finding)},
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Targets: which words point at which mask
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _vocabulary(*phrase_groups) -> set[str]:
-    return {word for group in phrase_groups for phrase in group for word in phrase.lower().split()}
-
-
-def finding_words(finding: dict) -> set[str]:
-    """SynthCXR's words for a finding and its side and zone ("left", "apical", "pneumothorax", ...)."""
-    side = finding.get("side", "none")
-    sides = ("left", "right") if side == "bilateral" else (side,)
-    return _vocabulary(
-        synthcxr.FINDING_SYNONYMS.get(finding["name"], (finding["name"],)),
-        *(synthcxr.SIDE_WORDS.get(name, ()) for name in (*sides, side)),
-        synthcxr.ZONE_WORDS.get(finding.get("zone", "none"), ()),
-    )
-
-
-def locate_mention(text: str, mention: str) -> tuple[int, int] | None:
-    """Span of `mention` in `text` (exact, else case- and whitespace-insensitive); `None` when absent."""
-    if not mention:
-        return None
-    start = text.find(mention)
-    if start >= 0:
-        return start, start + len(mention)
-    pattern = r"\s+".join(re.escape(part) for part in mention.split())
-    match = re.search(pattern, text, flags=re.IGNORECASE)
-    return match.span() if match else None
-
-
-def synthcxr_finding_masks(example: dict, height: int, width: int) -> dict[int, np.ndarray]:
-    """Union mask of each finding index of a SynthCXR example (its objects' masks), original image frame."""
-    masks = {}
-    objects = example["objects"]
-    for rle, finding_index in zip(objects["mask"], objects["finding"]):
-        mask = synthcxr.decode_mask(rle, height, width)
-        masks[finding_index] = masks[finding_index] | mask if finding_index in masks else mask
-    return masks
-
-
-def finding_targets(example: dict, word_maps: WordMaps, skipped: Counter) -> list[dict]:
-    """`[{"finding", "word_indices", "mask", "fallback"}]`: the findings of a SynthCXR example that can be scored."""
-    width, height = example["image"].size
-    masks = synthcxr_finding_masks(example, height, width)
-    targets = []
-    for finding_index, finding in enumerate(example["findings"]):
-        if finding_index not in masks or not masks[finding_index].any():
-            skipped["finding without a mask"] += 1
-            continue
-        span = locate_mention(word_maps.text, finding.get("mention", ""))
-        if span is None:
-            skipped["mention not found in the model's text (truncated or cleaned away)"] += 1
-            continue
-        content = [
-            index
-            for index in word_maps.content_indices()
-            if span[0] <= word_maps.spans[index][0] and word_maps.spans[index][1] <= span[1]
-        ]
-        vocabulary = finding_words(finding)
-        chosen = [index for index in content if word_maps.words[index].lower() in vocabulary]
-        if not content:
-            skipped["mention has no content word with a grounding map"] += 1
-            continue
-        targets.append(
-            {
-                "finding": finding["name"],
-                "word_indices": chosen or content,
-                "mask": masks[finding_index],
-                "fallback": not chosen,
-            }
-        )
-    return targets
 
 
 def whole_text_target(example: dict, word_maps: WordMaps, skipped: Counter, name: str = "lesion") -> list[dict]:
@@ -365,18 +149,6 @@ def whole_text_target(example: dict, word_maps: WordMaps, skipped: Counter, name
 # ---------------------------------------------------------------------------------------------------------------------
 # Model passes
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def mask_to_model_frame(image_processor, mask: np.ndarray) -> np.ndarray:
-    """A boolean mask resized, padded or cropped exactly as the image processor treats its image."""
-    mask_image = np.asarray(mask, dtype=bool).astype(np.uint8) * 255
-    processed = image_processor(mask_image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
-    return processed >= 0.5
-
-
-def display_image(image_processor, image) -> np.ndarray:
-    """The image as the model sees it (resized, padded), in [0, 1], for drawing."""
-    return image_processor(image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
 
 
 @torch.no_grad()
@@ -565,6 +337,7 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
                         "hit": hit,
                         "peak": None if peak is None else list(peak),
                         "mask_fraction": random_point_baseline(mask),
+                        "oracle_hit": oracle_pointing_hit(mask, grid),
                     }
                 )
                 masks.append(mask)
@@ -594,7 +367,9 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
         overview_path = figure_dir / "overview.png"
         plot_findings_overview(overview_studies, overview_path)
     summary = pointing_game_summary(records)
-    summary.update(skipped=dict(sorted(skipped.items())), figures=figures, records=records)
+    summary.update(
+        patch_grid_size=list(grid), skipped=dict(sorted(skipped.items())), figures=figures, records=records
+    )
     if overview_studies:
         summary["overview_figure"] = str(overview_path)
     return summary
@@ -602,12 +377,20 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
 
 def results_markdown(summary: dict, source: dict) -> str:
     rows = [
-        (name, entry["accuracy"], entry["random_baseline"], entry["fixed_point_baseline"], entry["num_findings"])
+        (
+            name,
+            entry["accuracy"],
+            entry["random_baseline"],
+            entry["fixed_point_baseline"],
+            entry["oracle"],
+            entry["num_findings"],
+        )
         for name, entry in [("**overall**", summary["overall"]), *summary["per_finding"].items()]
     ]
+    oracle_column = "oracle ({}×{} grid)".format(*summary["patch_grid_size"])
     header = f"## Pointing game: {source['dataset']} / {source['split']}\n\n"
     table = markdown_table(
-        ["finding", "accuracy", "random-point baseline", "fixed-point baseline", "findings"], rows
+        ["finding", "accuracy", "random-point baseline", "fixed-point baseline", oracle_column, "findings"], rows
     )
     skipped = "".join(f"* skipped {count}: {reason}\n" for reason, count in summary["skipped"].items() if count)
     return header + table + ("\n" + skipped if skipped else "")
@@ -651,10 +434,12 @@ def main(cli_args: list[str] | None = None) -> dict:
     summary = evaluate_pointing_game(model, processor, dataset, texts, eval_args, grounding_args)
     overall = summary["overall"]
     logger.info(
-        "Pointing game: accuracy %.4f over %d findings (random-point baseline %.4f).",
+        "Pointing game: accuracy %.4f over %d findings (random-point baseline %.4f, oracle %.4f at the %d×%d grid).",
         overall["accuracy"],
         overall["num_findings"],
         overall["random_baseline"],
+        overall["oracle"],
+        *summary["patch_grid_size"],
     )
     results = {
         "task": "grounding",
@@ -665,7 +450,8 @@ def main(cli_args: list[str] | None = None) -> dict:
         "num_studies": len(dataset),
         "rule": "hit = peak of the mean upsampled STA map of the finding's finding/location words lies in its mask; "
         "random baseline = mask area / image area; fixed-point baseline = hit rate of the pixel inside most of the "
-        "finding's masks on this split; a flat map is a miss",
+        "finding's masks on this split; oracle = hit rate of the finding's own mask area-pooled to the model's patch "
+        "grid and scored by the same rule (the ceiling at that grid); a flat map is a miss",
         **summary,
         "arguments": arguments_dict(eval_args, grounding_args),
     }

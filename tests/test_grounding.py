@@ -1,7 +1,8 @@
-"""Grounding: the pointing game on synthetic heatmaps and masks with known answers, word merging on known
-tokenisations, the per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
+"""Grounding: the pointing game and its oracle on synthetic heatmaps and masks with known answers, word merging on
+known tokenisations, the per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ from conftest import load_script
 from eval_test_utils import read_results, save_tiny_sista, save_tiny_synthcxr, tiny_synthcxr_test_split
 from processing_sista import SistaImageProcessor
 from sista_examples.data import synthcxr
+from sista_examples.evaluation import grounding
 from sista_examples.evaluation.checkpoints import load_sista
 
 
-grounding = load_script("examples/visualize_grounding.py")
+visualize_grounding = load_script("examples/visualize_grounding.py")
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +102,40 @@ def test_summary_counts_hits_overall_and_per_finding():
         {"accuracy": 0.5, "random_baseline": 0.2, "num_findings": 2}
     )
     assert summary["per_finding"]["effusion"]["accuracy"] == 1.0
+    # the oracle reference appears where every record carries its oracle hit
+    with_oracle = [{**record, "oracle_hit": hit} for record, hit in zip(records, [True, True, False])]
+    summary = grounding.pointing_game_summary(with_oracle)
+    assert summary["overall"]["oracle"] == pytest.approx(2 / 3)
+    assert summary["per_finding"]["nodule"]["oracle"] == 1.0 and summary["per_finding"]["effusion"]["oracle"] == 0.0
+    assert "oracle" not in grounding.pointing_game_summary(with_oracle[:1] + records[1:])["overall"]
     with pytest.raises(ValueError, match="no finding"):
         grounding.pointing_game_summary([])
+
+
+def test_oracle_pointing_matches_the_pointing_game_rule():
+    """The oracle scores its pooled-mask map exactly as the pointing game scores a model's."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = np.zeros((64, 64), dtype=bool)
+        top, left = rng.integers(0, 56, size=2)
+        height, width = rng.integers(1, 24, size=2)
+        mask[top : top + height, left : left + width] = True
+        pooled = mask.reshape(8, 8, 8, 8).mean(axis=(1, 3))
+        np.testing.assert_allclose(grounding.pool_mask_to_grid(mask, (8, 8)), pooled, atol=1e-6)
+        heatmap = grounding.upsample_maps(pooled.reshape(1, -1), (8, 8), mask.shape)[0]
+        expected, _ = grounding.pointing_game_hit(heatmap, mask)
+        assert grounding.oracle_pointing_hit(mask, (8, 8)) == expected
+    with pytest.raises(ValueError, match="`mask` must be a 2-D"):
+        grounding.pool_mask_to_grid(np.zeros(4), (2, 2))
+    with pytest.raises(ValueError, match="`grid` must be"):
+        grounding.pool_mask_to_grid(np.zeros((4, 4)), (0, 2))
+    # known answers at 8-px patches: a 4x4-patch box keeps its peak (the plateau starts at pixel 20, inside it); a
+    # one-pixel lesion between patch centres loses it to the border plateau of its patch, which starts at (0, 0)
+    box = np.zeros((64, 64), dtype=bool)
+    box[16:48, 16:48] = True
+    dot = np.zeros((64, 64), dtype=bool)
+    dot[4, 4] = True
+    assert grounding.oracle_pointing_hit(box, (8, 8)) and not grounding.oracle_pointing_hit(dot, (8, 8))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -158,14 +192,15 @@ def test_png_has_one_panel_per_content_word(tmp_path):
     )
     path = tmp_path / "figure.png"
     image = np.random.default_rng(0).random((32, 32))
-    words = grounding.plot_word_heatmaps(image, word_maps, (4, 4), path, title=word_maps.text, num_columns=3)
+    words = visualize_grounding.plot_word_heatmaps(image, word_maps, (4, 4), path, title=word_maps.text, num_columns=3)
     expected = ["left", "effusion", "right", "apical", "pneumothorax"]
     assert words == expected
     with Image.open(path) as png:
         assert png.format == "PNG" and json.loads(png.text["Description"]) == expected
         width, height = png.size
     assert width > height  # 3 columns x 2 rows of panels
-    assert grounding.plot_word_heatmaps(image, word_maps, (4, 4), tmp_path / "two.png", max_panels=2) == expected[:2]
+    two_panels = visualize_grounding.plot_word_heatmaps(image, word_maps, (4, 4), tmp_path / "two.png", max_panels=2)
+    assert two_panels == expected[:2]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,9 +227,11 @@ def test_finding_targets_use_the_finding_and_location_words_of_its_sentence(sist
     for example in dataset:
         if not example["findings"]:
             continue
-        (word_maps,), grid = grounding.grounding_maps(model, processor, [example["image"]], [example["report"]], 64)
+        (word_maps,), grid = visualize_grounding.grounding_maps(
+            model, processor, [example["image"]], [example["report"]], 64
+        )
         assert grid == (4, 4)
-        skipped = grounding.Counter()
+        skipped = Counter()
         targets = grounding.finding_targets(example, word_maps, skipped)
         masks = grounding.synthcxr_finding_masks(example, 32, 32)
         for target in targets:
@@ -224,22 +261,30 @@ def test_finding_words_cover_side_zone_and_synonyms():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_script_scores_every_finding_and_writes_figures(sista_dir, synthcxr_dir, tmp_path):
-    results = grounding.main(
+@pytest.fixture(scope="module")
+def pointing_game_run(sista_dir, synthcxr_dir, tmp_path_factory):
+    """`(results, output_dir)` of the script's pointing game on the tiny SynthCXR test split."""
+    output_dir = tmp_path_factory.mktemp("pointing_game")
+    results = visualize_grounding.main(
         [
             "--model_name_or_path",
             str(sista_dir),
             "--dataset_dir",
             str(synthcxr_dir),
             "--output_dir",
-            str(tmp_path),
+            str(output_dir),
             "--batch_size",
             "8",
             "--num_figures",
             "2",
         ]
     )
-    assert results == read_results(tmp_path, "grounding")
+    return results, output_dir
+
+
+def test_script_scores_every_finding_and_writes_figures(sista_dir, pointing_game_run):
+    results, output_dir = pointing_game_run
+    assert results == read_results(output_dir, "grounding")
     records = results["records"]
     dataset = tiny_synthcxr_test_split()["test"]
     num_findings = sum(len(findings) for findings in dataset["findings"])
@@ -275,10 +320,50 @@ def test_script_scores_every_finding_and_writes_figures(sista_dir, synthcxr_dir,
     assert record["mask_fraction"] == pytest.approx(mask.mean())
 
 
+def naive_finding_mask(example: dict, finding_index: int, size: int = 32) -> np.ndarray:
+    """The union of the masks of the objects of one finding, decoded object by object."""
+    mask = np.zeros((size, size), bool)
+    for rle, owner in zip(example["objects"]["mask"], example["objects"]["finding"]):
+        if owner == finding_index:
+            mask |= synthcxr.decode_mask(rle, size, size)
+    return mask
+
+
+def test_oracle_entry_is_the_oracle_hit_rate_over_the_scored_findings(pointing_game_run):
+    """The `oracle` reference, overall and per finding, against a naive loop of `oracle_pointing_hit` at the model's
+    4x4 grid over the findings the script scored, their masks decoded here (32-px images: the model's own frame)."""
+    results, _ = pointing_game_run
+    assert results["patch_grid_size"] == [4, 4]
+    examples = {str(example["study_id"]): example for example in tiny_synthcxr_test_split()["test"]}
+    taken, hits_by_finding = Counter(), {}
+    for record in results["records"]:
+        example = examples[record["study_id"]]
+        assert example["image"].size == (32, 32)
+        masks = [
+            naive_finding_mask(example, index)
+            for index, finding in enumerate(example["findings"])
+            if finding["name"] == record["finding"]
+        ]
+        masks = [mask for mask in masks if mask.any()]
+        mask = masks[taken[record["study_id"], record["finding"]]]
+        taken[record["study_id"], record["finding"]] += 1
+        hit = grounding.oracle_pointing_hit(mask, (4, 4))
+        assert record["oracle_hit"] == hit
+        hits_by_finding.setdefault(record["finding"], []).append(hit)
+    all_hits = [hit for hits in hits_by_finding.values() for hit in hits]
+    assert len(all_hits) == results["overall"]["num_findings"]
+    assert results["overall"]["oracle"] == pytest.approx(np.mean(all_hits))
+    assert {name: entry["oracle"] for name, entry in results["per_finding"].items()} == pytest.approx(
+        {name: np.mean(hits) for name, hits in hits_by_finding.items()}
+    )
+    with open(pointing_game_run[1] / "grounding_results.md") as markdown:
+        assert "oracle (4×4 grid)" in markdown.read()
+
+
 def test_single_image_mode_writes_one_panel_per_content_word(sista_dir, tmp_path):
     image_path = tmp_path / "xray.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 32), dtype=np.uint8)).save(image_path)
-    result = grounding.main(
+    result = visualize_grounding.main(
         [
             "--model_name_or_path",
             str(sista_dir),
@@ -300,15 +385,15 @@ def test_missing_mask_and_report_columns_are_named(sista_dir, tmp_path):
     bare.save_to_disk(str(tmp_path / "bare"))
     arguments = ["--model_name_or_path", str(sista_dir), "--output_dir", str(tmp_path / "out")]
     with pytest.raises(ValueError, match="pointing game.*needs the column 'mask'"):
-        grounding.main(arguments + ["--dataset_dir", str(tmp_path / "bare")])
+        visualize_grounding.main(arguments + ["--dataset_dir", str(tmp_path / "bare")])
     masks_only = DatasetDict(
         {"test": tiny_synthcxr_test_split()["test"].remove_columns(["findings", "objects", "report"])}
     )
     masks_only.save_to_disk(str(tmp_path / "masks_only"))
     with pytest.raises(ValueError, match="needs the column 'report'"):
-        grounding.main(arguments + ["--dataset_dir", str(tmp_path / "masks_only")])
+        visualize_grounding.main(arguments + ["--dataset_dir", str(tmp_path / "masks_only")])
     # with a text for every image (e.g. SIIM-ACR: "pneumothorax") the union mask is pointed at
-    results = grounding.main(
+    results = visualize_grounding.main(
         arguments
         + [
             "--dataset_dir",

@@ -20,6 +20,7 @@ from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
 from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
 from sista_examples.evaluation.checkpoints import load_sista, read_training_image_size
+from sista_examples.evaluation.grounding import pointing_game_hit, upsample_maps
 from sista_examples.evaluation.retrieval import chance_recall_at_k, retrieval_positives
 from sista_examples.evaluation.summary import learned_metrics_rows
 from sista_examples.hub.load_check import CHECK_TEXTS, check_images
@@ -197,8 +198,8 @@ def test_evaluation_scripts_on_a_resnet_and_the_learned_metrics_block(resnet_run
     word_maps, grid = grounding.grounding_maps(model, processor, [dataset[index]["image"]], [dataset[index]["report"]])
     assert grid == GRID
     chosen = [word_maps[0].words.index(word) for word in record["words"]]
-    heatmap = grounding.upsample_maps(word_maps[0].maps[chosen].mean(0, keepdims=True), GRID, (32, 32))[0]
-    assert record["peak"] == list(grounding.pointing_game_hit(heatmap, np.ones((32, 32), bool))[1])
+    heatmap = upsample_maps(word_maps[0].maps[chosen].mean(0, keepdims=True), GRID, (32, 32))[0]
+    assert record["peak"] == list(pointing_game_hit(heatmap, np.ones((32, 32), bool))[1])
     token_weights = outputs.token_patch_weights[index].numpy()
     first_word_tokens = [position for position, word in enumerate(inputs.word_ids(index)) if word == 0]
     np.testing.assert_allclose(word_maps[0].maps[0], token_weights[first_word_tokens].mean(0), rtol=1e-5, atol=1e-7)
@@ -213,9 +214,10 @@ def test_evaluation_scripts_on_a_resnet_and_the_learned_metrics_block(resnet_run
     assert ("paired image→report R@10", retrieval_results["paired"]["image_to_report"]["R@10"],
             retrieval_results["paired"]["chance"]["R@10"], "chance") in rows  # fmt: skip
     overall = grounding_results["overall"]
-    assert rows[-2:] == [
+    assert rows[-3:] == [
         ("pointing game", overall["accuracy"], overall["random_baseline"], "random point"),
         ("pointing game", overall["accuracy"], overall["fixed_point_baseline"], "fixed point"),
+        ("pointing game", overall["accuracy"], overall["oracle"], "oracle at the model's grid"),
     ]
     assert (tmp_path / "learned_metrics.txt").read_text() == block + "\n"
     with pytest.raises(ValueError, match="lacks"):

@@ -161,25 +161,3 @@ def test_model_uses_config_negatives_and_round_trips(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs, return_loss=True).loss_sta, outputs.loss_sta)
     assert SistaConfig().sta_negatives == "tokens"
-
-
-def test_oracle_pointing_matches_the_pointing_game_rule(monkeypatch):
-    """The oracle of research/grounding scores its pooled-mask map exactly as visualize_grounding scores a model's."""
-    import numpy as np
-
-    monkeypatch.syspath_prepend("research/grounding")
-    oracle = pytest.importorskip("oracle")
-    visualize_grounding = pytest.importorskip("visualize_grounding")
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        mask = np.zeros((64, 64), dtype=bool)
-        top, left = rng.integers(0, 56, size=2)
-        height, width = rng.integers(1, 24, size=2)
-        mask[top : top + height, left : left + width] = True
-        pooled = mask.reshape(8, 8, 8, 8).mean(axis=(1, 3))
-        np.testing.assert_allclose(oracle.pool_mask_to_grid(mask, (8, 8)), pooled, atol=1e-6)
-        heatmap = visualize_grounding.upsample_maps(pooled.reshape(1, -1), (8, 8), mask.shape)[0]
-        expected, _ = visualize_grounding.pointing_game_hit(heatmap, mask)
-        assert oracle.oracle_pointing_hit(mask, (8, 8)) == expected
-    with pytest.raises(ValueError, match="`mask` must be a 2-D"):
-        oracle.pool_mask_to_grid(np.zeros(4), (2, 2))

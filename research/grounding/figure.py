@@ -5,7 +5,7 @@ map of each model given, with the report's own image, with another study's image
 changes; the mask drawn is the report's own) and with a blank image (no anatomy, so whatever a map shows there comes
 from the tower, e.g. its zero padding). The cross marks the map's peak.
 
-    PYTHONPATH=$PWD:$PWD/examples python research/grounding/figure.py --output research/grounding/grounding.png \
+    python research/grounding/figure.py --data_dir data/synthcxr128 --output research/grounding/grounding.png \
         --model "SPARC contrast=outputs/grounding/resnet_sista_tokens/model" \
         --model "image contrast=outputs/grounding/resnet_sista_images/model"
 """
@@ -22,10 +22,10 @@ from datasets import load_from_disk  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import testbed  # noqa: E402
-import visualize_grounding as vg  # noqa: E402
 from modeling_sista import SistaModel  # noqa: E402
 from probe import finding_word_map  # noqa: E402
 from processing_sista import SistaProcessor  # noqa: E402
+from sista_examples.evaluation import grounding  # noqa: E402
 
 
 def pick_studies(test, wanted=("effusion", "pneumothorax", "consolidation", "cardiomegaly")) -> list[int]:
@@ -43,7 +43,7 @@ def pick_studies(test, wanted=("effusion", "pneumothorax", "consolidation", "car
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True, help="label=model_dir")
-    parser.add_argument("--data_dir", default="/work/data_synthcxr128")
+    parser.add_argument("--data_dir", default="data/synthcxr128", help="A SynthCXR folder (generate_synthcxr.py).")
     parser.add_argument("--output", required=True)
     args = parser.parse_args(argv)
     test = load_from_disk(args.data_dir)["test"]
@@ -67,7 +67,7 @@ def main(argv=None):
     figure, axes = plt.subplots(len(studies), len(columns) + 1, figsize=(1.9 * (len(columns) + 1), 2.0 * len(studies)))
     image_processor = columns[0][2].image_processor
     for row, example in enumerate(studies):
-        image = vg.display_image(image_processor, example["image"])
+        image = grounding.display_image(image_processor, example["image"])
         targets = finding_word_map(example, columns[0][1]["pairs"][row], image_processor)
         finding, _, mask = targets[0]
         axes[row, 0].imshow(image, cmap="gray")
@@ -75,7 +75,7 @@ def main(argv=None):
         axes[row, 0].set_title(finding, fontsize=8)
         for column, (label, encoded, processor) in enumerate(columns, start=1):
             _, word_map, _ = finding_word_map(example, encoded["pairs"][row], processor.image_processor)[0]
-            heatmap = vg.upsample_maps(word_map[None], encoded["grid"], mask.shape)[0]
+            heatmap = grounding.upsample_maps(word_map[None], encoded["grid"], mask.shape)[0]
             axes[row, column].imshow(image, cmap="gray")
             axes[row, column].imshow(heatmap, cmap="jet", alpha=0.45)
             axes[row, column].contour(mask, levels=[0.5], colors="lime", linewidths=0.8)

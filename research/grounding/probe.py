@@ -13,7 +13,7 @@ Probes of why STA word maps do or do not ground, on a checkpoint written by `tes
 * grid mapping: the centroid of each grid cell's input gradient (its effective receptive field) against the patch
   centre the pointing game assumes.
 
-    PYTHONPATH=$PWD:$PWD/examples python research/grounding/probe.py --model_dir outputs/grounding/x/model \
+    python research/grounding/probe.py --data_dir data/synthcxr128 --model_dir outputs/grounding/x/model \
         --output_json outputs/grounding/x/probe.json
 """
 
@@ -27,10 +27,9 @@ from datasets import load_from_disk
 from PIL import Image
 
 import testbed
-import visualize_grounding as vg
-from oracle import pool_mask_to_grid
 from modeling_sista import SistaModel
 from processing_sista import SistaProcessor
+from sista_examples.evaluation import grounding
 
 
 logger = logging.getLogger(__name__)
@@ -46,19 +45,19 @@ def finding_word_map(example, pair, image_processor, kind="sta_weights"):
     them."""
     from collections import Counter
 
-    maps = vg.word_maps_from_encoding(example["report"], pair["encoding"], testbed.MAP_KINDS[kind](pair, 0.1))
+    maps = grounding.word_maps_from_encoding(example["report"], pair["encoding"], testbed.MAP_KINDS[kind](pair, 0.1))
     return [
         (
             target["finding"],
             maps.maps[target["word_indices"]].mean(axis=0),
-            vg.mask_to_model_frame(image_processor, target["mask"]),
+            grounding.mask_to_model_frame(image_processor, target["mask"]),
         )
-        for target in vg.finding_targets(example, maps, Counter())
+        for target in grounding.finding_targets(example, maps, Counter())
     ]
 
 
 def hit(word_map, grid, mask) -> bool:
-    return vg.pointing_game_hit(vg.upsample_maps(word_map[None], grid, mask.shape)[0], mask)[0]
+    return grounding.pointing_game_hit(grounding.upsample_maps(word_map[None], grid, mask.shape)[0], mask)[0]
 
 
 def position_variance_share(patch_embeds: np.ndarray) -> float:
@@ -99,7 +98,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--data_dir", default="/work/data_synthcxr128")
+    parser.add_argument("--data_dir", default="data/synthcxr128", help="A SynthCXR folder (generate_synthcxr.py).")
     parser.add_argument("--num_test", type=int, default=500)
     parser.add_argument("--output_json", required=True)
     args = parser.parse_args(argv)
@@ -137,7 +136,7 @@ def main(argv=None):
                     "own_other_correlation": float(np.corrcoef(own_map, other_map)[0, 1]),
                     "own_peak_on_border": bool(ring[int(np.argmax(own_map))]),
                     "blank_peak_on_border": bool(ring[int(np.argmax(blank_map))]),
-                    "mask_centre_on_border": bool(ring[int(np.argmax(pool_mask_to_grid(mask, grid)))]),
+                    "mask_centre_on_border": bool(ring[int(np.argmax(grounding.pool_mask_to_grid(mask, grid)))]),
                     "map": own_map,
                     "mask": mask,
                 }

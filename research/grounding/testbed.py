@@ -4,9 +4,10 @@ The grounding testbed: builds a small SISTA model (ResNet or ViT vision tower, B
 SynthCXR folder with the project's `PretrainingDataset`, `SistaDataCollator` and `XRayAugmentation` in a plain loop
 (AdamW, linear warm-up, cosine decay, gradient clipping: the recipe of `examples/pretrain.py`), and evaluates it on
 the test split: paired image→report R@1/R@10 beside chance, mean pairwise image cosine, and the pointing game of
-several word maps beside the random-point, fixed-point and oracle references.
+several word maps beside the random-point, fixed-point and oracle references, all scored by
+`sista_examples.evaluation.grounding` (the pointing game of `examples/visualize_grounding.py`).
 
-    PYTHONPATH=$PWD:$PWD/examples python research/grounding/testbed.py --backbone resnet --objective sista \
+    python research/grounding/testbed.py --data_dir data/synthcxr128 --backbone resnet --objective sista \
         --steps 300 --output_dir outputs/grounding/resnet_sista
 """
 
@@ -22,12 +23,15 @@ import torch
 from datasets import load_from_disk
 from transformers import BertConfig, ResNetConfig, ViTConfig, get_cosine_schedule_with_warmup, set_seed
 
-import visualize_grounding as vg
+from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor, SistaProcessor
-from sista_trainer import PretrainingDataset, SistaDataCollator, XRayAugmentation, train_report_tokenizer
-
-from oracle import oracle_pointing_hit
+from sista_examples.data.report_embeddings import add_report_embeddings
+from sista_examples.evaluation import grounding
+from sista_examples.training.augmentation import XRayAugmentation
+from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
+from sista_examples.training.tokenizer import train_report_tokenizer
 
 
 logger = logging.getLogger(__name__)
@@ -63,8 +67,6 @@ def build_model(args, tokenizer) -> SistaModel:
     text_config = BertConfig(
         **TEXT_SIZES, vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id
     )
-    from configuration_sista import SistaConfig
-
     fields = {
         "projection_dim": 128,
         "vision_pooling": "mean",
@@ -89,6 +91,7 @@ def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
         dataset, image_processor, augmentation, seed=args.seed, report_embeds_column=columns
     )
     collator = SistaDataCollator(tokenizer, max_length=128)
+    num_channels = model.config.vision_config.num_channels
     generator = torch.Generator().manual_seed(args.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
@@ -102,6 +105,10 @@ def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
         )
         for batch in loader:
             batch = {key: value.to(args.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+            # the dataset sends 8-bit frames, finished on the device as the trainer does
+            batch["pixel_values"] = normalize_pixel_values(
+                batch["pixel_values"], image_processor.image_mean, image_processor.image_std, num_channels
+            )
             outputs = model(**batch)
             outputs.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,37 +226,37 @@ def pointing_game_records(
         # tokens STA ignores have no map in any kind
         has_map = pair["weights"].sum(-1, keepdims=True) > 0
         word_maps = {
-            kind: vg.word_maps_from_encoding(
+            kind: grounding.word_maps_from_encoding(
                 example["report"], pair["encoding"], MAP_KINDS[kind](pair, temperature) * has_map
             )
             for kind in map_kinds
         }
         counter = Counter()
-        targets = vg.finding_targets(example, word_maps["sta_weights"], counter)
+        targets = grounding.finding_targets(example, word_maps["sta_weights"], counter)
         for reason, count in counter.items():
             skipped[reason] = skipped.get(reason, 0) + count
         for target in targets:
-            mask = vg.mask_to_model_frame(image_processor, target["mask"])
+            mask = grounding.mask_to_model_frame(image_processor, target["mask"])
             record = {
                 "study": index,
                 "finding": target["finding"],
                 "words": [word_maps["sta_weights"].words[i] for i in target["word_indices"]],
                 "fallback": target["fallback"],
-                "mask_fraction": vg.random_point_baseline(mask),
-                "oracle_hit": oracle_pointing_hit(mask, grid),
+                "mask_fraction": grounding.random_point_baseline(mask),
+                "oracle_hit": grounding.oracle_pointing_hit(mask, grid),
             }
             for kind, maps in word_maps.items():
                 word_map = maps.maps[target["word_indices"]].mean(axis=0, keepdims=True)
-                heatmap = vg.upsample_maps(word_map, grid, mask.shape)[0]
-                hit, peak = vg.pointing_game_hit(heatmap, mask)
+                heatmap = grounding.upsample_maps(word_map, grid, mask.shape)[0]
+                hit, peak = grounding.pointing_game_hit(heatmap, mask)
                 record[f"{kind}_hit"] = hit
                 record[f"{kind}_peak_cell"] = int(np.argmax(word_map[0]))
                 if first_centre is not None and kind == "sta_weights":
                     shifted = upsample_at_centres(word_map[0], grid, mask.shape, first_centre)
-                    record["sta_weights_receptive_field_hit"] = vg.pointing_game_hit(shifted, mask)[0]
+                    record["sta_weights_receptive_field_hit"] = grounding.pointing_game_hit(shifted, mask)[0]
             records.append(record)
             record["_mask"] = mask
-    fixed = vg.fixed_point_hits([r["finding"] for r in records], [r.pop("_mask") for r in records])
+    fixed = grounding.fixed_point_hits([r["finding"] for r in records], [r.pop("_mask") for r in records])
     for record, hit in zip(records, fixed):
         record["fixed_point_hit"] = hit
     return records, skipped
@@ -280,7 +287,6 @@ def pretrain_model(args, pretrain):
     tokenizer = train_report_tokenizer(pretrain["report"], vocab_size=3000)
     if args.objective in ("sia", "sista") and "report_embeds" not in pretrain.column_names:
         from datasets import DatasetDict
-        from report_embeddings import add_report_embeddings
 
         pretrain = add_report_embeddings(DatasetDict(pretrain=pretrain), encoder="tfidf", seed=args.seed)["pretrain"]
     model = build_model(args, tokenizer).to(args.device)
@@ -292,7 +298,7 @@ def pretrain_model(args, pretrain):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default="/work/data_synthcxr128")
+    parser.add_argument("--data_dir", default="data/synthcxr128", help="A SynthCXR folder (generate_synthcxr.py).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--backbone", default="resnet", choices=("resnet", "vit"))
     parser.add_argument("--objective", default="sista", choices=("clip", "sia", "sta", "sista"))

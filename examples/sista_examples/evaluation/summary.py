@@ -2,7 +2,8 @@
 """
 What a pre-trained model learned, in one block: the zero-shot, retrieval and pointing-game results that
 `zero_shot.py`, `retrieval.py` and `visualize_grounding.py` wrote into one folder, each beside the score a model that
-learned nothing gets (AUROC 0.5, the chance Recall@K of a random ranking, the random-point and fixed-point baselines).
+learned nothing gets (AUROC 0.5, the chance Recall@K of a random ranking, the random-point and fixed-point baselines);
+the pointing game also beside its ceiling, the oracle at the model's patch grid.
 """
 
 import json
@@ -45,6 +46,7 @@ def learned_metrics_rows(
     overall = grounding["overall"]
     rows.append(("pointing game", overall["accuracy"], overall["random_baseline"], "random point"))
     rows.append(("pointing game", overall["accuracy"], overall.get("fixed_point_baseline"), "fixed point"))
+    rows.append(("pointing game", overall["accuracy"], overall.get("oracle"), "oracle at the model's grid"))
     return rows
 
 
