@@ -2,7 +2,7 @@
 # The main job on a fresh machine (package installed, no GPU, no download): generate SynthCXR, pre-train the `small`
 # preset (ResNet 48/96/192 with an 8x8 grid / BERT 192x4, 128 px) with SISTA on CPU, then evaluate it on the test
 # split and print what it learned: zero-shot AUROC, image->report Recall@1/10 and the pointing game, each beside its
-# chance level or baseline, plus a grounding picture. About 10 minutes on 2 CPU cores. Override any size through the
+# chance level or baseline, plus a grounding picture. About 5 minutes on 2 CPU cores. Override any size through the
 # environment, e.g. `MAX_STEPS=100 bash examples/demo.sh`; extra arguments go to pretrain.py. A DATA_DIR generated
 # before with other sizes is refused (its sista_dataset.json records them): remove it or set another DATA_DIR.
 set -euo pipefail
