@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +29,19 @@ SPECIAL_TOKEN_IDS = [0, 1, 2, 3, 4]
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def run_two_processes(tmp_path: Path, case: dict, timeout: int = 600) -> dict:
+    """Runs `tests/distributed_worker.py` on 2 gloo processes for `case` and returns what rank 0 wrote."""
+    torch.save(case, tmp_path / "case.pt")
+    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPOSITORY / "tests" / "distributed_worker.py"), str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return torch.load(tmp_path / "distributed.pt")
 
 
 def load_script(relative_path: str):

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,11 +11,9 @@ import torch.nn.functional as F
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss as clip_loss
 
 from configuration_sista import SistaConfig
-from conftest import tiny_batch, tiny_sista_config
+from conftest import run_two_processes, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel, sia_loss, sta_loss
 
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(**config_kwargs) -> SistaModel:
@@ -332,16 +329,7 @@ def test_two_process_sia_equals_one_process(tmp_path, sia_mode):
     global_batch = tiny_batch(batch_size=8, report_dim=4, seed=3)
     # a coarse report space so that some pairs are false negatives across the two processes
     global_batch["report_embeds"] = global_batch["report_embeds"].sign()
-    torch.save({"batch": global_batch, "config_kwargs": config_kwargs}, tmp_path / "case.pt")
-
-    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO_ROOT / "tests" / "distributed_worker.py"), str(tmp_path),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    distributed = torch.load(tmp_path / "distributed.pt")
+    distributed = run_two_processes(tmp_path, {"batch": global_batch, "config_kwargs": config_kwargs}, timeout=240)
 
     model = without_dropout(tiny_model(**config_kwargs).train())
     outputs = model(**global_batch, return_loss=True)

@@ -5,37 +5,19 @@ GPU benchmark's CPU smoke run."""
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import SPECIAL_TOKEN_IDS, load_script, tiny_batch, tiny_sista_config
+from conftest import SPECIAL_TOKEN_IDS, load_script, run_two_processes, tiny_batch, tiny_sista_config
 from modeling_sista import SistaModel, false_negative_mask, sia_loss, sta_loss
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(**config_kwargs) -> SistaModel:
     torch.manual_seed(0)
     return SistaModel(tiny_sista_config(**config_kwargs)).eval()
-
-
-def run_two_processes(tmp_path: Path, case: dict) -> dict:
-    torch.save(case, tmp_path / "case.pt")
-    env = {**os.environ, "TMPDIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO_ROOT / "tests" / "distributed_worker.py"), str(tmp_path),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    return torch.load(tmp_path / "distributed.pt")
 
 
 def has_cpp_compiler() -> bool:
