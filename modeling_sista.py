@@ -940,14 +940,6 @@ class SistaModel(SistaPreTrainedModel):
 
     # -- encoders -----------------------------------------------------------------------------------------------------
 
-    def _may_check_values(self, tensor: torch.Tensor) -> bool:
-        """
-        Whether checks that read tensor values run: on CPU tensors and outside training, where reading costs nothing;
-        not in a training step on an accelerator (it would wait for the device) nor in a compiled graph, whose
-        batches are to be validated before the step.
-        """
-        return values_are_checkable(tensor, self.training)
-
     def encode_image(
         self, pixel_values: torch.Tensor, **kwargs
     ) -> tuple[ModelOutput, torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -989,7 +981,7 @@ class SistaModel(SistaPreTrainedModel):
         )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self._may_check_values(attention_mask):
+        if values_are_checkable(attention_mask, self.training):
             empty_rows = (attention_mask.sum(dim=1) == 0).nonzero().flatten().tolist()
             if empty_rows:
                 raise ValueError(f"`attention_mask` has no token for rows {empty_rows}: every report needs a token.")

@@ -248,7 +248,7 @@ def format_markdown(results: dict) -> str:
         lines += [
             "",
             f"Labeler speed: {results['labeler_reports_per_second']:.0f} reports/s on one process "
-            "(`label_reports`, medspacy pipeline already built).",
+            "(`label_reports`, spaCy pipeline already built).",
         ]
     return "\n".join(lines) + "\n"
 
