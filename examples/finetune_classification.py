@@ -81,6 +81,7 @@ def main(args: list[str] | None = None):
 
     dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "labels"], "Classification")
+    validation_dataset = utils.select_validation(dataset, data_args, ["image", "labels"], "Classification", training_args)
     num_labels = len(train_dataset[0]["labels"])
     for split in (train_dataset, test_dataset):
         check_labels(split, num_labels, task_args.problem_type)
@@ -114,7 +115,9 @@ def main(args: list[str] | None = None):
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),
+        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
         data_collator=lambda examples: collate(examples, data_args.augment),
+        eval_data_collator=lambda examples: collate(examples, False),
     )
     trainer.train()
     trainer.save_model()

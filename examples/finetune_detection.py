@@ -88,6 +88,7 @@ def main(args: list[str] | None = None):
 
     dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "objects"], "Detection")
+    validation_dataset = utils.select_validation(dataset, data_args, ["image", "objects"], "Detection", training_args)
     all_names = category_names_of(train_dataset)
     if task_args.categories:
         names = [name.strip() for name in task_args.categories.split(",") if name.strip()]
@@ -139,7 +140,9 @@ def main(args: list[str] | None = None):
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),
+        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
         data_collator=lambda examples: collate(examples, data_args.augment),
+        eval_data_collator=lambda examples: collate(examples, False),
     )
     trainer.train()
     trainer.save_model()

@@ -54,6 +54,7 @@ def main(args: list[str] | None = None):
 
     dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "mask"], "Segmentation")
+    validation_dataset = utils.select_validation(dataset, data_args, ["image", "mask"], "Segmentation", training_args)
     check_masks(train_dataset, data_args.train_split)
     check_masks(test_dataset, data_args.test_split)
 
@@ -82,7 +83,9 @@ def main(args: list[str] | None = None):
         model=model,
         args=training_args,
         train_dataset=train_dataset.with_transform(transform),
+        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
         data_collator=lambda examples: collate(examples, data_args.augment),
+        eval_data_collator=lambda examples: collate(examples, False),
     )
     trainer.train()
     trainer.save_model()

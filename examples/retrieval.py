@@ -94,6 +94,15 @@ def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int,
     return header + markdown_table(["hits", "direction", *(f"R@{k}" for k in ks)], rows) + footer
 
 
+def mean_pairwise_cosine(embeds: np.ndarray) -> float | None:
+    """Mean cosine similarity over the distinct pairs of rows of L2-normalised `embeds` (None for a single row)."""
+    count = len(embeds)
+    if count < 2:
+        return None
+    total = embeds.sum(axis=0, dtype=np.float64)
+    return float((total @ total - np.sum(embeds.astype(np.float64) ** 2)) / (count * (count - 1)))
+
+
 def main(cli_args: list[str] | None = None) -> dict:
     setup_logging()
     parser = HfArgumentParser((EvaluationArguments, RetrievalArguments))
@@ -140,6 +149,8 @@ def main(cli_args: list[str] | None = None) -> dict:
         },
         "ranking": "decreasing cosine similarity; a hit tied with a non-hit ranks after it",
         **metrics,
+        # 1.0: every image (report) has the same embedding, the collapse that retrieval at chance can hide
+        "mean_pairwise_cosine": {"image": mean_pairwise_cosine(image_embeds), "report": mean_pairwise_cosine(text_embeds)},
         "arguments": arguments_dict(eval_args, retrieval_args),
     }
     markdown = results_markdown(metrics, retrieval_args.ks, source, len(dataset), grouped)

@@ -4,19 +4,26 @@
 
 For every objective in `--objectives` and every seed in `--seeds`, with one identical pre-training budget:
 
-1. pre-train with `examples/pretrain.py --objective {clip,sia,sta,sista}`;
-2. linear-probe classification (macro AUROC), segmentation (Dice) and detection (mAP@[.40:.75]) on a frozen encoder
-   at each label fraction, with `examples/finetune_{classification,segmentation,detection}.py`;
-3. zero-shot AUROC (`examples/zero_shot.py`), retrieval R@1/5/10 (`examples/retrieval.py`) and the grounding pointing
-   game (`examples/visualize_grounding.py`) on the test split.
+1. pre-train with `examples/pretrain.py --objective {clip,sia,sta,sista}` (the demo's recipe: `small` ResNet preset,
+   128 px, 8 x 8 grid, batch 32, AdamW lr 1e-3, warm-up 20, cosine);
+2. at each label fraction, on the frozen encoder: classification by `examples/linear_probe.py` (scikit-learn logistic
+   regression, its regularisation chosen on the validation split, macro AUROC), segmentation (Dice) and detection
+   (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a step budget per fraction, the
+   validation loss evaluated at every quarter of it and the best step's head scored on the test split
+   (`--load_best_model_at_end`);
+3. zero-shot AUROC (`examples/zero_shot.py`), retrieval R@1/5/10 and the mean pairwise image cosine
+   (`examples/retrieval.py`) and the grounding pointing game beside its random-point, fixed-point and oracle
+   references (`examples/visualize_grounding.py`) on the test split.
 
-One SynthCXR dataset (with TF-IDF `report_embeds`) is generated once into `<work_dir>/synthcxr` and shared by all runs.
+One SynthCXR dataset (with `report_embeds` of the rule-based report labeler run on the report text, as a user of
+MIMIC-CXR would compute them) is generated once into `<work_dir>/synthcxr` and shared by all runs.
 Every run writes its own results JSON; a run whose JSON exists is skipped, so a stopped study continues where it
 stopped. Each (objective, seed) runs in its own Python process (the example scripts are called through their
 `main(args)`), and the aggregation at the end reads every results JSON it finds:
 
     docs/results/reproduce_results.json   every run's raw numbers, the protocol, versions, wall times
-    docs/results/reproduce_table.md       mean ± std over seeds
+    docs/results/reproduce_table.md       mean ± std over seeds, and every objective's paired difference to CLIP
+                                          with its 95% interval over seeds (Student t)
     docs/results/reproduce_*.png          metric against label fraction, one line per objective, std error bars
 
     python research/reproduce.py                       # the full study
@@ -62,8 +69,17 @@ HEADLINE_METRICS = {
         ("i2r_R@5", "image→report R@5"),
         ("i2r_R@10", "image→report R@10"),
         ("sem_i2r_R@1", "image→report R@1 (semantic)"),
+        ("image_mean_cosine", "mean pairwise image cosine"),
     ],
     "grounding": [("pointing_accuracy", "pointing game")],
+}
+# what a metric is read against, shown beside it (from the same records)
+REFERENCES = {
+    ("retrieval", "i2r_R@1"): "chance_R@1",
+    ("retrieval", "i2r_R@5"): "chance_R@5",
+    ("retrieval", "i2r_R@10"): "chance_R@10",
+    ("retrieval", "sem_i2r_R@1"): "sem_chance_R@1",
+    ("grounding", "pointing_accuracy"): "pointing_random_baseline,pointing_fixed_point_baseline,pointing_oracle",
 }
 
 
@@ -86,6 +102,10 @@ class ReproduceArguments:
             (default: all; `--quick`: classification, zero_shot, retrieval, grounding).
         label_fractions (`str`, *optional*):
             Comma-separated label fractions (default 0.01,0.1,1.0; `--quick`: 0.1,1.0).
+        segmentation_steps, detection_steps (`str`, *optional*):
+            `fraction:max_steps` pairs: the label fractions of the head's runs (among `label_fractions`) and the step
+            budget of each; the validation loss is evaluated at every quarter of it and the best step's head is
+            scored.
         quick (`bool`, *optional*, defaults to `False`):
             One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
         aggregate_only (`bool`, *optional*, defaults to `False`):
@@ -109,7 +129,11 @@ class ReproduceArguments:
     )
     num_pretrain: int | None = field(default=None, metadata={"help": "Pre-training studies (default 2000)."})
     num_train: int | None = field(default=None, metadata={"help": "Labelled training studies (default 1000)."})
+    num_validation: int | None = field(default=None, metadata={"help": "Validation studies (default 200)."})
     num_test: int | None = field(default=None, metadata={"help": "Test studies (default 300)."})
+    report_encoder: str = field(
+        default="labeler", metadata={"help": "Report embeddings of SIA (examples/report_embeddings.py --encoder)."}
+    )
     data_seed: int = field(default=0, metadata={"help": "SynthCXR seed (the same data for every run)."})
     # pre-training budget (identical for every objective)
     model_preset: str = field(default="small", metadata={"help": "pretrain.py --model_preset."})
@@ -124,11 +148,16 @@ class ReproduceArguments:
         metadata={"help": "Extra pretrain.py arguments, one shell-quoted string appended last (a repeated option "
                           "overrides the study's value), e.g. \"--no_augment --warmup_steps 50\"."},
     )
-    # downstream budgets (identical for every objective and label fraction)
-    finetune_steps: int | None = field(default=None, metadata={"help": "Optimizer steps per fine-tune (default 40)."})
+    # downstream budgets (identical for every objective)
+    segmentation_steps: str | None = field(
+        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:30,1:120)."}
+    )
+    detection_steps: str | None = field(
+        default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:200)."}
+    )
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size."})
-    classification_learning_rate: float = field(default=1e-2, metadata={"help": "Linear-probe learning rate."})
-    dense_learning_rate: float = field(default=1e-3, metadata={"help": "Segmentation/detection head learning rate."})
+    segmentation_learning_rate: float = field(default=3e-3, metadata={"help": "Segmentation head learning rate."})
+    detection_learning_rate: float = field(default=1e-3, metadata={"help": "Detection head learning rate."})
     decoder_hidden_size: int = field(default=64, metadata={"help": "Segmentation decoder / detection head width."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
     threads: int = field(
@@ -142,9 +171,11 @@ class ReproduceArguments:
         quick_defaults = {
             "num_pretrain": (2000, 400),
             "num_train": (1000, 200),
+            "num_validation": (200, 100),
             "num_test": (300, 100),
             "pretrain_epochs": (4.0, 1.0),
-            "finetune_steps": (40, 20),
+            "segmentation_steps": ("0.01:30,1:120", "0.1:8,1:12"),
+            "detection_steps": ("0.01:50,1:200", "0.1:8,1:12"),
         }
         for name, (full, quick) in quick_defaults.items():
             if getattr(self, name) is None:
@@ -168,6 +199,23 @@ class ReproduceArguments:
         bad = [fraction for fraction in self.fraction_list if not 0 < fraction <= 1]
         if bad:
             raise ValueError(f"`label_fractions` must lie in (0, 1], got {bad}.")
+        self.step_budgets = {
+            task: parse_budgets(getattr(self, f"{task}_steps"), f"{task}_steps", self.fraction_list)
+            for task in ("segmentation", "detection")
+        }
+
+
+def parse_budgets(text: str, name: str, fractions: list[float]) -> dict[float, int]:
+    """`"0.01:30,1:120"` -> `{0.01: 30, 1.0: 120}`, each fraction among the study's `label_fractions`."""
+    try:
+        budgets = {float(key): int(value) for key, value in (item.split(":") for item in text.split(",") if item)}
+    except ValueError:
+        raise ValueError(f"`{name}` must be comma-separated fraction:max_steps pairs, got {text!r}.") from None
+    unknown = [fraction for fraction in budgets if fraction not in fractions]
+    if unknown or not budgets or any(steps < 1 for steps in budgets.values()):
+        raise ValueError(f"`{name}` must give positive step budgets to label fractions among {fractions}, got "
+                         f"{text!r}.")
+    return budgets
 
 
 def parse_list(text: str, kind, name: str) -> list:
@@ -223,13 +271,13 @@ def prepare_dataset(args: ReproduceArguments) -> Path:
     dataset = generate_synthcxr(
         num_pretrain=args.num_pretrain,
         num_train=args.num_train,
-        num_validation=0,
+        num_validation=args.num_validation,
         num_test=args.num_test,
         image_size=args.image_size,
         seed=args.data_seed,
         num_proc=min(2, os.cpu_count() or 1),
     )
-    dataset, record = embed_dataset(dataset, encoder="tfidf", seed=args.data_seed)
+    dataset, record = embed_dataset(dataset, encoder=args.report_encoder, seed=args.data_seed)
     save_synthcxr(dataset, os.fspath(path), overwrite=True)
     update_dataset_metadata(path, report_embeddings=record)  # the encoder and threshold pretrain.py reads
     logger.info("Generated SynthCXR with report_embeds in %.0f s: %s", time.time() - start, path)
@@ -273,31 +321,68 @@ def pretrain_arguments(args: ReproduceArguments, objective: str, seed: int, outp
 
 
 def finetune_arguments(args, task: str, model_dir: Path, output_dir: Path, fraction: float, seed: int) -> list[str]:
-    learning_rate = args.classification_learning_rate if task == "classification" else args.dense_learning_rate
+    """A frozen-encoder head trained for the fraction's step budget; the lowest validation loss picks its step."""
+    max_steps = args.step_budgets[task][fraction]
+    every = max(max_steps // 4, 1)
     cli = [
         "--model_name_or_path", os.fspath(model_dir),
         "--dataset_dir", os.fspath(dataset_dir(args)),
         "--freeze_encoder", "true",
         "--label_fraction", str(fraction),
         "--output_dir", os.fspath(output_dir),
-        "--max_steps", str(args.finetune_steps),
+        "--max_steps", str(max_steps),
         "--per_device_train_batch_size", str(args.finetune_batch_size),
         "--per_device_eval_batch_size", "64",
-        "--learning_rate", str(learning_rate),
-        "--warmup_steps", "5",
+        "--learning_rate", str(getattr(args, f"{task}_learning_rate")),
+        "--warmup_steps", str(max(max_steps // 10, 1)),
         "--lr_scheduler_type", "cosine",
         "--seed", str(seed),
-        "--logging_steps", "20",
-        "--save_strategy", "no",
+        "--logging_steps", str(every),
+        "--validation_split", "validation",
+        "--eval_strategy", "steps",
+        "--eval_steps", str(every),
+        "--save_strategy", "steps",
+        "--save_steps", str(every),
+        "--save_total_limit", "1",
+        "--load_best_model_at_end", "true",
+        "--metric_for_best_model", "eval_loss",
         "--report_to", "none",
         "--dataloader_num_workers", "0",
         "--disable_tqdm", "true",
+        "--decoder_hidden_size", str(args.decoder_hidden_size),
     ]
-    if task != "classification":
-        cli += ["--decoder_hidden_size", str(args.decoder_hidden_size)]
     if args.max_eval_samples:
         cli += ["--max_test_samples", str(args.max_eval_samples)]
     return cli
+
+
+def linear_probe_arguments(args, model_dir: Path, output_dir: Path) -> list[str]:
+    cli = [
+        "--model_name_or_path", os.fspath(model_dir),
+        "--dataset_dir", os.fspath(dataset_dir(args)),
+        "--output_dir", os.fspath(output_dir),
+        "--label_fractions", ",".join(f"{fraction:g}" for fraction in args.fraction_list),
+        "--device", "cpu",
+    ]
+    if args.max_eval_samples:
+        cli += ["--max_test_samples", str(args.max_eval_samples)]
+    return cli
+
+
+def best_step(output_dir: Path) -> dict:
+    """The step whose validation loss was lowest (from the last checkpoint's trainer state); checkpoints removed."""
+    import shutil
+
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    found = {}
+    if checkpoints:
+        state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+        best = state.get("best_model_checkpoint")
+        found = {"best_step": int(best.rsplit("-", 1)[-1]) if best else None,
+                 "best_validation_loss": state.get("best_metric"), "max_steps": state.get("max_steps")}
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint)
+    return found
 
 
 def evaluation_arguments(args, model_dir: Path, output_dir: Path, task: str) -> list[str]:
@@ -320,10 +405,9 @@ def evaluation_arguments(args, model_dir: Path, output_dir: Path, task: str) -> 
 
 def headline_from_results(task: str, results: dict) -> dict:
     """The numbers the study compares, read from a script's results dict."""
-    if task in FINETUNE_TASKS:
+    if task in ("segmentation", "detection"):
         metrics = results["metrics"]
-        keys = {"classification": ("auroc", "accuracy"), "segmentation": ("dice", "mean_image_dice"),
-                "detection": ("map_40_75", "map", "map_50")}[task]
+        keys = {"segmentation": ("dice", "mean_image_dice"), "detection": ("map_40_75", "map", "map_50")}[task]
         return {key: metrics.get(key) for key in keys}
     if task == "zero_shot":
         return {"macro_auroc": results["macro_auroc"]}
@@ -333,12 +417,18 @@ def headline_from_results(task: str, results: dict) -> dict:
             for direction, short in (("image_to_report", "i2r"), ("report_to_image", "r2i")):
                 for k, value in results.get(view, {}).get(direction, {}).items():
                     headline[f"{prefix}{short}_{k}"] = value
+            for k, value in results.get(view, {}).get("chance", {}).items():
+                headline[f"{prefix}chance_{k}"] = value
+        headline["image_mean_cosine"] = results["mean_pairwise_cosine"]["image"]
+        headline["report_mean_cosine"] = results["mean_pairwise_cosine"]["report"]
         return headline
     if task == "grounding":
         overall = results["overall"]
         return {
             "pointing_accuracy": overall["accuracy"],
             "pointing_random_baseline": overall["random_baseline"],
+            "pointing_fixed_point_baseline": overall["fixed_point_baseline"],
+            "pointing_oracle": overall["oracle"],
             "pointing_num_findings": overall["num_findings"],
         }
     raise ValueError(f"Unknown task {task!r}.")
@@ -393,7 +483,10 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
         del trainer
         logger.info("Pre-trained %s seed %d in %.0f s.", objective, seed, wall)
 
-    jobs = [(task, fraction) for task in args.task_list if task in FINETUNE_TASKS for fraction in args.fraction_list]
+    if "classification" in args.task_list:
+        linear_probe(args, objective, seed, model_dir, base / "linear_probe")
+    jobs = [(task, fraction) for task in args.task_list if task in ("segmentation", "detection")
+            for fraction in args.step_budgets[task]]
     jobs += [(task, None) for task in args.task_list if task in EVAL_TASKS]
     for task, fraction in jobs:
         path = record_path(args, objective, seed, task, fraction)
@@ -414,6 +507,8 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
         try:
             results = example_script(module_name).main(cli)
             record["metrics"] = headline_from_results(task, results)
+            if task in FINETUNE_TASKS:
+                record["step_selection"] = best_step(output_dir)
         except Exception as error:  # a failing script is reported in the study, with its exact error
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()
@@ -424,6 +519,29 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
         else:
             write_record(path.with_name(path.stem + ".error.json"), record)
         logger.info("%s %s seed %d: %s (%.0f s)", name, objective, seed, record.get("metrics"), record["wall_time_s"])
+
+
+def linear_probe(args: ReproduceArguments, objective: str, seed: int, model_dir: Path, output_dir: Path) -> None:
+    """`examples/linear_probe.py` once for every label fraction; one record per fraction."""
+    paths = {fraction: record_path(args, objective, seed, "classification", fraction) for fraction in args.fraction_list}
+    if all(path.is_file() for path in paths.values()):
+        return
+    cli = linear_probe_arguments(args, model_dir, output_dir)
+    start = time.time()
+    results = example_script("linear_probe").main(cli)
+    wall = time.time() - start
+    for fraction, path in paths.items():
+        entry = results["label_fractions"][f"{fraction:g}"]
+        write_record(path, {
+            "objective": objective, "seed": seed, "task": "classification", "label_fraction": fraction,
+            "command": shlex.join(["python", "examples/linear_probe.py", *cli]),
+            "script_sha1": script_hash("examples/linear_probe.py"),
+            "metrics": {"auroc": entry["auroc"], "validation_auroc": entry["validation_auroc"], "best_c": entry["best_c"],
+                        "train_samples": entry["train_samples"]},
+            "wall_time_s": wall / len(paths),
+        })
+    logger.info("linear probe %s seed %d: %s (%.0f s)", objective, seed,
+                {fraction: results["label_fractions"][f"{fraction:g}"]["auroc"] for fraction in paths}, wall)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -481,10 +599,25 @@ def _fraction_key(fraction: str) -> float:
     return -1.0 if fraction == "-" else float(fraction)
 
 
+def reference_text(summary: dict, task: str, metric: str, fraction: str) -> str:
+    """The chance level or baselines a metric is read against, from the same records ("—" when none)."""
+    names = REFERENCES.get((task, metric))
+    if not names:
+        return "—"
+    texts = []
+    for name in names.split(","):
+        entries = summary.get(task, {}).get(name, {}).get(fraction, {})
+        if entries:
+            value = float(np.mean([entry["mean"] for entry in entries.values()]))
+            label = name.replace("pointing_", "").replace("_baseline", "").replace("sem_", "").replace("_", " ")
+            texts.append(f"{label} {value:.3f}")
+    return "; ".join(texts) or "—"
+
+
 def markdown_table(summary: dict, objectives: list[str]) -> str:
     """One row per (task, metric, label fraction), one column per objective: mean ± std over seeds."""
-    lines = ["| task | metric | labels | " + " | ".join(objectives) + " |",
-             "|---|---|---|" + "---|" * len(objectives)]
+    lines = ["| task | metric | labels | " + " | ".join(objectives) + " | reference |",
+             "|---|---|---|" + "---|" * (len(objectives) + 1)]
     for task, metrics in HEADLINE_METRICS.items():
         for metric, label in metrics:
             by_fraction = summary.get(task, {}).get(metric)
@@ -493,7 +626,135 @@ def markdown_table(summary: dict, objectives: list[str]) -> str:
             for fraction in sorted(by_fraction, key=_fraction_key):
                 labels = "—" if fraction == "-" else f"{float(fraction) * 100:g}%"
                 cells = [format_mean_std(by_fraction[fraction].get(objective)) for objective in objectives]
+                reference = reference_text(summary, task, metric, fraction)
+                lines.append(f"| {task} | {label} | {labels} | " + " | ".join(cells) + f" | {reference} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_difference(summary: dict, task: str, metric: str, fraction: str, objective: str, baseline: str):
+    """
+    `objective - baseline` over the seeds both have: mean, sample std, the 95% interval of the mean (Student t,
+    n - 1 degrees of freedom; None for one seed) and the per-seed differences. None when a side is missing.
+    """
+    from scipy import stats
+
+    entries = summary.get(task, {}).get(metric, {}).get(fraction, {})
+    if objective not in entries or baseline not in entries:
+        return None
+    base = dict(zip(entries[baseline]["seeds"], entries[baseline]["values"]))
+    differences = [value - base[seed] for seed, value in zip(entries[objective]["seeds"], entries[objective]["values"])
+                   if seed in base]
+    if not differences:
+        return None
+    mean, std = mean_std(differences)
+    interval = None
+    if std is not None:
+        half = float(stats.t.ppf(0.975, len(differences) - 1)) * std / np.sqrt(len(differences))
+        interval = [mean - half, mean + half]
+    return {"mean": mean, "std": std, "ci95": interval, "n": len(differences), "differences": differences}
+
+
+def format_difference(entry: dict | None) -> str:
+    if entry is None:
+        return "—"
+    if entry["ci95"] is None:
+        return f"{entry['mean']:+.3f} (n=1)"
+    low, high = entry["ci95"]
+    mark = " ▲" if low > 0 else " ▼" if high < 0 else ""
+    return f"{entry['mean']:+.3f} [{low:+.3f}, {high:+.3f}]{mark}"
+
+
+def difference_table(summary: dict, objectives: list[str], baseline: str = "clip") -> str:
+    """Each objective minus the baseline, paired by seed, with its 95% interval (▲/▼: the interval excludes 0)."""
+    others = [objective for objective in objectives if objective != baseline]
+    lines = ["| task | metric | labels | " + " | ".join(f"{name} − {baseline}" for name in others) + " |",
+             "|---|---|---|" + "---|" * len(others)]
+    for task, metrics in HEADLINE_METRICS.items():
+        for metric, label in metrics:
+            for fraction in sorted(summary.get(task, {}).get(metric, {}), key=_fraction_key):
+                labels = "—" if fraction == "-" else f"{float(fraction) * 100:g}%"
+                cells = [format_difference(paired_difference(summary, task, metric, fraction, name, baseline))
+                         for name in others]
                 lines.append(f"| {task} | {label} | {labels} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DOWNSTREAM = [("classification", "auroc", "linear-probe AUROC"), ("segmentation", "dice", "Dice"),
+              ("detection", "map_40_75", "mAP@[.40:.75]")]
+
+
+def claim_verdicts(summary: dict) -> list[dict]:
+    """
+    The paper's claims, each checked on the study's numbers: a comparison holds when the 95% interval of the paired
+    difference lies above 0, is contradicted when it lies below 0, and is not shown otherwise.
+    """
+
+    def verdict(entry):
+        if entry is None or entry["ci95"] is None:
+            return "not tested"
+        low, high = entry["ci95"]
+        return "holds" if low > 0 else "contradicted" if high < 0 else "not shown"
+
+    claims = []
+    comparisons = [("SIA helps", "sia", "clip"), ("STA helps", "sta", "clip"), ("SISTA beats CLIP", "sista", "clip"),
+                   ("SISTA beats SIA", "sista", "sia"), ("SISTA beats STA", "sista", "sta")]
+    for claim, objective, baseline in comparisons:
+        for task, metric, label in DOWNSTREAM:
+            for fraction in sorted(summary.get(task, {}).get(metric, {}), key=_fraction_key):
+                entry = paired_difference(summary, task, metric, fraction, objective, baseline)
+                if entry is not None:
+                    claims.append({"claim": claim, "comparison": f"{objective} − {baseline}", "task": task,
+                                   "metric": label, "labels": f"{float(fraction) * 100:g}%", "difference": entry,
+                                   "verdict": verdict(entry)})
+    for task, metric, label in DOWNSTREAM:
+        fractions = sorted(summary.get(task, {}).get(metric, {}), key=_fraction_key)
+        if len(fractions) < 2:
+            continue
+        smallest, largest = fractions[0], fractions[-1]
+        gains = [paired_difference(summary, task, metric, fraction, "sista", "clip") for fraction in (smallest, largest)]
+        if None in gains:
+            continue
+        per_seed = [low - high for low, high in zip(gains[0]["differences"], gains[1]["differences"])]
+        entry = {"mean": float(np.mean(per_seed)), "differences": per_seed, "ci95": None, "n": len(per_seed)}
+        if len(per_seed) > 1:
+            from scipy import stats
+
+            half = float(stats.t.ppf(0.975, len(per_seed) - 1)) * float(np.std(per_seed, ddof=1)) / np.sqrt(len(per_seed))
+            entry["ci95"] = [entry["mean"] - half, entry["mean"] + half]
+        claims.append({"claim": "gains largest with the fewest labels",
+                       "comparison": f"(sista − clip at {float(smallest) * 100:g}%) − (at {float(largest) * 100:g}%)",
+                       "task": task, "metric": label, "labels": "—", "difference": entry, "verdict": verdict(entry)})
+    pointing = summary.get("grounding", {})
+    for objective in ("sta", "sista"):
+        entry = pointing.get("pointing_accuracy", {}).get("-", {}).get(objective)
+        if entry is None:
+            continue
+        reference = {name: float(np.mean([e["mean"] for e in pointing.get(key, {}).get("-", {}).values()]))
+                     for name, key in (("random", "pointing_random_baseline"),
+                                       ("fixed", "pointing_fixed_point_baseline"), ("oracle", "pointing_oracle"))
+                     if pointing.get(key, {}).get("-")}  # fmt: skip
+        low = min(entry["values"])
+        checks = {"above the random point": low > reference.get("random", np.inf),
+                  "above the fixed point": low > reference.get("fixed", np.inf),
+                  "at least 80% of the oracle": low >= 0.8 * reference.get("oracle", np.inf)}
+        for check, passed in checks.items():
+            claims.append({"claim": f"{objective.upper()} grounds", "comparison": f"pointing game {check}",
+                           "task": "grounding", "metric": "pointing game", "labels": "—",
+                           "difference": {"mean": entry["mean"], "lowest_seed": low, "reference": reference},
+                           "verdict": "holds" if passed else "not shown"})
+    return claims
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    lines = ["| claim | comparison | task | labels | value [95% interval] | verdict |", "|---|---|---|---|---|---|"]
+    for claim in claims:
+        value = claim["difference"]
+        if "ci95" in value:
+            text = format_difference(value)
+        else:
+            text = f"{value['mean']:.3f} (lowest seed {value['lowest_seed']:.3f})"
+        lines.append(f"| {claim['claim']} | {claim['comparison']} | {claim['task']} ({claim['metric']}) | "
+                     f"{claim['labels']} | {text} | {claim['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -588,6 +849,15 @@ def versions() -> dict:
     return found
 
 
+def step_selection_text(records: list[dict]) -> str:
+    """How often the validation loss was lowest at the end of a head's step budget (a sign the budget is short)."""
+    chosen = [r["step_selection"] for r in records if r.get("step_selection", {}).get("best_step") is not None]
+    if not chosen:
+        return ""
+    at_end = sum(entry["best_step"] == entry["max_steps"] for entry in chosen)
+    return f"The lowest validation loss came at the last step of the budget in {at_end} of {len(chosen)} head runs."
+
+
 def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None) -> dict:
     records = collect_records(args.work_dir)
     errors = [json.loads(path.read_text()) for path in sorted(Path(args.work_dir).glob("runs/*/records/*.error.json"))]
@@ -597,12 +867,21 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     output_dir.mkdir(parents=True, exist_ok=True)
     prefix = "reproduce_quick" if args.quick else "reproduce"
     table = markdown_table(summary, objectives)
+    if "clip" in objectives and len(objectives) > 1:
+        table += ("\n## Paired differences to CLIP\n\nEach objective minus CLIP, seed by seed, mean and 95% interval "
+                  "(Student t over seeds); ▲ / ▼: the interval lies above / below 0.\n\n")
+        table += difference_table(summary, objectives)
+    claims = claim_verdicts(summary)
+    if claims:
+        table += ("\n## The paper's claims on SynthCXR\n\nA comparison holds when its 95% interval lies above 0; "
+                  "grounding is checked on the lowest seed.\n\n") + claims_markdown(claims)
     seeds = sorted({r["seed"] for r in records})
     pretrain_walls = [r["wall_time_s"] for r in records if r["task"] == "pretrain"]
     header = (
         f"# SISTA reproduction on SynthCXR{' (--quick)' if args.quick else ''}\n\n"
-        f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed. Linear probe / frozen encoder "
-        f"for the three fine-tuning tasks. Command: `{command}`.\n\n"
+        f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed. Frozen encoders: scikit-learn "
+        f"logistic regression for classification (C chosen on validation), heads for segmentation and detection "
+        f"(step chosen on the validation loss). {step_selection_text(records)} Command: `{command}`.\n\n"
     )
     (output_dir / f"{prefix}_table.md").write_text(header + table)
     plots = [
@@ -620,6 +899,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
         "errors": [{key: error.get(key) for key in ("objective", "seed", "task", "label_fraction", "error")}
                    for error in errors],
         "summary": summary,
+        "claims": claims,
         "records": records,
         "plots": [os.fspath(plot) for plot in plots if plot],
     }

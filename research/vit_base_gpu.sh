@@ -18,6 +18,8 @@ BATCH_SIZE=${BATCH_SIZE:-128}
 LEARNING_RATE=${LEARNING_RATE:-5e-4}
 NUM_WORKERS=${NUM_WORKERS:-12}
 OBJECTIVES=${OBJECTIVES:-"clip sista"}
+WARMUP_STEPS=${WARMUP_STEPS:-40}
+EXTRA_ARGS=${EXTRA_ARGS:-}  # more pretrain.py arguments, e.g. "--vision_pooling mean"
 WORK_DIR=${WORK_DIR:-outputs/vit_base_gpu_work}
 RESULTS_DIR=${RESULTS_DIR:-outputs/vit_base_gpu}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -36,9 +38,9 @@ for objective in $OBJECTIVES; do
         --model_preset "$PRESET" --image_size "$IMAGE_SIZE" --objective "$objective" --text_pooling mean \
         --output_dir "$run_dir" --overwrite_output_dir "${precision[@]}" \
         --max_steps "$MAX_STEPS" --per_device_train_batch_size "$BATCH_SIZE" --per_device_eval_batch_size "$BATCH_SIZE" \
-        --learning_rate "$LEARNING_RATE" --warmup_steps 40 --weight_decay 0.05 --lr_scheduler_type cosine \
+        --learning_rate "$LEARNING_RATE" --warmup_steps "$WARMUP_STEPS" --weight_decay 0.05 --lr_scheduler_type cosine \
         --max_grad_norm 1.0 --logging_steps 20 --eval_strategy no --save_strategy no --do_eval \
-        --dataloader_num_workers "$NUM_WORKERS" --seed 0
+        --dataloader_num_workers "$NUM_WORKERS" --seed 0 $EXTRA_ARGS
     evaluate=(--model_name_or_path "$run_dir" --dataset_dir "$data_dir" --split test
               --output_dir "$RESULTS_DIR/$objective" --batch_size 100)
     python examples/zero_shot.py "${evaluate[@]}"

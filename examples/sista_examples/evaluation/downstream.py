@@ -84,6 +84,12 @@ class DataArguments(SynthCXRGenerationArguments):
     )
     train_split: str = field(default="train", metadata={"help": "Split to fine-tune on."})
     test_split: str = field(default="test", metadata={"help": "Split the metrics are computed on."})
+    validation_split: str | None = field(
+        default=None,
+        metadata={"help": "Split the Trainer evaluates (`eval_loss`) during fine-tuning, e.g. `validation` with "
+                          "`--eval_strategy steps --load_best_model_at_end`: the test metrics are then those of the "
+                          "step with the lowest validation loss. Default: no evaluation during fine-tuning."},
+    )
     label_fraction: float = field(
         default=1.0,
         metadata={"help": "Fraction of the training split with labels, e.g. 0.01, 0.1 or 1.0. Subsets are "
@@ -179,6 +185,27 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
     logger.info(f"{task}: {len(train)} training rows ({used_fraction:g} of {data_args.train_split}), "
                 f"{len(test)} test rows.")
     return train, test
+
+
+def select_validation(dataset: DatasetDict, data_args: DataArguments, required_columns: list[str], task: str,
+                      training_args):
+    """
+    The `--validation_split` the Trainer evaluates during fine-tuning (None without one). Only its loss is computed
+    (`prediction_loss_only`): the heads' metrics need the test loop's post-processing, the loss does not.
+    """
+    name = data_args.validation_split
+    if name is None:
+        return None
+    if name not in dataset:
+        raise ValueError(f"`--validation_split` {name!r} is not in {data_args.dataset_dir}; its splits are "
+                         f"{sorted(dataset)}.")
+    missing = [column for column in required_columns if column not in dataset[name].column_names]
+    if missing or len(dataset[name]) == 0:
+        raise ValueError(f"`--validation_split` {name!r} must hold rows with the column(s) {required_columns}; it has "
+                         f"{len(dataset[name])} rows and lacks {missing}.")
+    training_args.prediction_loss_only = True
+    logger.info(f"{task}: evaluating the loss on {len(dataset[name])} rows of {name!r} during fine-tuning.")
+    return dataset[name]
 
 
 def used_label_fraction(num_selected: int, num_rows: int, data_args: DataArguments) -> float:

@@ -150,7 +150,23 @@ class CheckpointTrainer(Trainer):
     `from_pretrained`. Trainer loads a checkpoint's tensors by name with `strict=False`, but transformers 5 saves some
     backbones (ViT) under legacy tensor names that only `from_pretrained` maps back, so the vision tower would
     silently keep its current weights. FSDP and DeepSpeed checkpoints keep Trainer's own loading.
+
+    `eval_data_collator` (optional) collates the evaluation batches, e.g. the training collator without its
+    augmentation.
     """
+
+    def __init__(self, *args, eval_data_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_data_collator = eval_data_collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_data_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
 
     def _load_through_from_pretrained(self, checkpoint: str, model=None) -> None:
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
