@@ -19,6 +19,7 @@ are `select_label_fraction`'s, the same nested subsets the fine-tuning scripts u
 
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,7 +114,9 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int)
     """One L2 logistic regression per label on standardised features (a constant label predicts its constant)."""
     scaler = StandardScaler().fit(features)
     classifier = OneVsRestClassifier(LogisticRegression(C=c, max_iter=max_iter))
-    classifier.fit(scaler.transform(features), labels)
+    with warnings.catch_warnings():  # constant labels are expected at small fractions and counted by the caller
+        warnings.filterwarnings("ignore", message="Label not .* is present in all training examples")
+        classifier.fit(scaler.transform(features), labels)
     return lambda x: classifier.predict_proba(scaler.transform(x))
 
 
@@ -132,6 +135,7 @@ def probe_fraction(features: dict, labels: dict, rows: list[int], args: LinearPr
     test_auroc, per_label = macro_auroc(labels["test"], predict(features["test"]))
     return {
         "train_samples": len(rows),
+        "labels_constant_in_training": int(sum(len(np.unique(column)) < 2 for column in train_y.T)),
         "best_c": best_c,
         "validation_auroc": scored[best_c],
         "validation_auroc_by_c": {f"{c:g}": value for c, value in validation.items()},
@@ -179,8 +183,9 @@ def main(args: list[str] | None = None) -> dict:
         )
         result = probe_fraction(features, labels, subset["_row"], probe_args)
         by_fraction[f"{fraction:g}"] = result
-        logger.info("Label fraction %g: %d rows, C=%g (validation AUROC %.4f), test macro AUROC %s.", fraction,
-                    result["train_samples"], result["best_c"], result["validation_auroc"], result["auroc"])
+        logger.info("Label fraction %g: %d rows (%d labels constant among them, predicted as that constant), C=%g "
+                    "(validation AUROC %.4f), test macro AUROC %s.", fraction, result["train_samples"],
+                    result["labels_constant_in_training"], result["best_c"], result["validation_auroc"], result["auroc"])
     results = {
         "task": TASK,
         "model": probe_args.model_name_or_path,

@@ -53,11 +53,47 @@ def test_markdown_table_cells():
     records, _ = fake_records()
     table = reproduce.markdown_table(reproduce.summarize(records), ["clip", "sista"])
     lines = table.splitlines()
-    assert lines[0] == "| task | metric | labels | clip | sista |"
+    assert lines[0] == "| task | metric | labels | clip | sista | reference |"
     # clip 1%: mean 0.62, std 0.02; sista 100%: mean 0.88, std 0.02
-    assert "| classification | linear-probe AUROC | 1% | 0.620 ± 0.020 | 0.680 ± 0.020 |" in lines
-    assert "| classification | linear-probe AUROC | 100% | 0.820 ± 0.026 | 0.880 ± 0.020 |" in lines
-    assert "| grounding | pointing game | — | 0.200 ± 0.141 | 0.400 ± 0.000 |" in lines
+    assert "| classification | linear-probe AUROC | 1% | 0.620 ± 0.020 | 0.680 ± 0.020 | — |" in lines
+    assert "| classification | linear-probe AUROC | 100% | 0.820 ± 0.026 | 0.880 ± 0.020 | — |" in lines
+    assert "| grounding | pointing game | — | 0.200 ± 0.141 | 0.400 ± 0.000 | — |" in lines
+
+
+def test_paired_difference_matches_a_hand_t_interval():
+    records, values = fake_records()
+    summary = reproduce.summarize(records)
+    entry = reproduce.paired_difference(summary, "classification", "auroc", "0.01", "sista", "clip")
+    differences = [0.10, 0.04, 0.04]  # sista - clip, seed by seed
+    mean = sum(differences) / 3
+    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / 2)
+    half = 4.302652729911275 * std / math.sqrt(3)  # t(0.975, df=2)
+    assert entry["differences"] == pytest.approx(differences)
+    assert entry["mean"] == pytest.approx(mean) and entry["ci95"] == pytest.approx([mean - half, mean + half])
+    assert reproduce.format_difference(entry) == f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
+    assert reproduce.paired_difference(summary, "classification", "auroc", "0.01", "sta", "clip") is None
+
+
+def test_claim_verdicts_follow_the_interval():
+    records = []
+    for seed, (clip, sista) in enumerate([(0.50, 0.60), (0.52, 0.61), (0.55, 0.66)]):  # sista always ~+0.1
+        for objective, value in (("clip", clip), ("sista", sista)):
+            records.append({"objective": objective, "seed": seed, "task": "segmentation", "label_fraction": 0.01,
+                            "metrics": {"dice": value}})
+            records.append({"objective": objective, "seed": seed, "task": "segmentation", "label_fraction": 1.0,
+                            "metrics": {"dice": value + (0.3 if objective == "clip" else 0.2)}})
+        records.append({"objective": "sista", "seed": seed, "task": "grounding", "label_fraction": None,
+                        "metrics": {"pointing_accuracy": 0.5, "pointing_random_baseline": 0.03,
+                                    "pointing_fixed_point_baseline": 0.4, "pointing_oracle": 0.7}})
+    claims = {(c["claim"], c["task"], c["labels"], c["comparison"]): c["verdict"]
+              for c in reproduce.claim_verdicts(reproduce.summarize(records))}
+    assert claims[("SISTA beats CLIP", "segmentation", "1%", "sista − clip")] == "holds"
+    # at 100% sista - clip = (+0.1 - 0.1) per seed: the interval straddles 0
+    assert claims[("SISTA beats CLIP", "segmentation", "100%", "sista − clip")] == "not shown"
+    assert claims[("gains largest with the fewest labels", "segmentation", "—",
+                   "(sista − clip at 1%) − (at 100%)")] == "holds"
+    assert claims[("SISTA grounds", "grounding", "—", "pointing game above the fixed point")] == "holds"
+    assert claims[("SISTA grounds", "grounding", "—", "pointing game at least 80% of the oracle")] == "not shown"
 
 
 def test_single_seed_has_no_std():
@@ -94,16 +130,18 @@ def test_quick_argument_parsing():
     assert quick.quick and quick.seed_list == [0]
     assert quick.fraction_list == [0.1, 1.0]
     assert quick.task_list == ["classification", "zero_shot", "retrieval", "grounding"]
-    assert quick.num_pretrain < 1000 and quick.finetune_steps <= 20
+    assert quick.num_pretrain < 1000 and max(quick.step_budgets["segmentation"].values()) <= 20
     full = reproduce.parse_arguments([])
     assert full.seed_list == [0, 1, 2] and full.objective_list == ["clip", "sia", "sta", "sista"]
     assert full.fraction_list == [0.01, 0.1, 1.0] and len(full.task_list) == 6
+    assert full.step_budgets == {"segmentation": {0.01: 30, 1.0: 120}, "detection": {0.01: 50, 1.0: 200}}
     custom = reproduce.parse_arguments(["--quick", "--seeds", "3,4", "--objectives", "clip,sista", "--output_dir", "x"])
     assert custom.seed_list == [3, 4] and custom.objective_list == ["clip", "sista"] and custom.output_dir == "x"
 
 
 @pytest.mark.parametrize("argv", [["--objectives", "clip,simclr"], ["--tasks", "vqa"], ["--label_fractions", "0,1"],
-                                  ["--seeds", "a"]])
+                                  ["--seeds", "a"], ["--segmentation_steps", "0.5:10"],
+                                  ["--detection_steps", "0.01:0"], ["--detection_steps", "1=20"]])
 def test_bad_arguments_are_refused(argv):
     with pytest.raises(ValueError):
         reproduce.parse_arguments(argv)
