@@ -150,13 +150,13 @@ class ReproduceArguments:
     )
     # downstream budgets (identical for every objective)
     segmentation_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:30,1:120)."}
+        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:40,1:200)."}
     )
     detection_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:200)."}
+        default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:300)."}
     )
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size."})
-    segmentation_learning_rate: float = field(default=3e-3, metadata={"help": "Segmentation head learning rate."})
+    segmentation_learning_rate: float = field(default=1e-3, metadata={"help": "Segmentation head learning rate."})
     detection_learning_rate: float = field(default=1e-3, metadata={"help": "Detection head learning rate."})
     decoder_hidden_size: int = field(default=64, metadata={"help": "Segmentation decoder / detection head width."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
@@ -174,8 +174,8 @@ class ReproduceArguments:
             "num_validation": (200, 100),
             "num_test": (300, 100),
             "pretrain_epochs": (4.0, 1.0),
-            "segmentation_steps": ("0.01:30,1:120", "0.1:8,1:12"),
-            "detection_steps": ("0.01:50,1:200", "0.1:8,1:12"),
+            "segmentation_steps": ("0.01:40,1:200", "0.1:8,1:12"),
+            "detection_steps": ("0.01:50,1:300", "0.1:8,1:12"),
         }
         for name, (full, quick) in quick_defaults.items():
             if getattr(self, name) is None:
