@@ -54,7 +54,9 @@ def main(args: list[str] | None = None):
 
     dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "mask"], "Segmentation")
-    validation_dataset = utils.select_validation(dataset, data_args, ["image", "mask"], "Segmentation", training_args)
+    validation_dataset = utils.select_validation(
+        dataset, data_args, ["image", "mask"], "Segmentation", training_args, loss_only=False
+    )
     check_masks(train_dataset, data_args.train_split)
     check_masks(test_dataset, data_args.test_split)
 
@@ -79,6 +81,18 @@ def main(args: list[str] | None = None):
             pixel_values, masks, _ = augmentation.augment_batch(pixel_values, masks=masks)
         return {"pixel_values": pixel_values, "labels": masks}
 
+    def binarize(logits, labels):  # what the Trainer keeps of each validation batch: the predicted mask
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return (logits[:, 0] > 0).to(torch.int8)
+
+    def validation_dice(prediction):
+        """`eval_dice` and `eval_mean_image_dice`, for `--metric_for_best_model dice` (the test split's metric)."""
+        dice = utils.load_metric("dice")
+        return dice.compute(
+            predictions=[mask.reshape(-1) for mask in prediction.predictions.astype(np.int16)],
+            references=[mask.reshape(-1) for mask in prediction.label_ids.astype(np.int16)],
+        )
+
     trainer = CheckpointTrainer(
         model=model,
         args=training_args,
@@ -86,6 +100,8 @@ def main(args: list[str] | None = None):
         eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
         data_collator=lambda examples: collate(examples, data_args.augment),
         eval_data_collator=lambda examples: collate(examples, False),
+        compute_metrics=validation_dice if validation_dataset is not None else None,
+        preprocess_logits_for_metrics=binarize if validation_dataset is not None else None,
     )
     trainer.train()
     trainer.save_model()

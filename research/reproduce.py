@@ -9,8 +9,8 @@ For every objective in `--objectives` and every seed in `--seeds`, with one iden
 2. at each label fraction, on the frozen encoder: classification by `examples/linear_probe.py` (scikit-learn logistic
    regression, its regularisation chosen on the validation split, macro AUROC), segmentation (Dice) and detection
    (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a step budget per fraction, the
-   validation loss evaluated at every quarter of it and the best step's head scored on the test split
-   (`--load_best_model_at_end`);
+   validation split evaluated at every quarter of it and the head of the best step (segmentation: Dice; detection:
+   loss) scored on the test split (`--load_best_model_at_end`);
 3. zero-shot AUROC (`examples/zero_shot.py`), retrieval R@1/5/10 and the mean pairwise image cosine
    (`examples/retrieval.py`) and the grounding pointing game beside its random-point, fixed-point and oracle
    references (`examples/visualize_grounding.py`) on the test split.
@@ -104,8 +104,8 @@ class ReproduceArguments:
             Comma-separated label fractions (default 0.01,0.1,1.0; `--quick`: 0.1,1.0).
         segmentation_steps, detection_steps (`str`, *optional*):
             `fraction:max_steps` pairs: the label fractions of the head's runs (among `label_fractions`) and the step
-            budget of each; the validation loss is evaluated at every quarter of it and the best step's head is
-            scored.
+            budget of each; the validation split is evaluated at every quarter of it and the head of the best step
+            (segmentation: Dice; detection: loss) is scored.
         quick (`bool`, *optional*, defaults to `False`):
             One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
         aggregate_only (`bool`, *optional*, defaults to `False`):
@@ -150,7 +150,7 @@ class ReproduceArguments:
     )
     # downstream budgets (identical for every objective)
     segmentation_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:40,1:200)."}
+        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:40,1:250)."}
     )
     detection_steps: str | None = field(
         default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:300)."}
@@ -174,7 +174,7 @@ class ReproduceArguments:
             "num_validation": (200, 100),
             "num_test": (300, 100),
             "pretrain_epochs": (4.0, 1.0),
-            "segmentation_steps": ("0.01:40,1:200", "0.1:8,1:12"),
+            "segmentation_steps": ("0.01:40,1:250", "0.1:8,1:12"),
             "detection_steps": ("0.01:50,1:300", "0.1:8,1:12"),
         }
         for name, (full, quick) in quick_defaults.items():
@@ -321,7 +321,7 @@ def pretrain_arguments(args: ReproduceArguments, objective: str, seed: int, outp
 
 
 def finetune_arguments(args, task: str, model_dir: Path, output_dir: Path, fraction: float, seed: int) -> list[str]:
-    """A frozen-encoder head trained for the fraction's step budget; the lowest validation loss picks its step."""
+    """A frozen-encoder head trained for the fraction's step budget; the validation split picks its step."""
     max_steps = args.step_budgets[task][fraction]
     every = max(max_steps // 4, 1)
     cli = [
@@ -345,7 +345,7 @@ def finetune_arguments(args, task: str, model_dir: Path, output_dir: Path, fract
         "--save_steps", str(every),
         "--save_total_limit", "1",
         "--load_best_model_at_end", "true",
-        "--metric_for_best_model", "eval_loss",
+        "--metric_for_best_model", SELECTION_METRIC[task],
         "--report_to", "none",
         "--dataloader_num_workers", "0",
         "--disable_tqdm", "true",
@@ -354,6 +354,11 @@ def finetune_arguments(args, task: str, model_dir: Path, output_dir: Path, fract
     if args.max_eval_samples:
         cli += ["--max_test_samples", str(args.max_eval_samples)]
     return cli
+
+
+# what picks a head's step on the validation split: segmentation's own metric (a head whose lesion logits stay just
+# below 0 has a low validation loss and a Dice of 0), detection's loss (its mAP needs the test loop's post-processing)
+SELECTION_METRIC = {"segmentation": "dice", "detection": "eval_loss"}
 
 
 def linear_probe_arguments(args, model_dir: Path, output_dir: Path) -> list[str]:
@@ -370,7 +375,7 @@ def linear_probe_arguments(args, model_dir: Path, output_dir: Path) -> list[str]
 
 
 def best_step(output_dir: Path) -> dict:
-    """The step whose validation loss was lowest (from the last checkpoint's trainer state); checkpoints removed."""
+    """The step the validation split picked (from the last checkpoint's trainer state); checkpoints removed."""
     import shutil
 
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
@@ -379,7 +384,7 @@ def best_step(output_dir: Path) -> dict:
         state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
         best = state.get("best_model_checkpoint")
         found = {"best_step": int(best.rsplit("-", 1)[-1]) if best else None,
-                 "best_validation_loss": state.get("best_metric"), "max_steps": state.get("max_steps")}
+                 "best_validation_metric": state.get("best_metric"), "max_steps": state.get("max_steps")}
     for checkpoint in checkpoints:
         shutil.rmtree(checkpoint)
     return found
@@ -850,12 +855,12 @@ def versions() -> dict:
 
 
 def step_selection_text(records: list[dict]) -> str:
-    """How often the validation loss was lowest at the end of a head's step budget (a sign the budget is short)."""
+    """How often the validation split picked the last step of a head's budget (a sign the budget is short)."""
     chosen = [r["step_selection"] for r in records if r.get("step_selection", {}).get("best_step") is not None]
     if not chosen:
         return ""
     at_end = sum(entry["best_step"] == entry["max_steps"] for entry in chosen)
-    return f"The lowest validation loss came at the last step of the budget in {at_end} of {len(chosen)} head runs."
+    return f"The validation split picked the last step of the budget in {at_end} of {len(chosen)} head runs."
 
 
 def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None) -> dict:
@@ -881,7 +886,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
         f"# SISTA reproduction on SynthCXR{' (--quick)' if args.quick else ''}\n\n"
         f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed. Frozen encoders: scikit-learn "
         f"logistic regression for classification (C chosen on validation), heads for segmentation and detection "
-        f"(step chosen on the validation loss). {step_selection_text(records)} Command: `{command}`.\n\n"
+        f"(step chosen on the validation Dice / loss). {step_selection_text(records)} Command: `{command}`.\n\n"
     )
     (output_dir / f"{prefix}_table.md").write_text(header + table)
     plots = [

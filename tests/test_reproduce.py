@@ -134,7 +134,7 @@ def test_quick_argument_parsing():
     full = reproduce.parse_arguments([])
     assert full.seed_list == [0, 1, 2] and full.objective_list == ["clip", "sia", "sta", "sista"]
     assert full.fraction_list == [0.01, 0.1, 1.0] and len(full.task_list) == 6
-    assert full.step_budgets == {"segmentation": {0.01: 40, 1.0: 200}, "detection": {0.01: 50, 1.0: 300}}
+    assert full.step_budgets == {"segmentation": {0.01: 40, 1.0: 250}, "detection": {0.01: 50, 1.0: 300}}
     custom = reproduce.parse_arguments(["--quick", "--seeds", "3,4", "--objectives", "clip,sista", "--output_dir", "x"])
     assert custom.seed_list == [3, 4] and custom.objective_list == ["clip", "sista"] and custom.output_dir == "x"
 
@@ -213,3 +213,21 @@ def test_pretrain_extra_args_are_appended_last(tmp_path):
         args=cli
     )
     assert parsed[2].warmup_steps == 50 and parsed[1].augment is False and parsed[0].text_model_name_or_path == "a dir"
+
+
+def test_recipe_table_applies_the_learning_check(tmp_path):
+    recipe_table = load_script("research/recipe_table.py")
+    records = [
+        {"objective": "clip", "seed": 0, "task": "retrieval",
+         "metrics": {"i2r_R@10": 0.12, "chance_R@10": 0.02, "image_mean_cosine": 0.5}},  # 6x chance, spread
+        {"objective": "clip", "seed": 1, "task": "retrieval",
+         "metrics": {"i2r_R@10": 0.20, "chance_R@10": 0.02, "image_mean_cosine": 0.95}},  # collapsed images
+        {"objective": "sista", "seed": 0, "task": "retrieval",
+         "metrics": {"i2r_R@10": 0.08, "chance_R@10": 0.02, "image_mean_cosine": 0.3}},  # 4x chance
+    ]
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"protocol": {"image_size": 128}, "records": records, "command": "c"}))
+    text = recipe_table.main(["--study", f"resnet={study}", "--output", str(tmp_path / "table.md")])
+    rows = [line for line in text.splitlines() if line.startswith("| resnet")]
+    assert [row.split("|")[-2].strip() for row in rows] == ["yes", "no", "no"]
+    assert rows[0] == "| resnet (8 × 8) | clip | 0 | 0.120 | 6.0 × | 0.500 | — | yes |"

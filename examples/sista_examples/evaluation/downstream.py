@@ -86,9 +86,10 @@ class DataArguments(SynthCXRGenerationArguments):
     test_split: str = field(default="test", metadata={"help": "Split the metrics are computed on."})
     validation_split: str | None = field(
         default=None,
-        metadata={"help": "Split the Trainer evaluates (`eval_loss`) during fine-tuning, e.g. `validation` with "
-                          "`--eval_strategy steps --load_best_model_at_end`: the test metrics are then those of the "
-                          "step with the lowest validation loss. Default: no evaluation during fine-tuning."},
+        metadata={"help": "Split the Trainer evaluates during fine-tuning (`eval_loss`; segmentation adds `eval_dice`), "
+                          "e.g. `validation` with `--eval_strategy steps --load_best_model_at_end "
+                          "--metric_for_best_model eval_loss` (or `dice`): the test metrics are then those of the best "
+                          "validation step. Default: no evaluation during fine-tuning."},
     )
     label_fraction: float = field(
         default=1.0,
@@ -188,10 +189,10 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
 
 
 def select_validation(dataset: DatasetDict, data_args: DataArguments, required_columns: list[str], task: str,
-                      training_args):
+                      training_args, loss_only: bool = True):
     """
-    The `--validation_split` the Trainer evaluates during fine-tuning (None without one). Only its loss is computed
-    (`prediction_loss_only`): the heads' metrics need the test loop's post-processing, the loss does not.
+    The `--validation_split` the Trainer evaluates during fine-tuning (None without one). With `loss_only` only its
+    loss is computed (`prediction_loss_only`): the detection metrics need the test loop's post-processing.
     """
     name = data_args.validation_split
     if name is None:
@@ -203,8 +204,8 @@ def select_validation(dataset: DatasetDict, data_args: DataArguments, required_c
     if missing or len(dataset[name]) == 0:
         raise ValueError(f"`--validation_split` {name!r} must hold rows with the column(s) {required_columns}; it has "
                          f"{len(dataset[name])} rows and lacks {missing}.")
-    training_args.prediction_loss_only = True
-    logger.info(f"{task}: evaluating the loss on {len(dataset[name])} rows of {name!r} during fine-tuning.")
+    training_args.prediction_loss_only = loss_only
+    logger.info(f"{task}: evaluating on {len(dataset[name])} rows of {name!r} during fine-tuning.")
     return dataset[name]
 
 
