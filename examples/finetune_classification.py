@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForImageClassification
@@ -87,6 +87,7 @@ def main(args: list[str] | None = None):
         check_labels(split, num_labels, task_args.problem_type)
     class_names = utils.class_names_of(train_dataset, data_args, num_labels)
 
+    set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
     model = utils.load_head(
         SistaForImageClassification,
         model_args,

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForObjectDetection
@@ -106,6 +106,7 @@ def main(args: list[str] | None = None):
                    "label2id": {name: index for index, name in enumerate(names)}}
     if task_args.upsample_factor is not None:
         head_kwargs["detection_upsample_factor"] = task_args.upsample_factor
+    set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
     model = utils.load_head(SistaForObjectDetection, model_args, **head_kwargs)
     image_processor = utils.load_image_processor(model_args, model.config)
     image_size = utils.image_processor_size(image_processor)

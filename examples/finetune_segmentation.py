@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForSemanticSegmentation
@@ -60,6 +60,7 @@ def main(args: list[str] | None = None):
     check_masks(train_dataset, data_args.train_split)
     check_masks(test_dataset, data_args.test_split)
 
+    set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
     model = utils.load_head(
         SistaForSemanticSegmentation, model_args, num_labels=1, id2label={0: "lesion"}, label2id={"lesion": 0}
     )

@@ -111,3 +111,22 @@ def test_head_keeps_the_step_with_the_lowest_validation_loss(dataset_dir, tmp_pa
     assert state["best_model_checkpoint"].endswith(f"checkpoint-{best}")
     saved, kept = load_file(output_dir / "model.safetensors"), load_file(output_dir / f"checkpoint-{best}" / "model.safetensors")
     assert saved.keys() == kept.keys() and all((saved[name] == kept[name]).all() for name in saved)
+
+
+def test_segmentation_head_keeps_the_step_with_the_best_validation_dice(dataset_dir, tmp_path):
+    """`--metric_for_best_model dice`: `eval_dice` is the Dice of the binarised validation masks, the best one is kept."""
+    finetune_segmentation = load_script("examples/finetune_segmentation.py")
+    output_dir = tmp_path / "seg"
+    finetune_segmentation.main([
+        "--model_name_or_path", str(save_tiny_sista(tmp_path / "model")), "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(output_dir), "--freeze_encoder", "true", "--max_steps", "3",
+        "--per_device_train_batch_size", "4", "--learning_rate", "0.05", "--validation_split", "validation",
+        "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
+        "--load_best_model_at_end", "true", "--metric_for_best_model", "dice", "--report_to", "none",
+        "--use_cpu", "--disable_tqdm", "true", "--decoder_hidden_size", "32",
+    ])  # fmt: skip
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    dices = {entry["step"]: entry["eval_dice"] for entry in state["log_history"] if "eval_dice" in entry}
+    assert sorted(dices) == [1, 2, 3] and all(0 <= value <= 1 for value in dices.values())
+    assert state["best_metric"] == pytest.approx(max(dices.values()))
