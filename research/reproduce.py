@@ -636,27 +636,30 @@ def markdown_table(summary: dict, objectives: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_difference(summary: dict, task: str, metric: str, fraction: str, objective: str, baseline: str):
-    """
-    `objective - baseline` over the seeds both have: mean, sample std, the 95% interval of the mean (Student t,
-    n - 1 degrees of freedom; None for one seed) and the per-seed differences. None when a side is missing.
-    """
+def difference_entry(differences: list[float]) -> dict:
+    """Mean, sample std and the 95% interval of the mean (Student t, n - 1 degrees of freedom; None for one value)."""
     from scipy import stats
 
-    entries = summary.get(task, {}).get(metric, {}).get(fraction, {})
-    if objective not in entries or baseline not in entries:
-        return None
-    base = dict(zip(entries[baseline]["seeds"], entries[baseline]["values"]))
-    differences = [value - base[seed] for seed, value in zip(entries[objective]["seeds"], entries[objective]["values"])
-                   if seed in base]
-    if not differences:
-        return None
     mean, std = mean_std(differences)
     interval = None
     if std is not None:
         half = float(stats.t.ppf(0.975, len(differences) - 1)) * std / np.sqrt(len(differences))
         interval = [mean - half, mean + half]
     return {"mean": mean, "std": std, "ci95": interval, "n": len(differences), "differences": differences}
+
+
+def paired_difference(summary: dict, task: str, metric: str, fraction: str, objective: str, baseline: str):
+    """
+    `objective - baseline` over the seeds both have: mean, sample std, the 95% interval of the mean (Student t,
+    n - 1 degrees of freedom; None for one seed) and the per-seed differences. None when a side is missing.
+    """
+    entries = summary.get(task, {}).get(metric, {}).get(fraction, {})
+    if objective not in entries or baseline not in entries:
+        return None
+    base = dict(zip(entries[baseline]["seeds"], entries[baseline]["values"]))
+    differences = [value - base[seed] for seed, value in zip(entries[objective]["seeds"], entries[objective]["values"])
+                   if seed in base]
+    return difference_entry(differences) if differences else None
 
 
 def format_difference(entry: dict | None) -> str:
@@ -719,13 +722,7 @@ def claim_verdicts(summary: dict) -> list[dict]:
         gains = [paired_difference(summary, task, metric, fraction, "sista", "clip") for fraction in (smallest, largest)]
         if None in gains:
             continue
-        per_seed = [low - high for low, high in zip(gains[0]["differences"], gains[1]["differences"])]
-        entry = {"mean": float(np.mean(per_seed)), "differences": per_seed, "ci95": None, "n": len(per_seed)}
-        if len(per_seed) > 1:
-            from scipy import stats
-
-            half = float(stats.t.ppf(0.975, len(per_seed) - 1)) * float(np.std(per_seed, ddof=1)) / np.sqrt(len(per_seed))
-            entry["ci95"] = [entry["mean"] - half, entry["mean"] + half]
+        entry = difference_entry([low - high for low, high in zip(gains[0]["differences"], gains[1]["differences"])])
         claims.append({"claim": "gains largest with the fewest labels",
                        "comparison": f"(sista − clip at {float(smallest) * 100:g}%) − (at {float(largest) * 100:g}%)",
                        "task": task, "metric": label, "labels": "—", "difference": entry, "verdict": verdict(entry)})
