@@ -39,6 +39,9 @@ except ImportError:  # a flat checkout imported without a package
 
 logger = logging.get_logger(__name__)
 
+# the probability at which the heads' binary outputs (segmentation mask, detection heatmap) start (RetinaNet's prior)
+FOCAL_PRIOR = 0.01
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # SIA: semantic-aware instance alignment
@@ -1606,6 +1609,10 @@ class SistaForImageClassification(SistaVisionHeadModel):
         return output if return_dict else output.to_tuple()
 
 
+class SistaMaskPredictor(nn.Conv2d):
+    """The decoder's 1×1 classifier; its own class so that `_init_weights` can give a binary head the focal prior."""
+
+
 class SistaSegmentationDecoder(nn.Module):
     r"""
     Progressive-upsampling decoder on the patch grid (SETR-PUP style): `log2(output_stride)` stages (2 when the
@@ -1618,7 +1625,7 @@ class SistaSegmentationDecoder(nn.Module):
         num_stages = max(math.ceil(math.log2(output_stride)), 1) if output_stride else 2
         channels = [in_channels] + [max(hidden_size // 2**stage, 32) for stage in range(num_stages)]
         self.stages = nn.ModuleList(_conv_norm_relu(channels[i], channels[i + 1]) for i in range(num_stages))
-        self.classifier = nn.Conv2d(channels[-1], num_labels, kernel_size=1)
+        self.classifier = SistaMaskPredictor(channels[-1], num_labels, kernel_size=1)
 
     def forward(self, patch_grid: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
         hidden = patch_grid
@@ -1656,6 +1663,14 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
             vision_output_stride(config.vision_config),
         )
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, SistaMaskPredictor) and module.bias is not None and module.out_channels == 1:
+            # a binary head starts at lesion probability 0.01: with 0.5 everywhere, the first steps' BCE on the many
+            # background pixels can push the decoder to an all-background output whose Dice gradient has vanished
+            init.constant_(module.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
 
     def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor):
         check_label_tensor(labels, training=self.training)
@@ -1791,7 +1806,7 @@ class SistaForObjectDetection(SistaVisionHeadModel):
         super()._init_weights(module)
         if isinstance(module, SistaHeatmapPredictor) and module.bias is not None:
             # focal-loss prior: every cell starts at probability 0.01, so the many negatives do not swamp training
-            init.constant_(module.bias, -math.log((1 - 0.01) / 0.01))
+            init.constant_(module.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
 
     def _check_labels(self, labels, batch_size: int):
         if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:

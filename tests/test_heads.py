@@ -196,6 +196,16 @@ def test_multiclass_segmentation_loss_is_ce_plus_mean_dice_with_ignored_pixels()
     torch.testing.assert_close(segmentation_loss(logits, labels, ignore_index=-100), ce + dice)
 
 
+def test_binary_mask_logits_start_at_the_focal_prior():
+    """A fresh binary head predicts lesion probability 0.01 on average; a multi-class head keeps the default init."""
+    model = tiny_head(SistaForSemanticSegmentation, num_labels=1)
+    torch.testing.assert_close(model.decoder.classifier.bias, torch.full((1,), -math.log(99)))
+    with torch.no_grad():
+        probabilities = model(pixels()).logits.sigmoid()
+    assert 0.002 < probabilities.mean().item() < 0.05
+    assert tiny_head(SistaForSemanticSegmentation, num_labels=3).decoder.classifier.bias.abs().max() < 1
+
+
 def test_segmentation_rejects_masks_out_of_range():
     model = tiny_head(SistaForSemanticSegmentation, num_labels=1)
     with pytest.raises(ValueError, match="divided by 255"):
@@ -330,6 +340,9 @@ def test_from_pretrained_loads_the_sista_encoder_weights(pretrained_dir, model_c
     assert all(not parameter.requires_grad for parameter in model.vision_model.parameters())
     if model_class is SistaForObjectDetection:  # missing head weights get the head's own initialisation
         torch.testing.assert_close(model.detection_head.heatmap[2].bias, torch.full((2,), -math.log(99)))
+    if model_class is SistaForSemanticSegmentation:
+        binary = model_class.from_pretrained(pretrained_dir, num_labels=1, decoder_hidden_size=32)
+        torch.testing.assert_close(binary.decoder.classifier.bias, torch.full((1,), -math.log(99)))
 
 
 def test_from_pretrained_refuses_another_architecture(tmp_path):
