@@ -2,6 +2,7 @@
 spread that retrieval reports: each against a hand computation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,19 +93,25 @@ def test_mean_pairwise_cosine_equals_a_pair_loop():
     assert retrieval.mean_pairwise_cosine(embeds[:1]) is None
 
 
-def test_head_keeps_the_step_with_the_lowest_validation_loss(dataset_dir, tmp_path):
-    """`--validation_split` + `--load_best_model_at_end`: the saved head is the best checkpoint's, by eval_loss."""
-    output_dir = tmp_path / "det"
-    finetune_detection.main([
+def train_head_keeping_the_best_step(script, dataset_dir, tmp_path, max_steps: int, metric: str) -> tuple[Path, dict]:
+    """A head trained with `--validation_split` and `--load_best_model_at_end`, a checkpoint at every step; returns
+    its output folder and the last checkpoint's trainer state."""
+    output_dir = tmp_path / "head"
+    script.main([
         "--model_name_or_path", str(save_tiny_sista(tmp_path / "model")), "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(output_dir), "--freeze_encoder", "true", "--max_steps", "4",
+        "--output_dir", str(output_dir), "--freeze_encoder", "true", "--max_steps", str(max_steps),
         "--per_device_train_batch_size", "4", "--learning_rate", "0.05", "--validation_split", "validation",
         "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
-        "--load_best_model_at_end", "true", "--metric_for_best_model", "eval_loss", "--report_to", "none",
+        "--load_best_model_at_end", "true", "--metric_for_best_model", metric, "--report_to", "none",
         "--use_cpu", "--disable_tqdm", "true", "--decoder_hidden_size", "32",
     ])  # fmt: skip
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return output_dir, json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+
+
+def test_head_keeps_the_step_with_the_lowest_validation_loss(dataset_dir, tmp_path):
+    """`--validation_split` + `--load_best_model_at_end`: the saved head is the best checkpoint's, by eval_loss."""
+    output_dir, state = train_head_keeping_the_best_step(finetune_detection, dataset_dir, tmp_path, 4, "eval_loss")
     losses = {entry["step"]: entry["eval_loss"] for entry in state["log_history"] if "eval_loss" in entry}
     assert sorted(losses) == [1, 2, 3, 4]
     best = min(losses, key=losses.get)
@@ -116,17 +123,7 @@ def test_head_keeps_the_step_with_the_lowest_validation_loss(dataset_dir, tmp_pa
 def test_segmentation_head_keeps_the_step_with_the_best_validation_dice(dataset_dir, tmp_path):
     """`--metric_for_best_model dice`: `eval_dice` is the Dice of the binarised validation masks, the best one is kept."""
     finetune_segmentation = load_script("examples/finetune_segmentation.py")
-    output_dir = tmp_path / "seg"
-    finetune_segmentation.main([
-        "--model_name_or_path", str(save_tiny_sista(tmp_path / "model")), "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(output_dir), "--freeze_encoder", "true", "--max_steps", "3",
-        "--per_device_train_batch_size", "4", "--learning_rate", "0.05", "--validation_split", "validation",
-        "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1",
-        "--load_best_model_at_end", "true", "--metric_for_best_model", "dice", "--report_to", "none",
-        "--use_cpu", "--disable_tqdm", "true", "--decoder_hidden_size", "32",
-    ])  # fmt: skip
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    _, state = train_head_keeping_the_best_step(finetune_segmentation, dataset_dir, tmp_path, 3, "dice")
     dices = {entry["step"]: entry["eval_dice"] for entry in state["log_history"] if "eval_dice" in entry}
     assert sorted(dices) == [1, 2, 3] and all(0 <= value <= 1 for value in dices.values())
     assert state["best_metric"] == pytest.approx(max(dices.values()))
