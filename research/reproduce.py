@@ -5,7 +5,7 @@
 For every objective in `--objectives` and every seed in `--seeds`, with one identical pre-training budget:
 
 1. pre-train with `examples/pretrain.py --objective {clip,sia,sta,sista}` (the demo's recipe: `small` ResNet preset,
-   128 px, 8 x 8 grid, batch 32, AdamW lr 1e-3, warm-up 20, cosine);
+   128 px, 8 x 8 grid, batch 32, AdamW lr 1e-3, warm-up 20, cosine, 6 epochs);
 2. at each label fraction, on the frozen encoder: classification by `examples/linear_probe.py` (scikit-learn logistic
    regression, its regularisation chosen on the validation split, macro AUROC), segmentation (Dice) and detection
    (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a step budget per fraction, the
@@ -137,7 +137,7 @@ class ReproduceArguments:
     data_seed: int = field(default=0, metadata={"help": "SynthCXR seed (the same data for every run)."})
     # pre-training budget (identical for every objective)
     model_preset: str = field(default="small", metadata={"help": "pretrain.py --model_preset."})
-    pretrain_epochs: float | None = field(default=None, metadata={"help": "Pre-training epochs (default 4)."})
+    pretrain_epochs: float | None = field(default=None, metadata={"help": "Pre-training epochs (default 6)."})
     pretrain_batch_size: int = field(default=32, metadata={"help": "Pre-training batch size (SIA's B)."})
     pretrain_learning_rate: float = field(default=1e-3, metadata={"help": "Pre-training peak learning rate."})
     sia_threshold: float | None = field(
@@ -150,13 +150,13 @@ class ReproduceArguments:
     )
     # downstream budgets (identical for every objective)
     segmentation_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:40,1:250)."}
+        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:60,1:150)."}
     )
     detection_steps: str | None = field(
         default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:300)."}
     )
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size."})
-    segmentation_learning_rate: float = field(default=1e-3, metadata={"help": "Segmentation head learning rate."})
+    segmentation_learning_rate: float = field(default=3e-3, metadata={"help": "Segmentation head learning rate."})
     detection_learning_rate: float = field(default=1e-3, metadata={"help": "Detection head learning rate."})
     decoder_hidden_size: int = field(default=64, metadata={"help": "Segmentation decoder / detection head width."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
@@ -173,8 +173,8 @@ class ReproduceArguments:
             "num_train": (1000, 200),
             "num_validation": (200, 100),
             "num_test": (300, 100),
-            "pretrain_epochs": (4.0, 1.0),
-            "segmentation_steps": ("0.01:40,1:250", "0.1:8,1:12"),
+            "pretrain_epochs": (6.0, 1.0),
+            "segmentation_steps": ("0.01:60,1:150", "0.1:8,1:12"),
             "detection_steps": ("0.01:50,1:300", "0.1:8,1:12"),
         }
         for name, (full, quick) in quick_defaults.items():

@@ -134,7 +134,7 @@ def test_quick_argument_parsing():
     full = reproduce.parse_arguments([])
     assert full.seed_list == [0, 1, 2] and full.objective_list == ["clip", "sia", "sta", "sista"]
     assert full.fraction_list == [0.01, 0.1, 1.0] and len(full.task_list) == 6
-    assert full.step_budgets == {"segmentation": {0.01: 40, 1.0: 250}, "detection": {0.01: 50, 1.0: 300}}
+    assert full.step_budgets == {"segmentation": {0.01: 60, 1.0: 150}, "detection": {0.01: 50, 1.0: 300}}
     custom = reproduce.parse_arguments(["--quick", "--seeds", "3,4", "--objectives", "clip,sista", "--output_dir", "x"])
     assert custom.seed_list == [3, 4] and custom.objective_list == ["clip", "sista"] and custom.output_dir == "x"
 
