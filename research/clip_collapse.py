@@ -2,9 +2,10 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """Why plain CLIP collapses in the reproduction study: the embedding spread along pre-training.
 
-Runs exactly the study's pre-training of one (objective, seed) (`research/reproduce.py`'s `pretrain_arguments`:
-small preset, 64 px, mean pooling, batch 32, lr 1e-3, warmup 20, cosine, 4 epochs = 248 steps, augmentation on) and,
-at the probe steps, embeds the first `--num_probe` test-split studies (eval mode, no augmentation) and records:
+Runs exactly the study's pre-training of one (objective, seed) (`research/reproduce.py`'s `pretrain_arguments`
+with its defaults: small preset, 128 px, mean pooling, batch 32, lr 1e-3, warmup 20, cosine, 6 epochs = 372 steps,
+augmentation on) and, at the probe steps, embeds the first `--num_probe` test-split studies (eval mode, no
+augmentation) and records:
 
 * `img_mean_cos` / `txt_mean_cos`: mean pairwise cosine similarity of the L2-normalised image / report embeddings
   (1 = all equal, i.e. collapsed), and `img_spread` / `txt_spread` = 1 - |mean embedding|^2 (total variance of
@@ -29,7 +30,7 @@ layout (git-ignored `outputs/`), so the downstream tasks of a variant run with
     python research/reproduce.py --work_dir outputs/clip_collapse/diag/<tag> --objectives <objective> --seeds 0 \
         --tasks classification,zero_shot,retrieval --label_fractions 0.1,1.0 --output_dir docs/results/clip_collapse/<tag>
 
-One run: ~2-4 min on 1 thread.
+One run: ~5 min on 1 thread.
 """
 
 import argparse
@@ -57,7 +58,7 @@ def parse(argv=None):
     parser.add_argument("--tag", default=None, help="Name of the run (default: the objective).")
     parser.add_argument("--work_dir", default="outputs/clip_collapse/diag")
     parser.add_argument("--output_dir", default="docs/results/clip_collapse")
-    parser.add_argument("--probe_steps", default="0,1,2,5,10,20,50,100,248")
+    parser.add_argument("--probe_steps", default="0,1,2,5,10,20,50,100,200")
     parser.add_argument("--num_probe", type=int, default=256)
     parser.add_argument("--logit_scale_init", type=float, default=None,
                         help="Initial log logit scale (the study: ln(1/0.07) = 2.659).")

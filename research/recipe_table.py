@@ -6,7 +6,7 @@ Reads the `reproduce_results.json` of studies run with `research/reproduce.py` (
 table: paired image→report R@10 on the test split against 5 × its chance level, and the mean pairwise cosine of the
 test images' embeddings (1 = every image embedded alike) against 0.9, for every seed.
 
-    python research/reproduce.py                                        # the study: small (ResNet), 248 steps
+    python research/reproduce.py                                        # the study: small (ResNet), 372 steps
     python research/reproduce.py --objectives clip --seeds 0,1 --tasks zero_shot,retrieval --num_pretrain 4000 \
         --pretrain_epochs 2.4 --work_dir outputs/recipe_resnet --output_dir docs/results/recipe/resnet
     python research/reproduce.py --model_preset small-vit --objectives clip --seeds 0,1 --tasks zero_shot,retrieval \
@@ -15,7 +15,7 @@ test images' embeddings (1 = every image embedded alike) against 0.9, for every 
         --study "ResNet, demo data=docs/results/recipe/resnet/reproduce_results.json" \
         --study "ViT, demo data=docs/results/recipe/vit/reproduce_results.json"
 
-The last two pre-train on the demo's amount of data (4,000 studies, 300 steps) instead of the study's 2,000 and 248.
+The last two pre-train on the demo's amount of data (4,000 studies, 300 steps) instead of the study's 2,000 and 372.
 """
 
 import argparse

@@ -852,12 +852,24 @@ def versions() -> dict:
 
 
 def step_selection_text(records: list[dict]) -> str:
-    """How often the validation split picked the last step of a head's budget (a sign the budget is short)."""
-    chosen = [r["step_selection"] for r in records if r.get("step_selection", {}).get("best_step") is not None]
-    if not chosen:
+    """
+    How often the validation split picked a step of the last quarter of a head's budget (its last evaluation or the
+    final step; a sign the budget is short), per task and label fraction.
+    """
+    late, runs = {}, {}
+    for record in records:
+        selection = record.get("step_selection") or {}
+        if selection.get("best_step") is None:
+            continue
+        key = (record["task"], record["label_fraction"])
+        runs[key] = runs.get(key, 0) + 1
+        late[key] = late.get(key, 0) + (selection["best_step"] > 3 * (selection["max_steps"] // 4))
+    if not runs:
         return ""
-    at_end = sum(entry["best_step"] == entry["max_steps"] for entry in chosen)
-    return f"The validation split picked the last step of the budget in {at_end} of {len(chosen)} head runs."
+    parts = ", ".join(f"{task} {fraction:.0%}: {late[task, fraction]} of {count}" for (task, fraction), count in
+                      sorted(runs.items()))
+    return (f"The validation split picked a step in the last quarter of the budget in {sum(late.values())} of "
+            f"{sum(runs.values())} head runs ({parts}).")
 
 
 def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None) -> dict:

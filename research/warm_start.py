@@ -6,15 +6,16 @@ A from-scratch ViT collapses under plain CLIP at a small budget (`clip_collapse.
 random initialisation can compare STA against a collapsed model. Here every objective starts from the same encoders,
 pre-trained briefly with `--objective sta`:
 
-1. warm start: the study's pre-training (`reproduce.py`'s `pretrain_arguments`: small preset, 64 px, mean pooling,
+1. warm start: the study's pre-training (`reproduce.py`'s `pretrain_arguments`: small preset, 128 px, mean pooling,
    batch 32, lr 1e-3, warm-up 20, cosine) with `--objective sta --num_train_epochs <warm_epochs>` (1 epoch = 62
    steps), run through `clip_collapse.py` so its embedding spread is probed along the way;
 2. its vision and text backbones are saved as standalone checkpoints (`<diag_dir>/backbones/{vision,text}`; reloaded
    and checked equal, tensor by tensor); its tokenizer is its pre-training folder (same vocabulary);
-3. for every (objective, seed): the study's full pre-training budget (4 epochs = 248 steps) from those backbones
+3. for every (objective, seed): the study's full pre-training budget (6 epochs = 372 steps) from those backbones
    (`--vision_model_name_or_path --text_model_name_or_path --tokenizer_name_or_path`; the projections and the logit
    scale are new, initialised as usual), again through `clip_collapse.py`, so every run's spread and CLIP loss vs
-   ln 32 are probed at steps 0, 1, 2, 5, 10, 20, 50, 100, 248 (`<output_dir>/probes/diag_warm-<objective>-seed<seed>.json`
+   ln 32 are probed at steps 0, 1, 2, 5, 10, 20, 50, 100, 200 and the last
+   (`<output_dir>/probes/diag_warm-<objective>-seed<seed>.json`
    and `mechanism_table.md`); at most 2 runs at a time, 1 torch thread each;
 4. those checkpoints are linked into `<work_dir>/runs/<objective>-seed<seed>` (reproduce.py's layout) and
    `reproduce.py` runs only the downstream tasks (the pre-training records exist) and writes its JSON, table and

@@ -93,7 +93,7 @@ def test_mean_pairwise_cosine_equals_a_pair_loop():
     assert retrieval.mean_pairwise_cosine(embeds[:1]) is None
 
 
-def train_head_keeping_the_best_step(script, dataset_dir, tmp_path, max_steps: int, metric: str) -> tuple[Path, dict]:
+def train_head_keeping_the_best_step(script, dataset_dir, tmp_path, max_steps, metric) -> tuple[Path, dict]:
     """A head trained with `--validation_split` and `--load_best_model_at_end`, a checkpoint at every step; returns
     its output folder and the last checkpoint's trainer state."""
     output_dir = tmp_path / "head"

@@ -96,6 +96,22 @@ def test_claim_verdicts_follow_the_interval():
     assert claims[("SISTA grounds", "grounding", "—", "pointing game at least 80% of the oracle")] == "not shown"
 
 
+def test_step_selection_counts_the_last_quarter_of_each_budget():
+    """Evaluations every budget // 4 steps and at the end: steps 148 and 150 of 150 are late, 111 and 45 of 60 not."""
+    def record(task, fraction, best_step, max_steps):
+        return {"task": task, "label_fraction": fraction,
+                "step_selection": {"best_step": best_step, "max_steps": max_steps}}
+
+    records = [record("segmentation", 1.0, 148, 150), record("segmentation", 1.0, 150, 150),
+               record("segmentation", 1.0, 111, 150), record("detection", 0.01, 45, 60),
+               record("detection", 0.01, 60, 60), {"task": "retrieval", "label_fraction": None}]
+    assert reproduce.step_selection_text(records) == (
+        "The validation split picked a step in the last quarter of the budget in 3 of 5 head runs "
+        "(detection 1%: 1 of 2, segmentation 100%: 2 of 3)."
+    )
+    assert reproduce.step_selection_text(records[-1:]) == ""
+
+
 def test_single_seed_has_no_std():
     assert reproduce.mean_std([0.5]) == (0.5, None)
     assert reproduce.format_mean_std({"mean": 0.5, "std": None}) == "0.500 (n=1)"
