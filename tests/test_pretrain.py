@@ -245,6 +245,9 @@ def test_objectives(objective, sia_mode, sta_weight):
     # without --sia_threshold the config's default applies: the one of the default (label-vector) report encoders
     assert "sia_threshold" not in objective_config(ModelArguments(objective=objective))
     assert SistaConfig().sia_threshold == default_threshold("labeler") == default_threshold("labels")
+    # --sta_negatives reaches the config only when given (a checkpoint's own setting is kept otherwise)
+    assert "sta_negatives" not in objective_config(ModelArguments(objective=objective))
+    assert objective_config(ModelArguments(objective=objective, sta_negatives="images"))["sta_negatives"] == "images"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

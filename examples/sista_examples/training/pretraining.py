@@ -134,6 +134,12 @@ class ModelArguments:
     )
     sta_weight: float = field(default=1.0, metadata={"help": "Weight of STA for objectives sta and sista."})
     sta_temperature: float = field(default=0.1, metadata={"help": "Temperature of the STA token contrast."})
+    sta_negatives: str | None = field(
+        default=None,
+        metadata={"help": "STA's negatives (SistaConfig.sta_negatives): tokens (the design), images or "
+                          "tokens+images. Default: SistaConfig's, or a --model_name_or_path checkpoint's own.",
+                  "choices": ("tokens", "images", "tokens+images")},
+    )
     max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens (longer are truncated)."})
     pad_to_multiple_of: int | None = field(
         default=8,
@@ -299,12 +305,14 @@ def objective_config(model_args: ModelArguments) -> dict:
         vision_pooling = MODEL_PRESETS[model_args.model_preset]["vision_pooling"]
     pooling = {"vision_pooling": vision_pooling, "text_pooling": model_args.text_pooling}
     threshold = {} if model_args.sia_threshold is None else {"sia_threshold": model_args.sia_threshold}
+    negatives = {} if model_args.sta_negatives is None else {"sta_negatives": model_args.sta_negatives}
     return {
         "sia_weight": 1.0,
         **threshold,
         "sia_mode": model_args.sia_mode if uses_sia else "off",
         "sta_weight": model_args.sta_weight if uses_sta else 0.0,
         "sta_temperature": model_args.sta_temperature,
+        **negatives,
         **{key: value for key, value in pooling.items() if value is not None},
     }
 
