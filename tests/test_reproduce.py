@@ -97,7 +97,8 @@ def test_claim_verdicts_follow_the_interval():
 
 
 def test_step_selection_counts_the_last_quarter_of_each_budget():
-    """Evaluations every budget // 4 steps and at the end: steps 148 and 150 of 150 are late, 111 and 45 of 60 not."""
+    """Evaluations every budget // 4 steps and at the end: steps 148, 150 of 150 and 60 of 60 are late; 111 of 150 and
+    45 of 60 are not."""
     def record(task, fraction, best_step, max_steps):
         return {"task": task, "label_fraction": fraction,
                 "step_selection": {"best_step": best_step, "max_steps": max_steps}}
