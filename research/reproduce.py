@@ -891,11 +891,13 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
                   "grounding is checked on the lowest seed.\n\n") + claims_markdown(claims)
     seeds = sorted({r["seed"] for r in records})
     pretrain_walls = [r["wall_time_s"] for r in records if r["task"] == "pretrain"]
+    selection = step_selection_text(records)
+    selection = f"{selection} " if selection else ""
     header = (
         f"# SISTA reproduction on SynthCXR{' (--quick)' if args.quick else ''}\n\n"
         f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed. Frozen encoders: scikit-learn "
         f"logistic regression for classification (C chosen on validation), heads for segmentation and detection "
-        f"(step chosen on the validation Dice / loss). {step_selection_text(records)} Command: `{command}`.\n\n"
+        f"(step chosen on the validation Dice / loss). {selection}Command: `{command}`.\n\n"
     )
     (output_dir / f"{prefix}_table.md").write_text(header + table)
     plots = [
