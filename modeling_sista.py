@@ -39,8 +39,10 @@ except ImportError:  # a flat checkout imported without a package
 
 logger = logging.get_logger(__name__)
 
-# the probability at which the heads' binary outputs (segmentation mask, detection heatmap) start (RetinaNet's prior)
+# the probability at which the heads' binary outputs (segmentation mask, detection heatmap) start (RetinaNet's prior),
+# and the bias of their last layer that gives it
 FOCAL_PRIOR = 0.01
+FOCAL_PRIOR_BIAS = -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1670,7 +1672,7 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
         if isinstance(module, SistaMaskPredictor) and module.bias is not None and module.out_channels == 1:
             # a binary head starts at lesion probability 0.01: with 0.5 everywhere, the first steps' BCE on the many
             # background pixels can push the decoder to an all-background output whose Dice gradient has vanished
-            init.constant_(module.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
+            init.constant_(module.bias, FOCAL_PRIOR_BIAS)
 
     def _check_labels(self, labels: torch.Tensor, logits: torch.Tensor):
         check_label_tensor(labels, training=self.training)
@@ -1806,7 +1808,7 @@ class SistaForObjectDetection(SistaVisionHeadModel):
         super()._init_weights(module)
         if isinstance(module, SistaHeatmapPredictor) and module.bias is not None:
             # focal-loss prior: every cell starts at probability 0.01, so the many negatives do not swamp training
-            init.constant_(module.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
+            init.constant_(module.bias, FOCAL_PRIOR_BIAS)
 
     def _check_labels(self, labels, batch_size: int):
         if not isinstance(labels, (list, tuple)) or len(labels) != batch_size:
