@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-import sista_examples.evaluation.downstream as utils
+from sista_examples import finetuning
 from modeling_sista import SistaForImageClassification
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
@@ -71,24 +71,27 @@ def check_labels(dataset, num_labels: int, problem_type: str) -> None:
 
 
 def main(args: list[str] | None = None):
-    parser = HfArgumentParser(
-        (utils.ModelArguments, utils.DataArguments, ClassificationArguments, TrainingArguments)
-    )
+    parser = HfArgumentParser((
+        finetuning.FinetuningModelArguments, finetuning.FinetuningDataArguments, ClassificationArguments,
+        TrainingArguments,
+    ))
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
     setup_logging(training_args)
-    utils.check_arguments(model_args, data_args, training_args)
+    finetuning.check_arguments(model_args, data_args, training_args)
     hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
-    train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "labels"], "Classification")
-    validation_dataset = utils.select_validation(dataset, data_args, ["image", "labels"], "Classification", training_args)
+    dataset = finetuning.load_or_generate_dataset(data_args, model_args, training_args)
+    train_dataset, test_dataset = finetuning.select_splits(dataset, data_args, ["image", "labels"], "Classification")
+    validation_dataset = finetuning.select_validation(
+        dataset, data_args, ["image", "labels"], "Classification", training_args
+    )
     num_labels = len(train_dataset[0]["labels"])
     for split in (train_dataset, test_dataset):
         check_labels(split, num_labels, task_args.problem_type)
-    class_names = utils.class_names_of(train_dataset, data_args, num_labels)
+    class_names = finetuning.class_names_of(train_dataset, data_args, num_labels)
 
     set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
-    model = utils.load_head(
+    model = finetuning.load_head(
         SistaForImageClassification,
         model_args,
         num_labels=num_labels,
@@ -96,15 +99,15 @@ def main(args: list[str] | None = None):
         id2label=dict(enumerate(class_names)),
         label2id={name: index for index, name in enumerate(class_names)},
     )
-    image_processor = utils.load_image_processor(model_args, model.config)
+    image_processor = finetuning.load_image_processor(model_args, model.config)
 
     def transform(batch):
         return {
-            "pixel_values": utils.process_images(image_processor, batch["image"]),
+            "pixel_values": finetuning.process_images(image_processor, batch["image"]),
             "labels": labels_tensor(batch["labels"], task_args.problem_type),
         }
 
-    augmentation = utils.augmentation_of(data_args)
+    augmentation = finetuning.augmentation_of(data_args)
 
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
@@ -125,7 +128,7 @@ def main(args: list[str] | None = None):
     if not trainer.is_world_process_zero():
         return None
     image_processor.save_pretrained(training_args.output_dir)
-    outputs = utils.predict(
+    outputs = finetuning.predict(
         trainer.model,
         test_dataset.with_transform(transform),
         lambda examples: collate(examples, False),
@@ -135,17 +138,17 @@ def main(args: list[str] | None = None):
     logits = torch.cat([logit for logit, _ in outputs])
     references = torch.cat([label for _, label in outputs])
     if task_args.problem_type == "multi_label_classification":
-        metric = utils.load_metric("multilabel_auroc", "multilabel")
+        metric = finetuning.load_metric("multilabel_auroc", "multilabel")
         metrics = metric.compute(
             predictions=logits.sigmoid().tolist(), references=references.long().tolist(), threshold=0.5
         )
     else:
-        metric = utils.load_metric("multilabel_auroc", "multiclass")
+        metric = finetuning.load_metric("multilabel_auroc", "multiclass")
         metrics = metric.compute(predictions=logits.softmax(dim=1).tolist(), references=references.tolist())
     per_class = dict(zip(class_names, metrics["per_class_auroc"]))
     results = {
         "task": TASK,
-        **utils.run_description(
+        **finetuning.run_description(
             model_args, data_args, len(train_dataset), len(test_dataset), "finetune_classification.py", args
         ),
         "problem_type": task_args.problem_type,
@@ -165,7 +168,7 @@ def main(args: list[str] | None = None):
     else:
         headline["accuracy (arg-max)"] = metrics["accuracy"]
     results["arguments"] = arguments_dict(model_args, data_args, task_args)
-    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
+    write_results(training_args.output_dir, TASK, results, finetuning.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

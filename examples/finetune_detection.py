@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-import sista_examples.evaluation.downstream as utils
+from sista_examples import finetuning
 from modeling_sista import SistaForObjectDetection
 from processing_sista import center_to_corners
 from sista_examples.evaluation.results import arguments_dict, write_results
@@ -80,15 +80,19 @@ def check_objects(dataset, split_name: str, num_categories: int) -> int:
 
 
 def main(args: list[str] | None = None):
-    parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, DetectionArguments, TrainingArguments))
+    parser = HfArgumentParser((
+        finetuning.FinetuningModelArguments, finetuning.FinetuningDataArguments, DetectionArguments, TrainingArguments
+    ))
     model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
     setup_logging(training_args)
-    utils.check_arguments(model_args, data_args, training_args)
+    finetuning.check_arguments(model_args, data_args, training_args)
     hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
-    train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "objects"], "Detection")
-    validation_dataset = utils.select_validation(dataset, data_args, ["image", "objects"], "Detection", training_args)
+    dataset = finetuning.load_or_generate_dataset(data_args, model_args, training_args)
+    train_dataset, test_dataset = finetuning.select_splits(dataset, data_args, ["image", "objects"], "Detection")
+    validation_dataset = finetuning.select_validation(
+        dataset, data_args, ["image", "objects"], "Detection", training_args
+    )
     all_names = category_names_of(train_dataset)
     if task_args.categories:
         names = [name.strip() for name in task_args.categories.split(",") if name.strip()]
@@ -107,23 +111,23 @@ def main(args: list[str] | None = None):
     if task_args.upsample_factor is not None:
         head_kwargs["detection_upsample_factor"] = task_args.upsample_factor
     set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
-    model = utils.load_head(SistaForObjectDetection, model_args, **head_kwargs)
-    image_processor = utils.load_image_processor(model_args, model.config)
-    image_size = utils.image_processor_size(image_processor)
+    model = finetuning.load_head(SistaForObjectDetection, model_args, **head_kwargs)
+    image_processor = finetuning.load_image_processor(model_args, model.config)
+    image_size = finetuning.image_processor_size(image_processor)
 
     def transform(batch):
         targets = []
         for image, objects in zip(batch["image"], batch["objects"]):
             chosen = [index for index, category in enumerate(objects["category"]) if category in category_map]
-            boxes, kept = utils.boxes_to_model_frame(
+            boxes, kept = finetuning.boxes_to_model_frame(
                 [objects["bbox"][index] for index in chosen], image.size[0], image.size[1], image_processor
             )
             class_labels = torch.tensor([category_map[objects["category"][chosen[index]]] for index in kept],
                                         dtype=torch.long)
             targets.append({"class_labels": class_labels, "boxes": boxes})
-        return {"pixel_values": utils.process_images(image_processor, batch["image"]), "labels": targets}
+        return {"pixel_values": finetuning.process_images(image_processor, batch["image"]), "labels": targets}
 
-    augmentation = utils.augmentation_of(data_args)
+    augmentation = finetuning.augmentation_of(data_args)
 
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
@@ -150,7 +154,7 @@ def main(args: list[str] | None = None):
     if not trainer.is_world_process_zero():
         return None
     image_processor.save_pretrained(training_args.output_dir)
-    metric = utils.load_metric("detection_map")
+    metric = finetuning.load_metric("detection_map")
     scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=torch.float32)
 
     def step(model, batch):
@@ -166,7 +170,7 @@ def main(args: list[str] | None = None):
         metric.add_batch(predictions=predictions, references=references)
         return sum(len(target["labels"]) for target in references)
 
-    num_boxes = utils.predict(
+    num_boxes = finetuning.predict(
         trainer.model,
         test_dataset.with_transform(transform),
         lambda examples: collate(examples, False),
@@ -181,7 +185,7 @@ def main(args: list[str] | None = None):
     }
     results = {
         "task": TASK,
-        **utils.run_description(
+        **finetuning.run_description(
             model_args, data_args, len(train_dataset), len(test_dataset), "finetune_detection.py", args
         ),
         "categories": names,
@@ -197,7 +201,7 @@ def main(args: list[str] | None = None):
         "AP50": metrics["map_50"],
     }
     results["arguments"] = arguments_dict(model_args, data_args, task_args)
-    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
+    write_results(training_args.output_dir, TASK, results, finetuning.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

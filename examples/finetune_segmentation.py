@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
-import sista_examples.evaluation.downstream as utils
+from sista_examples import finetuning
 from modeling_sista import SistaForSemanticSegmentation
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
@@ -46,34 +46,36 @@ def check_masks(dataset, split_name: str) -> None:
 
 
 def main(args: list[str] | None = None):
-    parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, TrainingArguments))
+    parser = HfArgumentParser(
+        (finetuning.FinetuningModelArguments, finetuning.FinetuningDataArguments, TrainingArguments)
+    )
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args)
     setup_logging(training_args)
-    utils.check_arguments(model_args, data_args, training_args)
+    finetuning.check_arguments(model_args, data_args, training_args)
     hub_push = hub_push_request(training_args)
 
-    dataset = utils.load_or_generate_dataset(data_args, model_args, training_args)
-    train_dataset, test_dataset = utils.select_splits(dataset, data_args, ["image", "mask"], "Segmentation")
-    validation_dataset = utils.select_validation(
+    dataset = finetuning.load_or_generate_dataset(data_args, model_args, training_args)
+    train_dataset, test_dataset = finetuning.select_splits(dataset, data_args, ["image", "mask"], "Segmentation")
+    validation_dataset = finetuning.select_validation(
         dataset, data_args, ["image", "mask"], "Segmentation", training_args, loss_only=False
     )
     check_masks(train_dataset, data_args.train_split)
     check_masks(test_dataset, data_args.test_split)
 
     set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
-    model = utils.load_head(
+    model = finetuning.load_head(
         SistaForSemanticSegmentation, model_args, num_labels=1, id2label={0: "lesion"}, label2id={"lesion": 0}
     )
-    image_processor = utils.load_image_processor(model_args, model.config)
-    image_height, image_width = utils.image_processor_size(image_processor)
+    image_processor = finetuning.load_image_processor(model_args, model.config)
+    image_height, image_width = finetuning.image_processor_size(image_processor)
 
     def transform(batch):
         return {
-            "pixel_values": utils.process_images(image_processor, batch["image"]),
-            "labels": utils.process_masks(image_processor, batch["mask"]),
+            "pixel_values": finetuning.process_images(image_processor, batch["image"]),
+            "labels": finetuning.process_masks(image_processor, batch["mask"]),
         }
 
-    augmentation = utils.augmentation_of(data_args)
+    augmentation = finetuning.augmentation_of(data_args)
 
     def collate(examples, augment):
         pixel_values = torch.stack([example["pixel_values"] for example in examples])
@@ -88,7 +90,7 @@ def main(args: list[str] | None = None):
 
     def validation_dice(prediction):
         """`eval_dice` and `eval_mean_image_dice`, for `--metric_for_best_model dice` (the test split's metric)."""
-        dice = utils.load_metric("dice")
+        dice = finetuning.load_metric("dice")
         return dice.compute(
             predictions=[mask.reshape(-1) for mask in prediction.predictions.astype(np.int16)],
             references=[mask.reshape(-1) for mask in prediction.label_ids.astype(np.int16)],
@@ -109,7 +111,7 @@ def main(args: list[str] | None = None):
     if not trainer.is_world_process_zero():
         return None
     image_processor.save_pretrained(training_args.output_dir)
-    metric = utils.load_metric("dice")
+    metric = finetuning.load_metric("dice")
 
     def step(model, batch):
         predicted = (model(pixel_values=batch["pixel_values"]).logits[:, 0] > 0).to(torch.int16).cpu()
@@ -120,7 +122,7 @@ def main(args: list[str] | None = None):
         )
         return int(references.sum())
 
-    foreground = utils.predict(
+    foreground = finetuning.predict(
         trainer.model,
         test_dataset.with_transform(transform),
         lambda examples: collate(examples, False),
@@ -130,7 +132,7 @@ def main(args: list[str] | None = None):
     metrics = metric.compute()
     results = {
         "task": TASK,
-        **utils.run_description(
+        **finetuning.run_description(
             model_args, data_args, len(train_dataset), len(test_dataset), "finetune_segmentation.py", args
         ),
         "metrics": {**metrics, "test_foreground_fraction": float(np.sum(foreground)) / (
@@ -145,7 +147,7 @@ def main(args: list[str] | None = None):
         "mean image Dice": metrics["mean_image_dice"],
     }
     results["arguments"] = arguments_dict(model_args, data_args)
-    write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
+    write_results(training_args.output_dir, TASK, results, finetuning.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
 

@@ -35,7 +35,7 @@ from transformers import HfArgumentParser
 from modeling_sista import split_vision_states
 from sista_examples.data.label_fractions import select_label_fraction
 from sista_examples.data.metadata import read_dataset_metadata
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import batch_ranges, resolve_class_names
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 

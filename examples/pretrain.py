@@ -39,8 +39,8 @@ from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
-    DataArguments,
-    ModelArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
     build_model,
     build_tokenizer,
     check_output_dir_writable,
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 
 def main(args: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, SistaTrainingArguments))
+    parser = HfArgumentParser((PretrainingModelArguments, PretrainingDataArguments, SistaTrainingArguments))
     if args is None and len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(json_file=os.path.abspath(sys.argv[1]))
     else:

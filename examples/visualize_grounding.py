@@ -57,7 +57,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
     batch_ranges,

@@ -34,7 +34,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import HfArgumentParser
 
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
     LazyColumn,

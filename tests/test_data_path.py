@@ -22,7 +22,7 @@ from processing_sista import SistaImageProcessor, SistaProcessor
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset, decode_at_reduced_scale, normalize_pixel_values
-from sista_examples.training.pretraining import ModelArguments, build_model, drop_empty_reports
+from sista_examples.training.pretraining import PretrainingModelArguments, build_model, drop_empty_reports
 from sista_examples.training.trainer import SistaTrainer, SistaTrainingArguments, check_checkpoint_matches
 
 
@@ -255,7 +255,7 @@ def test_collator_refuses_reports_without_word_tokens_and_pads_to_a_multiple():
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
         SistaDataCollator(tokenizer, pad_to_multiple_of=0)
     with pytest.raises(ValueError, match="pad_to_multiple_of"):
-        ModelArguments(max_length=100, pad_to_multiple_of=8)
+        PretrainingModelArguments(max_length=100, pad_to_multiple_of=8)
 
 
 def test_empty_reports_are_dropped_with_a_count(caplog):
@@ -377,9 +377,9 @@ def test_projection_dim_of_pretrained_backbones_comes_from_their_widths(tmp_path
         "vision_model_name_or_path": str(tmp_path / "vision"),
         "text_model_name_or_path": str(tmp_path / "text"),
     }
-    model = build_model(ModelArguments(**arguments), build_tiny_tokenizer())
+    model = build_model(PretrainingModelArguments(**arguments), build_tiny_tokenizer())
     assert model.config.projection_dim == 32  # the narrower of 32 and 48, not the small preset's 128
-    chosen = build_model(ModelArguments(projection_dim=24, **arguments), build_tiny_tokenizer())
+    chosen = build_model(PretrainingModelArguments(projection_dim=24, **arguments), build_tiny_tokenizer())
     assert chosen.config.projection_dim == 24
 
 

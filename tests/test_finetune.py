@@ -8,7 +8,7 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from transformers import BertConfig, BertModel
 
-import sista_examples.evaluation.downstream as downstream
+from sista_examples import finetuning
 from conftest import load_script, tiny_sista_config
 from modeling_sista import SistaForImageClassification, SistaModel
 from sista_examples.data.label_fractions import select_label_fraction
@@ -100,7 +100,7 @@ def test_empty_test_split_is_an_error_not_nan(dataset_dir):
     dataset = load_from_disk(str(dataset_dir))
     empty = DatasetDict({"train": dataset["train"], "test": dataset["test"].select([])})
     with pytest.raises(ValueError, match="'test'.*is empty.*undefined"):
-        downstream.select_splits(empty, downstream.DataArguments(), ["image", "labels"], "Classification")
+        finetuning.select_splits(empty, finetuning.FinetuningDataArguments(), ["image", "labels"], "Classification")
 
 
 def test_out_of_range_label_fraction_and_model_choice_are_refused(dataset_dir, tmp_path):
@@ -126,7 +126,7 @@ def test_boxes_follow_the_pad_resize_into_the_model_frame():
     from processing_sista import SistaImageProcessor
 
     # a 200×100 (width × height) image padded into 64×64: scale 0.32, 16 px of padding above and below
-    boxes, kept = downstream.boxes_to_model_frame(
+    boxes, kept = finetuning.boxes_to_model_frame(
         [[50, 25, 100, 50], [0, 0, 0, 5]], 200, 100, SistaImageProcessor(size=64)
     )
     assert kept == [0]
@@ -134,12 +134,12 @@ def test_boxes_follow_the_pad_resize_into_the_model_frame():
 
 
 def test_augmentation_moves_boxes_with_the_image():
-    args = downstream.DataArguments(intensity_jitter=0.0)
+    args = finetuning.FinetuningDataArguments(intensity_jitter=0.0)
     image = torch.zeros(1, 1, 64, 64)
     image[:, :, 16:32, 24:40] = 1.0  # x 24..40, y 16..32
     box = torch.tensor([[32 / 64, 24 / 64, 16 / 64, 16 / 64]])
     torch.manual_seed(3)
-    moved_image, _, (moved_box,) = downstream.augmentation_of(args).augment_batch(image, boxes=[box])
+    moved_image, _, (moved_box,) = finetuning.augmentation_of(args).augment_batch(image, boxes=[box])
     rows, columns = (moved_image[0, 0] > 0.5).nonzero(as_tuple=True)
     center = torch.tensor([(columns.float().mean() + 0.5) / 64, (rows.float().mean() + 0.5) / 64])
     torch.testing.assert_close(moved_box[0, :2], center, atol=1.5 / 64, rtol=0)
@@ -149,9 +149,9 @@ def test_the_fraction_reported_is_the_one_min_train_samples_left(dataset_dir, ca
     dataset = load_from_disk(str(dataset_dir))
     num_rows = len(dataset["train"])
     for fraction, min_samples, expected_rows in ((0.01, 8, 8), (0.5, 4, math.ceil(num_rows / 2))):
-        data_args = downstream.DataArguments(label_fraction=fraction, min_train_samples=min_samples)
+        data_args = finetuning.FinetuningDataArguments(label_fraction=fraction, min_train_samples=min_samples)
         with caplog.at_level("WARNING"):
-            train, _ = downstream.select_splits(dataset, data_args, ["image", "labels"], "Classification")
+            train, _ = finetuning.select_splits(dataset, data_args, ["image", "labels"], "Classification")
         assert len(train) == expected_rows
         assert data_args.requested_label_fraction == fraction
         # the oracle: rows trained on over rows in the split, unless the requested fraction already gave them

@@ -16,7 +16,7 @@ from eval_test_utils import read_results, save_tiny_sista, save_tiny_synthcxr, t
 from processing_sista import SistaImageProcessor
 from sista_examples.data import synthcxr
 from sista_examples.evaluation import grounding
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 
 
 visualize_grounding = load_script("examples/visualize_grounding.py")

@@ -3,7 +3,7 @@
 import evaluate
 import pytest
 
-from sista_examples.evaluation.downstream import METRICS_DIR
+from sista_examples.finetuning import METRICS_DIR
 
 
 def load(name, config_name=None):

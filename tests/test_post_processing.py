@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import tiny_sista_config
 from modeling_sista import SistaForObjectDetection, SistaForSemanticSegmentation
 from processing_sista import SistaImageProcessor
-from sista_examples.evaluation.downstream import boxes_to_model_frame
+from sista_examples.finetuning import boxes_to_model_frame
 
 
 HEIGHT, WIDTH = 60, 100  # a non-square image: the processor pads (or crops) it

@@ -25,7 +25,12 @@ from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
 from sista_examples.training.gradient_cache import gradient_cache_backward
-from sista_examples.training.pretraining import DataArguments, ModelArguments, objective_config, resolve_splits
+from sista_examples.training.pretraining import (
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    objective_config,
+    resolve_splits,
+)
 from sista_examples.training.trainer import prepare_output_dir
 from sista_examples.training.tokenizer import train_report_tokenizer
 
@@ -171,15 +176,16 @@ def test_splits_are_found_not_assumed(caplog):
     mimic = DatasetDict({"train": rows, "validation": rows, "test": rows})
     no_validation = DatasetDict({"train": rows})
     with caplog.at_level("INFO"):
-        assert resolve_splits(synthcxr, DataArguments(dataset_path="s"), do_eval=True) == ("pretrain", "validation")
-        assert resolve_splits(mimic, DataArguments(dataset_path="m"), do_eval=True) == ("train", "validation")
+        synthcxr_args, mimic_args = PretrainingDataArguments(dataset_path="s"), PretrainingDataArguments(dataset_path="m")
+        assert resolve_splits(synthcxr, synthcxr_args, do_eval=True) == ("pretrain", "validation")
+        assert resolve_splits(mimic, mimic_args, do_eval=True) == ("train", "validation")
     assert "Pre-training on split 'train' of m (found); evaluating on 'validation'." in caplog.text
-    assert resolve_splits(mimic, DataArguments(dataset_path="m"), do_eval=False) == ("train", None)
-    assert resolve_splits(no_validation, DataArguments(dataset_path="n"), do_eval=True) == ("train", None)
-    given = DataArguments(dataset_path="m", train_split="test", eval_split="train")
+    assert resolve_splits(mimic, PretrainingDataArguments(dataset_path="m"), do_eval=False) == ("train", None)
+    assert resolve_splits(no_validation, PretrainingDataArguments(dataset_path="n"), do_eval=True) == ("train", None)
+    given = PretrainingDataArguments(dataset_path="m", train_split="test", eval_split="train")
     assert resolve_splits(mimic, given, do_eval=True) == ("test", "train")
     with pytest.raises(ValueError, match="--train_split.*'other'"):
-        resolve_splits(DatasetDict({"other": rows}), DataArguments(dataset_path="o"), do_eval=True)
+        resolve_splits(DatasetDict({"other": rows}), PretrainingDataArguments(dataset_path="o"), do_eval=True)
 
 
 def test_a_previous_run_is_refused_or_replaced(tmp_path):
@@ -239,15 +245,16 @@ def test_report_tokenizer_is_deterministic(tmp_path):
     [("clip", "off", 0.0), ("sia", "eliminate", 0.0), ("sta", "off", 1.0), ("sista", "eliminate", 1.0)],
 )
 def test_objectives(objective, sia_mode, sta_weight):
-    config = objective_config(ModelArguments(objective=objective, sia_threshold=0.7))
+    config = objective_config(PretrainingModelArguments(objective=objective, sia_threshold=0.7))
     assert (config["sia_mode"], config["sta_weight"], config["sia_weight"]) == (sia_mode, sta_weight, 1.0)
     assert config["sia_threshold"] == 0.7
     # without --sia_threshold the config's default applies: the one of the default (label-vector) report encoders
-    assert "sia_threshold" not in objective_config(ModelArguments(objective=objective))
+    assert "sia_threshold" not in objective_config(PretrainingModelArguments(objective=objective))
     assert SistaConfig().sia_threshold == default_threshold("labeler") == default_threshold("labels")
     # --sta_negatives reaches the config only when given (a checkpoint's own setting is kept otherwise)
-    assert "sta_negatives" not in objective_config(ModelArguments(objective=objective))
-    assert objective_config(ModelArguments(objective=objective, sta_negatives="images"))["sta_negatives"] == "images"
+    assert "sta_negatives" not in objective_config(PretrainingModelArguments(objective=objective))
+    images = PretrainingModelArguments(objective=objective, sta_negatives="images")
+    assert objective_config(images)["sta_negatives"] == "images"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -498,15 +505,16 @@ def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert record["sia_threshold"] == default_threshold("tfidf") == config["sia_threshold"]
 
-    from sista_examples.training.pretraining import DataArguments, prepare_report_embeddings
+    from sista_examples.training.pretraining import PretrainingDataArguments, prepare_report_embeddings
 
     separate_step = load_script("examples/report_embeddings.py")
     separate_step.main(["--dataset_dir", str(tmp_path / "no_embeds"), "--output_dir", str(tmp_path / "embedded"),
                         "--encoder", "tfidf"])  # fmt: skip
     stored = load_from_disk(str(tmp_path / "embedded"))
     in_run, _ = prepare_report_embeddings(
-        dataset, DataArguments(dataset_path=str(tmp_path / "no_embeds"), report_encoder="tfidf"),
-        ModelArguments(), pretrain.SistaTrainingArguments(output_dir=str(tmp_path / "p"), seed=1, report_to="none"),
+        dataset, PretrainingDataArguments(dataset_path=str(tmp_path / "no_embeds"), report_encoder="tfidf"),
+        PretrainingModelArguments(),
+        pretrain.SistaTrainingArguments(output_dir=str(tmp_path / "p"), seed=1, report_to="none"),
     )
     for split in dataset:
         np.testing.assert_allclose(in_run[split]["report_embeds"], stored[split]["report_embeds"], atol=1e-6)

@@ -223,12 +223,11 @@ def test_pretrain_extra_args_are_appended_last(tmp_path):
     assert cli[: len(default)] == default
     from transformers import HfArgumentParser
 
-    from sista_examples.training.pretraining import DataArguments, ModelArguments
+    from sista_examples.training.pretraining import PretrainingDataArguments, PretrainingModelArguments
     from sista_examples.training.trainer import SistaTrainingArguments
 
-    parsed = HfArgumentParser((ModelArguments, DataArguments, SistaTrainingArguments)).parse_args_into_dataclasses(
-        args=cli
-    )
+    parser = HfArgumentParser((PretrainingModelArguments, PretrainingDataArguments, SistaTrainingArguments))
+    parsed = parser.parse_args_into_dataclasses(args=cli)
     assert parsed[2].warmup_steps == 50 and parsed[1].augment is False and parsed[0].text_model_name_or_path == "a dir"
 
 

@@ -14,7 +14,7 @@ from eval_test_utils import (
     save_tiny_synthcxr,
     tiny_synthcxr_test_split,
 )
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.retrieval import (
     ks_covering_gallery,
     recall_at_k,

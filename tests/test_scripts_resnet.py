@@ -19,13 +19,18 @@ from conftest import build_tiny_tokenizer, load_script
 from modeling_sista import SistaModel
 from processing_sista import SistaImageProcessor
 from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
-from sista_examples.evaluation.checkpoints import load_sista, read_training_image_size
+from sista_examples.checkpoints import load_sista, read_training_image_size
 from sista_examples.evaluation.grounding import pointing_game_hit, upsample_maps
 from sista_examples.evaluation.retrieval import chance_recall_at_k, retrieval_positives
 from sista_examples.evaluation.summary import learned_metrics_rows
 from sista_examples.hub.load_check import CHECK_TEXTS, check_images
 from sista_examples.hub.release import check_release_folder
-from sista_examples.training.pretraining import MODEL_PRESETS, DataArguments, ModelArguments, build_model
+from sista_examples.training.pretraining import (
+    MODEL_PRESETS,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    build_model,
+)
 from sista_examples.training.trainer import SistaTrainingArguments, differing_size_fields
 
 
@@ -85,7 +90,7 @@ def evaluation_arguments(resnet_run, dataset_dir, output_dir) -> list[str]:
 
 def test_small_preset_is_the_resnet_recipe_with_an_8x8_grid():
     tokenizer = build_tiny_tokenizer()
-    model = build_model(ModelArguments(model_preset="small"), tokenizer).eval()
+    model = build_model(PretrainingModelArguments(model_preset="small"), tokenizer).eval()
     vision = model.config.vision_config
     assert isinstance(vision, ResNetConfig) and vision.hidden_sizes == [48, 96, 192]
     assert model.config.vision_pooling == "mean" and model.config.text_config.hidden_size == 192
@@ -94,13 +99,13 @@ def test_small_preset_is_the_resnet_recipe_with_an_8x8_grid():
         outputs = model(**inputs, pixel_values=torch.randn(1, 3, 128, 128))
     assert tuple(outputs.patch_grid_size) == (8, 8)
     # the ViT of the same width stays available under its own name
-    vit = build_model(ModelArguments(model_preset="small-vit"), tokenizer)
+    vit = build_model(PretrainingModelArguments(model_preset="small-vit"), tokenizer)
     assert isinstance(vit.config.vision_config, ViTConfig) and vit.config.vision_config.image_size == 128
     assert set(MODEL_PRESETS) == {"tiny", "tiny-resnet", "small", "small-vit", "base"}
 
 
 def test_pooler_is_a_vision_pooling_choice_and_the_preset_pooling_can_be_overridden():
-    parser = HfArgumentParser((ModelArguments, DataArguments, SistaTrainingArguments))
+    parser = HfArgumentParser((PretrainingModelArguments, PretrainingDataArguments, SistaTrainingArguments))
     model_args, _, _ = parser.parse_args_into_dataclasses(
         ["--model_preset", "tiny-resnet", "--vision_pooling", "pooler", "--output_dir", "unused"]
     )

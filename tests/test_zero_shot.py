@@ -19,7 +19,7 @@ from eval_test_utils import (
     tiny_synthcxr_test_split,
 )
 from sista_examples.data.synthcxr import CLASS_NAMES
-from sista_examples.evaluation.checkpoints import check_sista_checkpoint, load_sista
+from sista_examples.checkpoints import check_sista_checkpoint, load_sista
 
 
 zero_shot = load_script("examples/zero_shot.py")

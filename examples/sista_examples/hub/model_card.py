@@ -27,7 +27,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..data.metadata import read_dataset_metadata
-from ..evaluation.checkpoints import read_sista_config, read_training_image_size
+from ..checkpoints import read_sista_config, read_training_image_size
 
 
 logger = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.checkpoints import read_sista_config as read_checkpoint_config
+from ..checkpoints import read_sista_config as read_checkpoint_config
 from .model_card import PIPELINE_TAGS, build_model_card
 
 

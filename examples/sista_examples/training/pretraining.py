@@ -23,7 +23,7 @@ from modeling_sista import SistaModel
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
 from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
-from ..evaluation.checkpoints import read_sista_config, read_training_image_size
+from ..checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
 from .dataset import normalize_pixel_values
 from .tokenizer import train_report_tokenizer
@@ -63,7 +63,7 @@ DEFAULT_EVAL_SPLIT = "validation"
 
 
 @dataclass
-class ModelArguments:
+class PretrainingModelArguments:
     """Which model to pre-train and with which objective."""
 
     model_preset: str = field(
@@ -159,7 +159,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments(SynthCXRGenerationArguments):
+class PretrainingDataArguments(SynthCXRGenerationArguments):
     """Which data to pre-train on (SynthCXR generated at the default folder, or when asked) and how to augment them."""
 
     dataset_path: str = field(
@@ -212,7 +212,7 @@ def check_output_dir_writable(output_dir: str) -> None:
         raise ValueError(f"--output_dir {output_dir} is not writable: {error.strerror or error}.") from error
 
 
-def load_or_generate_dataset(data_args: DataArguments, image_size: int, training_args) -> DatasetDict:
+def load_or_generate_dataset(data_args: PretrainingDataArguments, image_size: int, training_args) -> DatasetDict:
     """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist and
     generation is allowed (see `should_generate_synthcxr`)."""
     dataset = load_or_generate_synthcxr(
@@ -223,7 +223,7 @@ def load_or_generate_dataset(data_args: DataArguments, image_size: int, training
     return dataset
 
 
-def resolve_splits(dataset: DatasetDict, data_args: DataArguments, do_eval: bool) -> tuple[str, str | None]:
+def resolve_splits(dataset: DatasetDict, data_args: PretrainingDataArguments, do_eval: bool) -> tuple[str, str | None]:
     """
     The training and evaluation split names: those given, else the dataset's pre-training split (the first of
     `PRETRAINING_SPLITS` it has) and its `validation` split when it has one (no evaluation otherwise).
@@ -275,7 +275,7 @@ def drop_empty_reports(dataset, split: str):
     return kept
 
 
-def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str | None, training_args):
+def build_tokenizer(model_args: PretrainingModelArguments, train_dataset, checkpoint: str | None, training_args):
     """A given tokenizer, the text backbone's, the one saved in the resumed checkpoint, or one built here."""
     name = model_args.tokenizer_name_or_path or model_args.text_model_name_or_path or model_args.model_name_or_path
     if name is not None:
@@ -294,7 +294,7 @@ def build_tokenizer(model_args: ModelArguments, train_dataset, checkpoint: str |
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def objective_config(model_args: ModelArguments) -> dict:
+def objective_config(model_args: PretrainingModelArguments) -> dict:
     """SistaConfig fields of the ablation chosen with --objective, and the pooling where given (else SistaConfig's
     default "cls", or a --model_name_or_path checkpoint's own)."""
     uses_sia = model_args.objective in ("sia", "sista")
@@ -317,7 +317,7 @@ def objective_config(model_args: ModelArguments) -> dict:
     }
 
 
-def starting_config(model_args: ModelArguments) -> SistaConfig:
+def starting_config(model_args: PretrainingModelArguments) -> SistaConfig:
     """
     The config of a --model_name_or_path checkpoint with this run's objective fields applied, after the checks that
     it is one this run can start from. Rebuilt through SistaConfig's constructor, so those fields are validated like
@@ -339,7 +339,7 @@ def starting_config(model_args: ModelArguments) -> SistaConfig:
     return SistaConfig.from_dict({**config_dict, **objective_config(model_args)})
 
 
-def training_image_size(model_args: ModelArguments, start_config: SistaConfig | None = None) -> int:
+def training_image_size(model_args: PretrainingModelArguments, start_config: SistaConfig | None = None) -> int:
     """
     The image side to train at, saved with the image processor (the one place later scripts read it from):
     --image_size, else the --model_name_or_path checkpoint's, else the --vision_model_name_or_path backbone's
@@ -362,7 +362,7 @@ def training_image_size(model_args: ModelArguments, start_config: SistaConfig | 
     return MODEL_PRESETS[model_args.model_preset]["image_size"]
 
 
-def preset_configs(model_args: ModelArguments, vocab_size: int, pad_token_id: int | None, image_size: int):
+def preset_configs(model_args: PretrainingModelArguments, vocab_size: int, pad_token_id: int | None, image_size: int):
     """The vision and text configs of --model_preset at `image_size` (ViT position embeddings depend on it)."""
     preset = MODEL_PRESETS[model_args.model_preset]
     dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
@@ -381,7 +381,10 @@ def preset_configs(model_args: ModelArguments, vocab_size: int, pad_token_id: in
 
 
 def build_model(
-    model_args: ModelArguments, tokenizer, start_config: SistaConfig | None = None, image_size: int | None = None
+    model_args: PretrainingModelArguments,
+    tokenizer,
+    start_config: SistaConfig | None = None,
+    image_size: int | None = None,
 ) -> SistaModel:
     """
     The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it, and
@@ -422,7 +425,7 @@ def build_model(
     return SistaModel(config)
 
 
-def uses_report_embeds(model_args: ModelArguments, start_config: SistaConfig | None = None) -> bool:
+def uses_report_embeds(model_args: PretrainingModelArguments, start_config: SistaConfig | None = None) -> bool:
     """Whether this run's SIA reads a `report_embeds` column (objectives sia and sista with that similarity source)."""
     source = start_config.sia_similarity_source if start_config is not None else "report_embeds"
     return model_args.objective in ("sia", "sista") and source == "report_embeds"
@@ -468,8 +471,8 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
     return plan
 
 
-def prepare_report_embeddings(dataset: DatasetDict, data_args: DataArguments, model_args: ModelArguments,
-                              training_args) -> tuple[DatasetDict, dict]:
+def prepare_report_embeddings(dataset: DatasetDict, data_args: PretrainingDataArguments,
+                              model_args: PretrainingModelArguments, training_args) -> tuple[DatasetDict, dict]:
     """
     The report embeddings SIA needs on every split of `dataset` and the record of what they are (encoder, threshold
     and where both came from; logged, and saved in run_arguments.json). Embeddings the dataset lacks are computed by
@@ -487,7 +490,7 @@ def prepare_report_embeddings(dataset: DatasetDict, data_args: DataArguments, mo
     return dataset, plan
 
 
-def embed_dataset_once(dataset: DatasetDict, plan: dict, data_args: DataArguments, training_args) -> tuple:
+def embed_dataset_once(dataset: DatasetDict, plan: dict, data_args: PretrainingDataArguments, training_args) -> tuple:
     r"""
     `embed_dataset` run by the global main process only: with several processes it writes the columns and the record
     to `output_dir/report_embeds/`, and the others (on every node) read them after a global barrier instead of

@@ -1,7 +1,7 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-Shared pieces of the fine-tuning scripts (`finetune_classification.py`, `finetune_segmentation.py`,
-`finetune_detection.py`): arguments, the dataset (SynthCXR generated when absent), the label-fraction training subset,
+The fine-tuning helpers shared by `finetune_classification.py`, `finetune_segmentation.py` and
+`finetune_detection.py`: arguments, the dataset (SynthCXR generated when absent), the label-fraction training subset,
 loading a pre-trained SISTA encoder into a task head (checked, not silently re-initialised), image/mask/box
 preprocessing, the augmentation built from the arguments, the test-split prediction loop and the results table.
 """
@@ -22,18 +22,18 @@ from transformers.image_utils import PILImageResampling
 from configuration_sista import SistaConfig
 from processing_sista import SistaImageProcessor
 
-from ..data import synthcxr
-from ..data.label_fractions import select_label_fraction
-from ..data.metadata import read_dataset_metadata
-from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
-from ..training.augmentation import XRayAugmentation
+from .data import synthcxr
+from .data.label_fractions import select_label_fraction
+from .data.metadata import read_dataset_metadata
+from .data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
+from .training.augmentation import XRayAugmentation
 from .checkpoints import read_sista_config, read_training_image_size
-from .results import command_line, markdown_table
+from .evaluation.results import command_line, markdown_table
 
 
 logger = logging.getLogger(__name__)
 
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+METRICS_DIR = Path(__file__).resolve().parent / "evaluation" / "metrics"
 LABEL_FRACTIONS = (0.01, 0.1, 1.0)
 SCRATCH_BACKBONES = ("vit", "resnet")
 
@@ -44,7 +44,7 @@ SCRATCH_BACKBONES = ("vit", "resnet")
 
 
 @dataclass
-class ModelArguments:
+class FinetuningModelArguments:
     """Which encoder to fine-tune and how."""
 
     model_name_or_path: str | None = field(
@@ -73,7 +73,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments(SynthCXRGenerationArguments):
+class FinetuningDataArguments(SynthCXRGenerationArguments):
     """Which data to fine-tune and test on (SynthCXR generated at the default folder, or when asked, if absent)."""
 
     dataset_dir: str = field(
@@ -109,7 +109,7 @@ class DataArguments(SynthCXRGenerationArguments):
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for generation."})
 
 
-def check_arguments(model_args: ModelArguments, data_args: DataArguments, training_args) -> None:
+def check_arguments(model_args: FinetuningModelArguments, data_args: FinetuningDataArguments, training_args) -> None:
     """Clear errors for argument combinations that cannot run, before anything is loaded."""
     if not 0 < data_args.label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {data_args.label_fraction}.")
@@ -135,7 +135,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, traini
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_or_generate_dataset(data_args: DataArguments, model_args: ModelArguments, training_args) -> DatasetDict:
+def load_or_generate_dataset(
+    data_args: FinetuningDataArguments, model_args: FinetuningModelArguments, training_args
+) -> DatasetDict:
     """
     `load_from_disk(dataset_dir)`; when the folder does not exist, SynthCXR is generated and saved there first (at
     the default folder or with `--generate_synthcxr`, see `should_generate_synthcxr`), at the encoder's input size
@@ -157,7 +159,7 @@ def load_or_generate_dataset(data_args: DataArguments, model_args: ModelArgument
     return dataset
 
 
-def select_splits(dataset: DatasetDict, data_args: DataArguments, required_columns: list[str], task: str):
+def select_splits(dataset: DatasetDict, data_args: FinetuningDataArguments, required_columns: list[str], task: str):
     """The training subset (label fraction) and the test split; clear errors for missing or empty ones."""
     for split in (data_args.train_split, data_args.test_split):
         if split not in dataset:
@@ -188,7 +190,7 @@ def select_splits(dataset: DatasetDict, data_args: DataArguments, required_colum
     return train, test
 
 
-def select_validation(dataset: DatasetDict, data_args: DataArguments, required_columns: list[str], task: str,
+def select_validation(dataset: DatasetDict, data_args: FinetuningDataArguments, required_columns: list[str], task: str,
                       training_args, loss_only: bool = True):
     """
     The `--validation_split` the Trainer evaluates during fine-tuning (None without one). With `loss_only` only its
@@ -209,7 +211,7 @@ def select_validation(dataset: DatasetDict, data_args: DataArguments, required_c
     return dataset[name]
 
 
-def used_label_fraction(num_selected: int, num_rows: int, data_args: DataArguments) -> float:
+def used_label_fraction(num_selected: int, num_rows: int, data_args: FinetuningDataArguments) -> float:
     """
     The fraction of the training split actually trained on. When `--min_train_samples` raised the subset above
     `ceil(label_fraction * rows)`, `data_args.label_fraction` becomes that fraction (with a warning), so logs, tables
@@ -229,7 +231,9 @@ def used_label_fraction(num_selected: int, num_rows: int, data_args: DataArgumen
     return used
 
 
-def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str = "class_names") -> list[str]:
+def class_names_of(
+    dataset, data_args: FinetuningDataArguments, num_labels: int, kind: str = "class_names"
+) -> list[str]:
     """Class names from the prepared dataset's metadata, SynthCXR's CLASS_NAMES, or generic names."""
     names = (read_dataset_metadata(data_args.dataset_dir) or {}).get(kind)
     if names and len(names) == num_labels:
@@ -244,7 +248,7 @@ def class_names_of(dataset, data_args: DataArguments, num_labels: int, kind: str
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def scratch_config(model_args: ModelArguments, **head_kwargs) -> SistaConfig:
+def scratch_config(model_args: FinetuningModelArguments, **head_kwargs) -> SistaConfig:
     """A small ViT or ResNet SISTA config (the text tower is never built by a head)."""
     hidden_size = model_args.scratch_hidden_size
     if model_args.scratch_vision_backbone == "resnet":
@@ -270,7 +274,7 @@ def scratch_config(model_args: ModelArguments, **head_kwargs) -> SistaConfig:
     return SistaConfig.from_vision_text_configs(vision_config, text_config, **head_kwargs)
 
 
-def load_head(model_class, model_args: ModelArguments, **head_kwargs):
+def load_head(model_class, model_args: FinetuningModelArguments, **head_kwargs):
     """
     The task head with a pre-trained SISTA encoder (`--model_name_or_path`) or a random one (`--from_scratch`).
 
@@ -298,7 +302,7 @@ def load_head(model_class, model_args: ModelArguments, **head_kwargs):
     return model
 
 
-def load_image_processor(model_args: ModelArguments, config: SistaConfig) -> SistaImageProcessor:
+def load_image_processor(model_args: FinetuningModelArguments, config: SistaConfig) -> SistaImageProcessor:
     """
     The checkpoint's image processor when it saved one (its size is the size the encoder was trained at); else a
     default one at the checkpoint's training size, or at --scratch_image_size for a --from_scratch encoder.
@@ -370,7 +374,7 @@ def boxes_to_model_frame(boxes_xywh, image_width: int, image_height: int, image_
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), kept
 
 
-def augmentation_of(data_args: DataArguments) -> XRayAugmentation:
+def augmentation_of(data_args: FinetuningDataArguments) -> XRayAugmentation:
     """
     The augmentation of the fine-tuning heads, drawn per batch: small zoom and shift (masks and boxes follow) and
     intensity jitter. No flips and no rotation: the patient's side is part of several labels.
@@ -417,7 +421,12 @@ def headline_markdown(task: str, headline: dict) -> str:
 
 
 def run_description(
-    model_args: ModelArguments, data_args: DataArguments, num_train: int, num_test: int, script: str, argv
+    model_args: FinetuningModelArguments,
+    data_args: FinetuningDataArguments,
+    num_train: int,
+    num_test: int,
+    script: str,
+    argv,
 ) -> dict:
     """What the results describe (read by `sista_examples.hub.model_card`): encoder, data, split, fraction, the command."""
     return {
