@@ -80,7 +80,7 @@ def main(args: list[str] | None = None):
     finetuning.check_arguments(model_args, data_args, training_args)
     hub_push = hub_push_request(training_args)
 
-    dataset = finetuning.load_or_generate_dataset(data_args, model_args, training_args)
+    dataset = finetuning.load_task_dataset(data_args, model_args, training_args)
     train_dataset, test_dataset = finetuning.select_splits(dataset, data_args, ["image", "labels"], "Classification")
     validation_dataset = finetuning.select_validation(
         dataset, data_args, ["image", "labels"], "Classification", training_args

@@ -34,17 +34,18 @@ import transformers
 from transformers import HfArgumentParser, set_seed
 
 from processing_sista import SistaImageProcessor, SistaProcessor
+from sista_examples.data.synthcxr import load_or_generate_dataset
 from sista_examples.hub.release import hub_push_request, push_after_training
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
+    PRETRAINING_SPLITS,
     PretrainingDataArguments,
     PretrainingModelArguments,
     build_model,
     build_tokenizer,
     check_output_dir_writable,
-    load_or_generate_dataset,
     resolve_splits,
     prepare_report_embeddings,
     retrieval_sanity,
@@ -104,7 +105,10 @@ def main(args: list[str] | None = None):
         start_config = starting_config(model_args)
     image_size = training_image_size(model_args, start_config)
 
-    raw_dataset = load_or_generate_dataset(data_args, image_size, training_args)
+    raw_dataset = load_or_generate_dataset(
+        data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
+        single_split=data_args.train_split or PRETRAINING_SPLITS[-1],
+    )
     path = data_args.dataset_path
     train_split, eval_split = resolve_splits(raw_dataset, data_args, training_args.do_eval)
     data_args.train_split, data_args.eval_split = train_split, eval_split  # run_arguments.json records the used ones

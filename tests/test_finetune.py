@@ -8,11 +8,16 @@ import torch
 from datasets import DatasetDict, load_from_disk
 from transformers import BertConfig, BertModel
 
-from sista_examples import finetuning
 from conftest import load_script, tiny_sista_config
 from modeling_sista import SistaForImageClassification, SistaModel
+from sista_examples import finetuning
 from sista_examples.data.label_fractions import select_label_fraction
-from sista_examples.data.synthcxr import generate_synthcxr, save_synthcxr
+from sista_examples.data.synthcxr import (
+    SynthCXRGenerationArguments,
+    generate_synthcxr,
+    load_or_generate_dataset,
+    save_synthcxr,
+)
 
 
 finetune_classification = load_script("examples/finetune_classification.py")
@@ -158,3 +163,15 @@ def test_the_fraction_reported_is_the_one_min_train_samples_left(dataset_dir, ca
         expected = fraction if expected_rows == math.ceil(fraction * num_rows) else expected_rows / num_rows
         assert data_args.label_fraction == pytest.approx(expected)
     assert f"--min_train_samples 8 raised it to 8: the fraction used is {8 / num_rows:.4g}" in caplog.text
+
+
+def test_one_loader_names_splits_of_a_single_dataset(tmp_path):
+    """A folder holding one Dataset is the split pre-training names; a script that needs named splits refuses it."""
+    from datasets import Dataset
+
+    path = tmp_path / "single"
+    Dataset.from_dict({"report": ["a", "b"]}).save_to_disk(str(path))
+    loaded = load_or_generate_dataset(path, SynthCXRGenerationArguments(), 32, single_split="train")
+    assert list(loaded) == ["train"] and loaded["train"]["report"] == ["a", "b"]
+    with pytest.raises(ValueError, match=r"--dataset_dir .*single.* holds a single Dataset"):
+        load_or_generate_dataset(path, SynthCXRGenerationArguments(), 32, argument="--dataset_dir")

@@ -25,7 +25,7 @@ from processing_sista import SistaImageProcessor
 from .data import synthcxr
 from .data.label_fractions import select_label_fraction
 from .data.metadata import read_dataset_metadata
-from .data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
+from .data.synthcxr import SynthCXRGenerationArguments, load_or_generate_dataset
 from .training.augmentation import XRayAugmentation
 from .checkpoints import read_sista_config, read_training_image_size
 from .evaluation.results import command_line, markdown_table
@@ -135,28 +135,21 @@ def check_arguments(model_args: FinetuningModelArguments, data_args: FinetuningD
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_or_generate_dataset(
+def load_task_dataset(
     data_args: FinetuningDataArguments, model_args: FinetuningModelArguments, training_args
 ) -> DatasetDict:
     """
-    `load_from_disk(dataset_dir)`; when the folder does not exist, SynthCXR is generated and saved there first (at
-    the default folder or with `--generate_synthcxr`, see `should_generate_synthcxr`), at the encoder's input size
-    unless `--synthcxr_image_size` says otherwise.
+    `--dataset_dir` through the one loader (`load_or_generate_dataset`): SynthCXR is generated there first when the
+    folder does not exist (at the default folder or with `--generate_synthcxr`, see `should_generate_synthcxr`), at
+    the encoder's input size unless `--synthcxr_image_size` says otherwise.
     """
-    path = Path(data_args.dataset_dir)
     image_size = model_args.scratch_image_size
     if model_args.model_name_or_path is not None:
         image_size = read_training_image_size(model_args.model_name_or_path) or image_size
-    dataset = load_or_generate_synthcxr(
-        path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
+    return load_or_generate_dataset(
+        data_args.dataset_dir, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
         argument="--dataset_dir", model_dir=model_args.model_name_or_path,
     )
-    if not isinstance(dataset, DatasetDict):
-        raise ValueError(
-            f"{path} holds a single Dataset; fine-tuning needs a DatasetDict with {data_args.train_split!r} and "
-            f"{data_args.test_split!r} splits."
-        )
-    return dataset
 
 
 def select_splits(dataset: DatasetDict, data_args: FinetuningDataArguments, required_columns: list[str], task: str):

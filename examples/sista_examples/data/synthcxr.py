@@ -1231,6 +1231,26 @@ def load_or_generate_synthcxr(path, generation: SynthCXRGenerationArguments, ima
     return load_from_disk(str(path))
 
 
+def load_or_generate_dataset(path, generation: SynthCXRGenerationArguments, image_size: int, training_args=None,
+                             num_proc: Optional[int] = None, argument: str = "--dataset_path", model_dir=None,
+                             single_split: Optional[str] = None):
+    """
+    The one loader of a script's dataset: `load_or_generate_synthcxr`, as a `DatasetDict`. A folder holding a single
+    `Dataset` becomes the split `single_split`; without one it is a `ValueError` naming `argument`.
+    """
+    from datasets import DatasetDict
+
+    dataset = load_or_generate_synthcxr(path, generation, image_size, training_args, num_proc, argument, model_dir)
+    if isinstance(dataset, DatasetDict):
+        return dataset
+    if single_split is None:
+        raise ValueError(
+            f"{argument} {path} holds a single Dataset; this script needs a DatasetDict with named splits (save one "
+            "with `DatasetDict({...}).save_to_disk`)."
+        )
+    return DatasetDict({single_split: dataset})
+
+
 # ---------------------------------------------------------------------------------------------
 # Visual check
 # ---------------------------------------------------------------------------------------------

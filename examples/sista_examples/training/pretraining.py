@@ -22,7 +22,7 @@ from modeling_sista import SistaModel
 
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
-from ..data.synthcxr import SynthCXRGenerationArguments, load_or_generate_synthcxr
+from ..data.synthcxr import SynthCXRGenerationArguments
 from ..checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
 from .dataset import normalize_pixel_values
@@ -210,17 +210,6 @@ def check_output_dir_writable(output_dir: str) -> None:
             pass
     except OSError as error:
         raise ValueError(f"--output_dir {output_dir} is not writable: {error.strerror or error}.") from error
-
-
-def load_or_generate_dataset(data_args: PretrainingDataArguments, image_size: int, training_args) -> DatasetDict:
-    """Loads `dataset_path` with `load_from_disk`; generates SynthCXR there first when it does not exist and
-    generation is allowed (see `should_generate_synthcxr`)."""
-    dataset = load_or_generate_synthcxr(
-        data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers
-    )
-    if not isinstance(dataset, DatasetDict):
-        dataset = DatasetDict({data_args.train_split or PRETRAINING_SPLITS[-1]: dataset})
-    return dataset
 
 
 def resolve_splits(dataset: DatasetDict, data_args: PretrainingDataArguments, do_eval: bool) -> tuple[str, str | None]:
