@@ -285,6 +285,14 @@ def sta_image_contrast_loss(
     return average_over_tokens(token_to_image, token_mask)
 
 
+def total_loss(
+    sia_weight: float, loss_sia: torch.Tensor | None, sta_weight: float, loss_sta: torch.Tensor | None
+) -> torch.Tensor:
+    """`sia_weight · L_SIA + sta_weight · L_STA` over the terms computed with a positive weight."""
+    terms = ((sia_weight, loss_sia), (sta_weight, loss_sta))
+    return sum(weight * term for weight, term in terms if term is not None and weight > 0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Distributed: global-batch SIA
 # ---------------------------------------------------------------------------------------------------------------------
@@ -587,14 +595,17 @@ def check_local_checkpoint(folder: str | os.PathLike, needs_config: bool = True)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def pooling_layer_kwargs(config, keep_pooler: bool) -> dict:
+    """`{"add_pooling_layer": keep_pooler}` for a backbone class that takes the argument (BERT, ViT, ...), else `{}`."""
+    if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(config)]).parameters:
+        return {"add_pooling_layer": keep_pooler}
+    return {}
+
+
 def backbone_from_config(config, keep_pooler: bool = False) -> PreTrainedModel:
     """An `AutoModel` backbone, without its pooler where the class has one unless `keep_pooler`: SISTA pools itself
     (`vision_pooling="cls"` or `"mean"`), and an unused pooler would leave parameters without gradients under DDP."""
-    model_class = MODEL_MAPPING[type(config)]
-    kwargs = {}
-    if "add_pooling_layer" in inspect.signature(model_class).parameters:
-        kwargs["add_pooling_layer"] = keep_pooler
-    return AutoModel.from_config(config, **kwargs)
+    return AutoModel.from_config(config, **pooling_layer_kwargs(config, keep_pooler))
 
 
 def freeze_mask_token(vision_model: nn.Module):
@@ -924,8 +935,8 @@ class SistaModel(SistaPreTrainedModel):
             (vision_config, vision_kwargs, keep_vision_pooler),
             (text_config, text_kwargs, False),
         ):
-            if "add_pooling_layer" in inspect.signature(MODEL_MAPPING[type(model_config)]).parameters:
-                kwargs.setdefault("add_pooling_layer", keep_pooler)
+            for name, value in pooling_layer_kwargs(model_config, keep_pooler).items():
+                kwargs.setdefault(name, value)
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, **vision_kwargs)
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
         if tokenizer is not None:
@@ -1178,11 +1189,7 @@ class SistaModel(SistaPreTrainedModel):
         if return_loss:
             if self.config.sia_weight > 0:
                 loss_sia = self.compute_sia_loss(image_embeds, text_embeds, report_embeds)
-            loss = sum(
-                weight * term
-                for weight, term in ((self.config.sia_weight, loss_sia), (self.config.sta_weight, loss_sta))
-                if term is not None and weight > 0
-            )
+            loss = total_loss(self.config.sia_weight, loss_sia, self.config.sta_weight, loss_sta)
 
         output = SistaOutput(
             loss=loss,
@@ -1973,6 +1980,7 @@ __all__ = [
     "false_negative_mask",
     "focal_heatmap_loss",
     "gather_global_batch",
+    "pooling_layer_kwargs",
     "post_process_detections",
     "segmentation_loss",
     "semantic_aware_contrastive_loss",
@@ -1980,5 +1988,6 @@ __all__ = [
     "soft_dice_loss",
     "sparse_token_patch_weights",
     "sta_loss",
+    "total_loss",
     "values_are_checkable",
 ]

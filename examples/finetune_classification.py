@@ -25,7 +25,6 @@ from sista_examples import finetuning
 from modeling_sista import SistaForImageClassification
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
-from sista_examples.training.trainer import CheckpointTrainer
 from sista_examples.utils import setup_logging
 
 
@@ -115,26 +114,15 @@ def main(args: list[str] | None = None):
             pixel_values, _, _ = augmentation.augment_batch(pixel_values)
         return {"pixel_values": pixel_values, "labels": torch.stack([example["labels"] for example in examples])}
 
-    trainer = CheckpointTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset.with_transform(transform),
-        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
-        data_collator=lambda examples: collate(examples, data_args.augment),
-        eval_data_collator=lambda examples: collate(examples, False),
+    def step(model, batch):
+        return model(pixel_values=batch["pixel_values"]).logits.float().cpu(), batch["labels"].cpu()
+
+    outputs = finetuning.train_and_predict(
+        model, training_args, image_processor, transform, collate, train_dataset, validation_dataset, test_dataset,
+        step, augment=data_args.augment,
     )
-    trainer.train()
-    trainer.save_model()
-    if not trainer.is_world_process_zero():
+    if outputs is None:  # not the main process
         return None
-    image_processor.save_pretrained(training_args.output_dir)
-    outputs = finetuning.predict(
-        trainer.model,
-        test_dataset.with_transform(transform),
-        lambda examples: collate(examples, False),
-        training_args.per_device_eval_batch_size,
-        lambda model, batch: (model(pixel_values=batch["pixel_values"]).logits.float().cpu(), batch["labels"].cpu()),
-    )
     logits = torch.cat([logit for logit, _ in outputs])
     references = torch.cat([label for _, label in outputs])
     if task_args.problem_type == "multi_label_classification":

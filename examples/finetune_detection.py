@@ -27,7 +27,6 @@ from modeling_sista import SistaForObjectDetection
 from processing_sista import center_to_corners
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
-from sista_examples.training.trainer import CheckpointTrainer
 from sista_examples.utils import setup_logging
 
 
@@ -141,19 +140,6 @@ def main(args: list[str] | None = None):
             ]
         return {"pixel_values": pixel_values, "labels": labels}
 
-    trainer = CheckpointTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset.with_transform(transform),
-        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
-        data_collator=lambda examples: collate(examples, data_args.augment),
-        eval_data_collator=lambda examples: collate(examples, False),
-    )
-    trainer.train()
-    trainer.save_model()
-    if not trainer.is_world_process_zero():
-        return None
-    image_processor.save_pretrained(training_args.output_dir)
     metric = finetuning.load_metric("detection_map")
     scale = torch.tensor([image_size[1], image_size[0]] * 2, dtype=torch.float32)
 
@@ -170,13 +156,12 @@ def main(args: list[str] | None = None):
         metric.add_batch(predictions=predictions, references=references)
         return sum(len(target["labels"]) for target in references)
 
-    num_boxes = finetuning.predict(
-        trainer.model,
-        test_dataset.with_transform(transform),
-        lambda examples: collate(examples, False),
-        training_args.per_device_eval_batch_size,
-        step,
+    num_boxes = finetuning.train_and_predict(
+        model, training_args, image_processor, transform, collate, train_dataset, validation_dataset, test_dataset,
+        step, augment=data_args.augment,
     )
+    if num_boxes is None:  # not the main process
+        return None
     if sum(num_boxes) == 0:
         raise ValueError("The test split has no box of the chosen categories: mAP is undefined.")
     metrics = metric.compute()

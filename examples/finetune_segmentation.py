@@ -24,7 +24,6 @@ from sista_examples import finetuning
 from modeling_sista import SistaForSemanticSegmentation
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
-from sista_examples.training.trainer import CheckpointTrainer
 from sista_examples.utils import setup_logging
 
 
@@ -96,21 +95,6 @@ def main(args: list[str] | None = None):
             references=[mask.reshape(-1) for mask in prediction.label_ids.astype(np.int16)],
         )
 
-    trainer = CheckpointTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset.with_transform(transform),
-        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
-        data_collator=lambda examples: collate(examples, data_args.augment),
-        eval_data_collator=lambda examples: collate(examples, False),
-        compute_metrics=validation_dice if validation_dataset is not None else None,
-        preprocess_logits_for_metrics=binarize if validation_dataset is not None else None,
-    )
-    trainer.train()
-    trainer.save_model()
-    if not trainer.is_world_process_zero():
-        return None
-    image_processor.save_pretrained(training_args.output_dir)
     metric = finetuning.load_metric("dice")
 
     def step(model, batch):
@@ -122,13 +106,14 @@ def main(args: list[str] | None = None):
         )
         return int(references.sum())
 
-    foreground = finetuning.predict(
-        trainer.model,
-        test_dataset.with_transform(transform),
-        lambda examples: collate(examples, False),
-        training_args.per_device_eval_batch_size,
-        step,
+    foreground = finetuning.train_and_predict(
+        model, training_args, image_processor, transform, collate, train_dataset, validation_dataset, test_dataset,
+        step, augment=data_args.augment,
+        compute_metrics=validation_dice if validation_dataset is not None else None,
+        preprocess_logits_for_metrics=binarize if validation_dataset is not None else None,
     )
+    if foreground is None:  # not the main process
+        return None
     metrics = metric.compute()
     results = {
         "task": TASK,

@@ -12,7 +12,8 @@ Features are the vision tower's pooled output (before the projection), one pass 
 standardised on the training subset. Every label (multi-label `labels` column) gets its own logistic regression;
 for each `C` in `--c_values` the probe is fitted on the training subset and scored on the validation split, the best
 `C` is refitted and scored on the test split. A label with one value among the training rows is predicted as that
-constant. The macro AUROC averages the labels that have both values among the rows scored. The training subsets
+constant. The macro AUROC is `sista_examples.evaluation.auroc`'s: the mean over the labels with both values among
+the rows scored. The training subsets
 are `select_label_fraction`'s, the same nested subsets the fine-tuning scripts use. Results go to
 `{output_dir}/linear_probe_results.{json,md}`.
 """
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from datasets import DatasetDict, load_from_disk
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
@@ -36,6 +36,7 @@ from modeling_sista import split_vision_states
 from sista_examples.data.label_fractions import select_label_fraction
 from sista_examples.data.metadata import read_dataset_metadata
 from sista_examples.checkpoints import load_sista
+from sista_examples.evaluation.auroc import macro_auroc
 from sista_examples.evaluation.common import batch_ranges, resolve_class_names
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 
@@ -98,16 +99,6 @@ def pooled_image_features(model, processor, images, batch_size: int, desc: str) 
         )
         features.append(pooled.float().cpu().numpy())
     return np.concatenate(features)
-
-
-def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, list[float | None]]:
-    """Macro AUROC over the labels with both values among the rows; None for the others (never NaN)."""
-    per_label = [
-        float(roc_auc_score(labels[:, index], scores[:, index])) if len(np.unique(labels[:, index])) == 2 else None
-        for index in range(labels.shape[1])
-    ]
-    defined = [value for value in per_label if value is not None]
-    return (float(np.mean(defined)) if defined else None), per_label
 
 
 def fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):

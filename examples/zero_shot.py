@@ -9,8 +9,9 @@ effusion."): SynthCXR's classes and the 14 CheXpert observations (MIMIC-CXR, Che
 them. Each prompt is embedded by the text tower and L2-normalised; the embeddings of a class's positive
 templates are averaged and renormalised (likewise the negative ones). An image's score for a class is the softmax
 over the two logits (positive, negative), i.e. `sigmoid(logit_pos - logit_neg)`, with the model's logit scale. AUROC
-per class comes from `sklearn.metrics.roc_auc_score`; a class whose labels in the split take one value only has no
-AUROC and is reported as skipped with the reason; the macro AUROC averages the classes that have one.
+per class comes from `sklearn.metrics.roc_auc_score` under the one rule of `sista_examples.evaluation.auroc`: a class
+whose labels in the split take one value only has no AUROC and is reported as skipped with the reason; the macro
+AUROC averages the classes that have one.
 
 Usage:
 
@@ -31,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from transformers import HfArgumentParser
 
 from sista_examples.checkpoints import load_sista
+from sista_examples.evaluation.auroc import macro_auroc
 from sista_examples.evaluation.common import (
     EvaluationArguments,
     LazyColumn,
@@ -221,35 +222,27 @@ def zero_shot_scores(
 
 def per_class_auroc(labels: np.ndarray, scores: np.ndarray, class_names: list[str]) -> dict:
     """
-    AUROC per class (`sklearn.metrics.roc_auc_score`) and their macro average.
+    AUROC per class and their macro average (`sista_examples.evaluation.auroc`: scikit-learn's `roc_auc_score`).
 
     A class whose labels take one value only is skipped with the reason (its AUROC is undefined); the macro average
     covers the other classes and is `None` when no class has an AUROC. Never NaN.
     """
     labels, scores = np.asarray(labels), np.asarray(scores)
-    if labels.ndim != 2 or labels.shape != scores.shape or labels.shape[1] != len(class_names):
-        raise ValueError(
-            f"`labels` and `scores` must both have shape (num_images, {len(class_names)}), got {labels.shape} and "
-            f"{scores.shape}."
-        )
-    if labels.shape[0] == 0:
-        raise ValueError("No image to score: AUROC over an empty split is undefined.")
+    if labels.ndim != 2 or labels.shape[1] != len(class_names):
+        raise ValueError(f"`labels` must have shape (num_images, {len(class_names)}), got {labels.shape}.")
+    macro, aurocs = macro_auroc(labels, scores)
     per_class = {}
-    for index, name in enumerate(class_names):
-        column = labels[:, index]
-        num_positive = int((column == 1).sum())
-        num_negative = int((column == 0).sum())
-        entry = {"auroc": None, "num_positive": num_positive, "num_negative": num_negative, "skipped": None}
-        if num_positive + num_negative != len(column):
-            raise ValueError(f"Labels of class {name!r} must be 0 or 1, got {sorted(set(column.tolist()))}.")
-        if num_positive == 0 or num_negative == 0:
-            entry["skipped"] = f"only {'negative' if num_positive == 0 else 'positive'} labels in the split"
-        else:
-            entry["auroc"] = float(roc_auc_score(column, scores[:, index]))
-        per_class[name] = entry
-    evaluated = [entry["auroc"] for entry in per_class.values() if entry["auroc"] is not None]
+    for name, auroc, column in zip(class_names, aurocs, labels.T):
+        num_positive = int(column.sum())
+        skipped = None
+        if auroc is None:
+            skipped = f"only {'negative' if num_positive == 0 else 'positive'} labels in the split"
+        per_class[name] = {
+            "auroc": auroc, "num_positive": num_positive, "num_negative": len(column) - num_positive, "skipped": skipped
+        }
+    evaluated = [auroc for auroc in aurocs if auroc is not None]
     return {
-        "macro_auroc": float(np.mean(evaluated)) if evaluated else None,
+        "macro_auroc": macro,
         "num_classes_evaluated": len(evaluated),
         "num_classes_skipped": len(class_names) - len(evaluated),
         "per_class": per_class,

@@ -78,13 +78,10 @@ def share_dataset(diag_dir: Path, tag: str, dataset: Path) -> None:
 
 def export_backbones(warm_dir: Path, backbone_dir: Path) -> dict:
     """Saves the warm start's vision and text backbones standalone and checks that they reload equal."""
-    import inspect
-
     import torch
     from transformers import AutoModel
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    from modeling_sista import SistaModel
+    from modeling_sista import SistaModel, pooling_layer_kwargs
 
     model = SistaModel.from_pretrained(warm_dir)
     report = {}
@@ -92,9 +89,7 @@ def export_backbones(warm_dir: Path, backbone_dir: Path) -> dict:
         path = backbone_dir / name
         module.save_pretrained(path)
         # reloaded as SistaModel.from_vision_text_pretrained does: without a (random) pooler where there is one
-        signature = inspect.signature(MODEL_MAPPING[type(module.config)]).parameters
-        kwargs = {"add_pooling_layer": False} if "add_pooling_layer" in signature else {}
-        reloaded = AutoModel.from_pretrained(path, **kwargs)
+        reloaded = AutoModel.from_pretrained(path, **pooling_layer_kwargs(module.config, keep_pooler=False))
         original, loaded = module.state_dict(), reloaded.state_dict()
         equal = original.keys() == loaded.keys() and all(torch.equal(original[k], loaded[k]) for k in original)
         if not equal:

@@ -42,35 +42,44 @@ def read_sista_config(model_dir: str | os.PathLike, argument: str = "--model_nam
     return config
 
 
-def processor_size(image_processor_dict: dict) -> int | None:
-    """The square side of a saved image processor's `size` (`{"height", "width"}` or `{"shortest_edge"}`)."""
-    size = image_processor_dict.get("size")
+def image_size_of(size) -> tuple[int, int] | None:
+    """
+    `(height, width)` of an image processor's `size`: `{"height", "width"}`, `{"shortest_edge"}` (square), a side in
+    pixels, or transformers' `SizeDict`; `None` when it gives no side.
+    """
     if isinstance(size, int):
-        return size
-    if isinstance(size, dict):
-        side = size.get("height") or size.get("shortest_edge")
-        return int(side) if side else None
+        return size, size
+    if not isinstance(size, dict):
+        size = {key: getattr(size, key, None) for key in ("height", "width", "shortest_edge")}
+    height = size.get("height") or size.get("shortest_edge")
+    width = size.get("width") or size.get("shortest_edge")
+    return (int(height), int(width)) if height and width else None
+
+
+def saved_image_processor(model_dir: str | os.PathLike) -> dict | None:
+    """
+    The image processor settings saved in a checkpoint folder: those of a whole `SistaProcessor`
+    (`processor_config.json`), else of an image processor saved alone (`preprocessor_config.json`, as the fine-tuning
+    heads save it); `None` when the folder holds neither.
+    """
+    path = Path(model_dir)
+    if (path / "processor_config.json").is_file():
+        return json.loads((path / "processor_config.json").read_text()).get("image_processor")
+    if (path / "preprocessor_config.json").is_file():
+        return json.loads((path / "preprocessor_config.json").read_text())
     return None
 
 
 def read_training_image_size(model_dir: str | os.PathLike, argument: str = "--model_name_or_path") -> int | None:
     """
-    The image side a SISTA checkpoint was trained at: its saved image processor's size (the one place pre-training
-    records it), else the vision config's `image_size` (a checkpoint saved without a processor; ResNet and
-    ConvNeXt configs have none, then `None`).
+    The one reader of the image side a SISTA checkpoint was trained at: its saved image processor's size (the one
+    place pre-training records it), else the vision config's `image_size` (a checkpoint saved without a processor;
+    ResNet and ConvNeXt configs have none, then `None`).
     """
     config = read_sista_config(model_dir, argument)
-    path = Path(model_dir)
-    processor_file = path / "processor_config.json"
-    if processor_file.is_file():
-        size = processor_size(json.loads(processor_file.read_text()).get("image_processor", {}))
-        if size is not None:
-            return size
-    legacy_file = path / "preprocessor_config.json"
-    if legacy_file.is_file():
-        size = processor_size(json.loads(legacy_file.read_text()))
-        if size is not None:
-            return size
+    size = image_size_of((saved_image_processor(model_dir) or {}).get("size"))
+    if size is not None:
+        return size[0]
     return config.get("vision_config", {}).get("image_size")
 
 

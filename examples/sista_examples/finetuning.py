@@ -22,13 +22,14 @@ from transformers.image_utils import PILImageResampling
 from configuration_sista import SistaConfig
 from processing_sista import SistaImageProcessor
 
+from .checkpoints import image_size_of, read_sista_config, read_training_image_size, saved_image_processor
 from .data import synthcxr
 from .data.label_fractions import select_label_fraction
 from .data.metadata import read_dataset_metadata
 from .data.synthcxr import SynthCXRGenerationArguments, load_or_generate_dataset
-from .training.augmentation import XRayAugmentation
-from .checkpoints import read_sista_config, read_training_image_size
 from .evaluation.results import command_line, markdown_table
+from .training.augmentation import XRayAugmentation
+from .training.trainer import CheckpointTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -301,8 +302,7 @@ def load_image_processor(model_args: FinetuningModelArguments, config: SistaConf
     default one at the checkpoint's training size, or at --scratch_image_size for a --from_scratch encoder.
     """
     path = Path(model_args.model_name_or_path) if model_args.model_name_or_path else None
-    saved_names = ("processor_config.json", "preprocessor_config.json")
-    if path is not None and any((path / name).is_file() for name in saved_names):
+    if path is not None and saved_image_processor(path) is not None:
         return SistaImageProcessor.from_pretrained(str(path))
     side = model_args.scratch_image_size
     if path is not None:
@@ -313,12 +313,10 @@ def load_image_processor(model_args: FinetuningModelArguments, config: SistaConf
 
 def image_processor_size(image_processor: SistaImageProcessor) -> tuple[int, int]:
     """`(height, width)` of the images `image_processor` produces: the frame of the model's masks and boxes."""
-    size = image_processor.size
-    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
-    width = size.get("width") if isinstance(size, dict) else getattr(size, "width", None)
-    if not (height and width):
-        raise ValueError(f"The image processor's `size` must give a height and a width, got {size!r}.")
-    return int(height), int(width)
+    size = image_size_of(image_processor.size)
+    if size is None:
+        raise ValueError(f"The image processor's `size` must give a height and a width, got {image_processor.size!r}.")
+    return size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -383,6 +381,37 @@ def augmentation_of(data_args: FinetuningDataArguments) -> XRayAugmentation:
 # ---------------------------------------------------------------------------------------------------------------------
 # Test-split predictions and results
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def train_and_predict(model, training_args, image_processor, transform, collate, train_dataset, validation_dataset,
+                      test_dataset, step, augment: bool, **trainer_kwargs):
+    """
+    The run every fine-tuning script shares: `CheckpointTrainer` trains `model` on `train_dataset` (augmented by
+    `collate(examples, augment)`, evaluating `validation_dataset` when there is one), saves it with `image_processor`,
+    and on the main process runs `step(model, batch)` over the whole `test_dataset` (`predict`), returning its
+    results; `None` on the other processes. `transform` turns a batch of rows into model inputs.
+    """
+    trainer = CheckpointTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset.with_transform(transform),
+        eval_dataset=None if validation_dataset is None else validation_dataset.with_transform(transform),
+        data_collator=lambda examples: collate(examples, augment),
+        eval_data_collator=lambda examples: collate(examples, False),
+        **trainer_kwargs,
+    )
+    trainer.train()
+    trainer.save_model()
+    if not trainer.is_world_process_zero():
+        return None
+    image_processor.save_pretrained(training_args.output_dir)
+    return predict(
+        trainer.model,
+        test_dataset.with_transform(transform),
+        lambda examples: collate(examples, False),
+        training_args.per_device_eval_batch_size,
+        step,
+    )
 
 
 @torch.no_grad()

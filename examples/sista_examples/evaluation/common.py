@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from processing_sista import clean_report
 
+from ..checkpoints import image_size_of
 from ..data import synthcxr
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.synthcxr import SynthCXRGenerationArguments
@@ -100,12 +101,6 @@ def text_max_length(model, requested: int) -> int:
     return min(requested, limit) if limit else requested
 
 
-def processor_image_size(processor) -> int | None:
-    size = getattr(processor.image_processor, "size", None)
-    height = size.get("height") if isinstance(size, dict) else getattr(size, "height", None)
-    return int(height) if height else None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------------------------------
@@ -124,7 +119,8 @@ def load_evaluation_split(args: EvaluationArguments, processor=None) -> tuple[Da
     if synthcxr.should_generate_synthcxr(args.dataset_dir, args, "--dataset_dir", model_dir=args.model_name_or_path):
         if args.split not in synthcxr.SPLITS:
             raise ValueError(f"`split` must be one of SynthCXR's {synthcxr.SPLITS}, got {args.split!r}.")
-        default_size = (processor_image_size(processor) if processor else None) or 224
+        processor_size = image_size_of(processor.image_processor.size) if processor else None
+        default_size = processor_size[0] if processor_size else 224
         generate_kwargs = args.generation_kwargs(default_size, splits=(args.split,))
         if generate_kwargs[f"num_{args.split}"] < 1:
             raise ValueError(

@@ -5,6 +5,8 @@ import contextlib
 
 import torch
 
+from modeling_sista import total_loss
+
 
 def _rng_state() -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -98,9 +100,6 @@ def gradient_cache_backward(
     _set_rng_state(rng_after_first_pass)
 
     loss_sta = loss_sta_total if use_sta else None
-    loss = sum(
-        weight * term.detach()
-        for weight, term in ((config.sia_weight, loss_sia), (config.sta_weight, loss_sta))
-        if term is not None and weight > 0
-    )
-    return {"loss": loss, "loss_sia": None if loss_sia is None else loss_sia.detach(), "loss_sta": loss_sta}
+    loss_sia = None if loss_sia is None else loss_sia.detach()
+    loss = total_loss(config.sia_weight, loss_sia, config.sta_weight, loss_sta)
+    return {"loss": loss, "loss_sia": loss_sia, "loss_sta": loss_sta}

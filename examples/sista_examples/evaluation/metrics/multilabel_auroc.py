@@ -8,18 +8,21 @@ Load it offline with `evaluate.load("examples/sista_examples/evaluation/metrics/
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.metrics import accuracy_score
+
+from sista_examples.evaluation.auroc import macro_auroc
 
 
 _DESCRIPTION = """
 Area under the ROC curve (scikit-learn `roc_auc_score`) and accuracy (`accuracy_score`).
 
 * `multilabel`: `predictions` are per-class scores (probabilities or logits), `references` multi-hot labels. `auroc`
-  is the macro average of the per-class AUROCs over the classes with both a positive and a negative sample (AUROC is
-  undefined otherwise; those classes are listed in `classes_without_both_labels`). `accuracy` is the exact-match
+  is `sista_examples.evaluation.auroc.macro_auroc`: the mean of the per-class AUROCs over the classes with both a
+  positive and a negative sample (AUROC is undefined otherwise; those classes are listed in
+  `classes_without_both_labels`). `accuracy` is the exact-match
   (subset) accuracy of `predictions >= threshold`; `label_accuracy` the accuracy over all (sample, class) pairs.
 * `multiclass`: `predictions` are per-class probabilities (rows summing to 1), `references` class indices. `auroc`
-  is the macro one-vs-rest AUROC and `accuracy` that of the arg-max class.
+  is the macro one-vs-rest AUROC under the same rule and `accuracy` that of the arg-max class.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -66,22 +69,12 @@ class MultilabelAuroc(evaluate.Metric):
         if scores.shape[0] == 0:
             raise ValueError("No samples to score: AUROC and accuracy of an empty set are undefined.")
         if self.config_name == "multiclass":
-            num_classes = scores.shape[1]
-            per_class = []
-            for class_index in range(num_classes):
-                is_class = labels == class_index
-                per_class.append(
-                    float(roc_auc_score(is_class, scores[:, class_index])) if 0 < is_class.sum() < len(labels) else None
+            # one-vs-rest: each class against the others, under the same rule as the multi-label AUROC
+            auroc, per_class = macro_auroc(labels[:, None] == np.arange(scores.shape[1]), scores)
+            if auroc is None:
+                raise ValueError(
+                    f"AUROC needs at least two classes among the references, got only {sorted(set(labels.tolist()))}."
                 )
-            scored = sorted(set(labels.tolist()))
-            if len(scored) < 2:
-                raise ValueError(f"AUROC needs at least two classes among the references, got only {scored}.")
-            if num_classes == 2:  # sklearn's binary form takes the positive class's score
-                auroc = float(roc_auc_score(labels, scores[:, 1]))
-            elif len(scored) == num_classes:
-                auroc = float(roc_auc_score(labels, scores, multi_class="ovr", average="macro"))
-            else:  # sklearn's multiclass AUROC needs every class present; average the defined one-vs-rest AUROCs
-                auroc = float(np.mean([value for value in per_class if value is not None]))
             return {
                 "auroc": auroc,
                 "accuracy": float(accuracy_score(labels, scores.argmax(axis=1))),
@@ -91,20 +84,15 @@ class MultilabelAuroc(evaluate.Metric):
 
         if scores.shape != labels.shape:
             raise ValueError(f"predictions {scores.shape} and references {labels.shape} must have the same shape.")
-        has_both = [0 < labels[:, index].sum() < len(labels) for index in range(labels.shape[1])]
-        per_class = [
-            float(roc_auc_score(labels[:, index], scores[:, index])) if has_both[index] else None
-            for index in range(labels.shape[1])
-        ]
-        defined = [value for value in per_class if value is not None]
-        if not defined:
+        auroc, per_class = macro_auroc(labels, scores)
+        if auroc is None:
             raise ValueError("AUROC is undefined: no class has both a positive and a negative reference.")
         predicted = (scores >= threshold).astype(np.int64)
         return {
-            "auroc": float(np.mean(defined)),
+            "auroc": auroc,
             "accuracy": float(accuracy_score(labels, predicted)),
             "label_accuracy": float(accuracy_score(labels.ravel(), predicted.ravel())),
             "per_class_auroc": per_class,
-            "classes_without_both_labels": [index for index, both in enumerate(has_both) if not both],
+            "classes_without_both_labels": [index for index, value in enumerate(per_class) if value is None],
             "num_samples": int(len(labels)),
         }
