@@ -837,8 +837,29 @@ class SistaPreTrainedModel(PreTrainedModel):
                     f"{source} says model_type {model_type!r}, expected {SistaConfig.model_type!r}: it does not "
                     "describe a SISTA model (a folder saved by SistaModel or a SISTA task head)."
                 )
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        if kwargs.get("ignore_mismatched_sizes"):
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+        else:
+            # transformers refuses weights of another shape with a message that names neither the folder nor the
+            # weights: load them aside, then refuse naming both
+            wants_info = kwargs.pop("output_loading_info", False)
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True,
+                **kwargs,
+            )
+            mismatched = [
+                f"{key}: checkpoint {tuple(saved)} vs config {tuple(expected)}"
+                for key, saved, expected in loading_info.get("mismatched_keys", [])
+            ]
+            if mismatched:
+                raise ValueError(
+                    f"{str(pretrained_model_name_or_path)!r}: {len(mismatched)} weights disagree in shape with its "
+                    f"{CONFIG_NAME} ({'; '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''}). Was the "
+                    "config edited, or the weights copied from another model? (`ignore_mismatched_sizes=True` "
+                    "re-initialises them at random.)"
+                )
+            loaded = (model, loading_info) if wants_info else model
         freeze_mask_token(model.vision_model)  # loading replaces the parameter that `__init__` froze
         return loaded
 

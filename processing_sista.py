@@ -117,10 +117,11 @@ _LIST_MARKER_PATTERN = re.compile(r"(?<!\S)\(?(\d{1,2})[.)][ \t]+")
 _CLAUSE_END = (".", "!", "?", ":", ";")
 
 
-# Characters that carry no text. C0/C1 controls other than line breaks and tabs (a NUL-filled file, a pasted escape
-# sequence) separate words like a space; zero-width and format characters (zero-width space and joiners, direction
-# marks, word joiner, byte-order mark, soft hyphen) sit inside words and are removed.
-_CONTROL_PATTERN = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# Characters that carry no text. Terminal escape sequences (text pasted from a log: "\x1b[0m") and C0/C1 controls
+# other than line breaks and tabs (a NUL-filled file) separate words like a space; zero-width and format characters
+# (zero-width space and joiners, direction marks, word joiner, byte-order mark, soft hyphen) sit inside words and are
+# removed.
+_CONTROL_PATTERN = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _ZERO_WIDTH_PATTERN = re.compile(r"[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
 
 

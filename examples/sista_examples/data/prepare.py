@@ -643,6 +643,10 @@ def write_dataset_dict(
     that cannot be used. Every split gets a `label_fraction_rank` (see [`select_label_fraction`]).
     Beside the dataset, `skipped.csv` lists every skipped row with its reason and `sista_dataset.json`
     holds `metadata` (class names, split and label rules) with the row and skip counts.
+
+    Everything is written into a hidden staging folder beside `args.output_dir` (`.<name>.partial-*`), which
+    replaces `args.output_dir` only once complete: a run killed while writing leaves the previous output as it was,
+    never a half-written dataset that loads; the next run removes what a killed one left.
     """
     if not any(records_per_split.values()) and not skip_log.rows:
         raise ValueError(
@@ -650,11 +654,13 @@ def write_dataset_dict(
             "by design such as lateral views)."
         )
     records_per_split = drop_duplicate_images(records_per_split, skip_log)
-    output_dir = Path(args.output_dir)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # check_output_dir() has already made sure this is an old SISTA output
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    cache_root = Path(args.cache_dir) if args.cache_dir else output_dir.parent
+    final_dir = Path(args.output_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in final_dir.parent.glob(f".{final_dir.name}.partial-*"):
+        logger.warning("Removing %s, left by a preparation that was interrupted while writing.", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    output_dir = final_dir.parent / f".{final_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    cache_root = Path(args.cache_dir) if args.cache_dir else final_dir.parent
     cache_root.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix=".sista-prepare-", dir=cache_root))
     try:
@@ -682,22 +688,28 @@ def write_dataset_dict(
         dataset_dict.save_to_disk(
             str(output_dir), max_shard_size=None if num_shards else args.max_shard_size, num_shards=num_shards
         )
+        skip_log.rows.sort()
+        skip_log.write_csv(output_dir / SKIPPED_FILE)
+        num_rows = {split: len(dataset) for split, dataset in splits.items()}
+        summary = {
+            "dataset": dataset_name,
+            **metadata,
+            "image_size": args.image_size,
+            "image_format": args.image_format,
+            "seed": args.seed,
+            "num_rows": num_rows,
+            "skipped": dict(sorted(skip_log.counts().items())),
+        }
+        write_dataset_metadata(output_dir, summary)
+    except BaseException:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-
-    skip_log.rows.sort()
-    skip_log.write_csv(output_dir / SKIPPED_FILE)
-    num_rows = {split: len(dataset) for split, dataset in splits.items()}
-    summary = {
-        "dataset": dataset_name,
-        **metadata,
-        "image_size": args.image_size,
-        "image_format": args.image_format,
-        "seed": args.seed,
-        "num_rows": num_rows,
-        "skipped": dict(sorted(skip_log.counts().items())),
-    }
-    write_dataset_metadata(output_dir, summary)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)  # check_output_dir() has already made sure this is an old SISTA output
+    output_dir.rename(final_dir)
+    output_dir = final_dir
     logger.info(
         "%s: kept %d images (%s); skipped %d (%s); see %s",
         dataset_name,
