@@ -429,6 +429,28 @@ def _check_index_tensor(tensor, name: str, shape: str) -> None:
         raise TypeError(f"`{name}` must be an integer tensor of dtype torch.int64 or torch.int32, got {tensor.dtype}.")
 
 
+# Text towers whose position ids start after the padding index (RoBERTa's `create_position_ids_from_input_ids`):
+# `pad_token_id + 1` of their `max_position_embeddings` positions are never a token's (514 positions, 512 tokens).
+PADDING_OFFSET_POSITION_MODEL_TYPES = (
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer", "ibert", "mpnet",
+    "roberta-prelayernorm", "xmod",
+)
+
+
+def text_max_positions(text_config) -> int | None:
+    """
+    The most tokens (special tokens included) the text tower takes: `max_position_embeddings`, less the padding
+    offset of RoBERTa-style towers (`PADDING_OFFSET_POSITION_MODEL_TYPES`); `None` when the config sets no limit.
+    """
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if not isinstance(max_positions, int) or isinstance(max_positions, bool):
+        return None
+    if getattr(text_config, "model_type", None) in PADDING_OFFSET_POSITION_MODEL_TYPES:
+        pad_token_id = getattr(text_config, "pad_token_id", None)
+        return max_positions - (1 if pad_token_id is None else pad_token_id) - 1
+    return max_positions
+
+
 def check_text_inputs(
     input_ids: torch.Tensor,
     text_config,
@@ -472,11 +494,13 @@ def check_text_inputs(
             f"`input_ids` must hold at least one report and one token, got shape {tuple(input_ids.shape)}."
         )
     max_positions = getattr(text_config, "max_position_embeddings", None)
-    if isinstance(max_positions, int) and input_ids.shape[1] > max_positions:
+    max_tokens = text_max_positions(text_config)
+    if max_tokens is not None and input_ids.shape[1] > max_tokens:
+        offset = "" if max_tokens == max_positions else f" less its padding offset of {max_positions - max_tokens}"
         raise ValueError(
-            f"`input_ids` has {input_ids.shape[1]} tokens, more than the text tower's max_position_embeddings="
-            f"{max_positions}; truncate the reports (the processor does so with `truncation=True` and the tokenizer's "
-            "`model_max_length`, or pass `max_length`)."
+            f"`input_ids` has {input_ids.shape[1]} tokens, more than the text tower's {max_tokens} positions "
+            f"(max_position_embeddings={max_positions}{offset}); truncate the reports (the processor does so with "
+            "`truncation=True` and the tokenizer's `model_max_length`, or pass `max_length`)."
         )
     for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if tensor is None:
@@ -769,7 +793,10 @@ class SistaPreTrainedModel(PreTrainedModel):
     def __init__(self, config: SistaConfig, *inputs, **kwargs):
         # by model_type, not isinstance: remote code may load the config module under another package name
         if getattr(config, "model_type", None) != SistaConfig.model_type:
-            raise TypeError(f"`config` must be a SistaConfig, got {type(config).__name__}.")
+            raise TypeError(
+                f"`config` must be a SistaConfig (model_type {SistaConfig.model_type!r}), got a "
+                f"{type(config).__name__} with model_type {getattr(config, 'model_type', None)!r}."
+            )
         super().__init__(config, *inputs, **kwargs)
 
     @torch.no_grad()
@@ -810,8 +837,40 @@ class SistaPreTrainedModel(PreTrainedModel):
                     f"{model_type!r}, expected {SistaConfig.model_type!r} (a folder saved by SistaModel or a SISTA "
                     f"task head)."
                 )
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        config = kwargs.get("config")
+        if config is not None and not isinstance(config, (str, os.PathLike)):
+            # AutoModel passes the config it read through the folder's auto_map, whatever model_type it says
+            model_type = getattr(config, "model_type", None)
+            if model_type != SistaConfig.model_type:
+                subfolder = kwargs.get("subfolder") or ""
+                source = os.path.join(str(pretrained_model_name_or_path), subfolder, CONFIG_NAME)
+                raise ValueError(
+                    f"{source} says model_type {model_type!r}, expected {SistaConfig.model_type!r}: it does not "
+                    "describe a SISTA model (a folder saved by SistaModel or a SISTA task head)."
+                )
+        if kwargs.get("ignore_mismatched_sizes"):
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = loaded[0] if isinstance(loaded, tuple) else loaded
+        else:
+            # transformers refuses weights of another shape with a message that names neither the folder nor the
+            # weights: load them aside, then refuse naming both
+            wants_info = kwargs.pop("output_loading_info", False)
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, ignore_mismatched_sizes=True, output_loading_info=True,
+                **kwargs,
+            )
+            mismatched = [
+                f"{key}: checkpoint {tuple(saved)} vs config {tuple(expected)}"
+                for key, saved, expected in loading_info.get("mismatched_keys", [])
+            ]
+            if mismatched:
+                raise ValueError(
+                    f"{str(pretrained_model_name_or_path)!r}: {len(mismatched)} weights disagree in shape with its "
+                    f"{CONFIG_NAME} ({'; '.join(mismatched[:3])}{' ...' if len(mismatched) > 3 else ''}). Was the "
+                    "config edited, or the weights copied from another model? (`ignore_mismatched_sizes=True` "
+                    "re-initialises them at random.)"
+                )
+            loaded = (model, loading_info) if wants_info else model
         freeze_mask_token(model.vision_model)  # loading replaces the parameter that `__init__` froze
         return loaded
 
@@ -1988,6 +2047,7 @@ __all__ = [
     "soft_dice_loss",
     "sparse_token_patch_weights",
     "sta_loss",
+    "text_max_positions",
     "total_loss",
     "values_are_checkable",
 ]

@@ -117,6 +117,41 @@ _LIST_MARKER_PATTERN = re.compile(r"(?<!\S)\(?(\d{1,2})[.)][ \t]+")
 _CLAUSE_END = (".", "!", "?", ":", ";")
 
 
+# Characters that carry no text. Terminal escape sequences (text pasted from a log: "\x1b[0m") and C0/C1 controls
+# other than line breaks and tabs (a NUL-filled file) separate words like a space; zero-width and format characters
+# (zero-width space and joiners, direction marks, word joiner, byte-order mark, soft hyphen) sit inside words and are
+# removed.
+_CONTROL_PATTERN = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_ZERO_WIDTH_PATTERN = re.compile(r"[\u00ad\u200b-\u200f\u2060-\u2064\ufeff]")
+
+
+def report_has_content(report) -> bool:
+    """
+    The one rule for "a report with content": a str holding at least one letter or digit (any script). A report of
+    punctuation, whitespace, control or zero-width characters only, `None` or NaN has nothing to align or label.
+    [`clean_report`] returns such a report as empty; the preparers, the report embeddings, the pre-training collator
+    and `pretrain.py`'s filter use this same function.
+
+    Example:
+
+    ```python
+    >>> [report_has_content(text) for text in ("No effusion.", " . ", "\x00\x00", "\u200b", None)]
+    [True, False, False, False, False]
+
+    ```
+    """
+    return isinstance(report, str) and any(character.isalnum() for character in report)
+
+
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """
+    The one reading rule for image files: the pixels as the camera's EXIF orientation tag says to show them (a JPEG
+    stored sideways with orientation 6 comes out upright, its width and height swapped). The image processor's file
+    loading and the dataset preparers both read files through it, so pre-training and inference see the same image.
+    """
+    return ImageOps.exif_transpose(image)
+
+
 @dataclass(frozen=True)
 class CleanedReport:
     """
@@ -142,8 +177,8 @@ class CleanedReport:
 
     @property
     def is_empty(self) -> bool:
-        """Whether the report held no usable text (the caller decides whether to skip it)."""
-        return not self.text
+        """Whether the report held no usable text ([`report_has_content`]; the caller decides whether to skip it)."""
+        return not report_has_content(self.text)
 
 
 def _header_kind(label: str) -> str:
@@ -226,7 +261,9 @@ def _clean_text(text: str) -> str:
     text = _drop_placeholder_phrases(text)
     text = _DEID_PATTERN.sub(" ", text)
     text = re.sub(r"\s+", " ", text)
-    return _tidy_punctuation(text)
+    text = _tidy_punctuation(text)
+    # punctuation left alone ("." or "-" once the placeholders went) is no sentence
+    return text if report_has_content(text) else ""
 
 
 def clean_report(report: str) -> CleanedReport:
@@ -241,7 +278,9 @@ def clean_report(report: str) -> CleanedReport:
     their own line ("CHEST (PORTABLE AP)") is dropped: it describes the request, not the image.
     De-identification placeholders (`___`, `XXXX`) are removed with the words that only made sense
     with them (an age, "Dr.", "compared to ___"), sentences about a call or page that named someone
-    are dropped, numbered lists are flattened into sentences and whitespace collapsed.
+    are dropped, numbered lists are flattened into sentences and whitespace collapsed. Control characters count as
+    spaces and zero-width characters are removed; a section without a letter or digit ([`report_has_content`]) is
+    empty.
 
     Args:
         report (`str`):
@@ -261,7 +300,7 @@ def clean_report(report: str) -> CleanedReport:
     """
     if not isinstance(report, str):
         raise TypeError(f"`report` must be a str, got {type(report).__name__}.")
-    sections, preamble = _split_sections(report)
+    sections, preamble = _split_sections(_ZERO_WIDTH_PATTERN.sub("", _CONTROL_PATTERN.sub(" ", report)))
     findings = _join_sentences(_clean_text(content) for kind, content in sections if kind == "findings")
     impression = _join_sentences(_clean_text(content) for kind, content in sections if kind == "impression")
 
@@ -816,7 +855,7 @@ class SistaImageProcessor(PilBackend):
         if isinstance(image_url_or_urls, (str, os.PathLike)) and os.path.isfile(image_url_or_urls):
             image = Image.open(image_url_or_urls)
             _decode(image, f"the image file {os.fspath(image_url_or_urls)!r}")
-            return ImageOps.exif_transpose(image)
+            return apply_exif_orientation(image)
         if is_pil_image(image_url_or_urls):
             _decode(image_url_or_urls, "the PIL image")
             return image_url_or_urls
@@ -934,6 +973,27 @@ def _checked_reports(text) -> str | list[str]:
     return reports
 
 
+# Files a saved tokenizer is read from: a `tokenizers` serialization, or the vocabulary of a WordPiece, BPE or
+# SentencePiece tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def _check_tokenizer_files(folder, subfolder: str | None = None) -> None:
+    """A local processor folder without any tokenizer file is named with what it lacks, before transformers
+    reports it as a missing sentencepiece or tiktoken package. Anything that is not a local folder (a Hub id) is left
+    to transformers."""
+    path = os.path.join(folder, subfolder) if subfolder else folder
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "processor_config.json")):
+        return
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise OSError(
+            f"{os.fspath(path)!r} holds a processor (processor_config.json) but no tokenizer: none of "
+            f"{list(TOKENIZER_FILES)} is there (found {sorted(os.listdir(path))[:10]}). Save the processor with "
+            "its tokenizer (`processor.save_pretrained(folder)`) or copy the tokenizer files beside it."
+        )
+
+
 class SistaProcessor(ProcessorMixin):
     r"""
     Wraps a [`SistaImageProcessor`] and any tokenizer into one processor for SISTA.
@@ -987,6 +1047,7 @@ class SistaProcessor(ProcessorMixin):
         and runs no code from the checkpoint. With `trust_remote_code=True` (the `AutoProcessor` path) the base
         class's loading is kept.
         """
+        _check_tokenizer_files(pretrained_model_name_or_path, kwargs.get("subfolder"))
         if kwargs.get("trust_remote_code"):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         kwargs.pop("trust_remote_code", None)
@@ -1077,7 +1138,9 @@ __all__ = [
     "CleanedReport",
     "SistaImageProcessor",
     "SistaProcessor",
+    "apply_exif_orientation",
     "clean_report",
     "clean_reports",
+    "report_has_content",
     "window_intensities",
 ]

@@ -39,6 +39,7 @@ from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.auroc import macro_auroc
 from sista_examples.evaluation.common import batch_ranges, resolve_class_names
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
+from sista_examples.utils import check_output_dir_writable
 
 
 logger = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def probe_fraction(features: dict, labels: dict, rows: list[int], args: LinearPr
 
 def main(args: list[str] | None = None) -> dict:
     (probe_args,) = HfArgumentParser(LinearProbeArguments).parse_args_into_dataclasses(args)
+    check_output_dir_writable(probe_args.output_dir)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     dataset = load_from_disk(probe_args.dataset_dir)
     if not isinstance(dataset, DatasetDict):

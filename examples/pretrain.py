@@ -33,6 +33,7 @@ import datasets
 import transformers
 from transformers import HfArgumentParser, set_seed
 
+from modeling_sista import text_max_positions
 from processing_sista import SistaImageProcessor, SistaProcessor
 from sista_examples.data.synthcxr import load_or_generate_dataset
 from sista_examples.hub.release import hub_push_request, push_after_training
@@ -152,7 +153,7 @@ def main(args: list[str] | None = None):
     processor = SistaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        model_max_length=model.config.text_config.max_position_embeddings,
+        model_max_length=text_max_positions(model.config.text_config),
     )
     augmentation = None
     if data_args.augment:

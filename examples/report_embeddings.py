@@ -37,7 +37,7 @@ from sista_examples.data.report_embeddings import (
 )
 from sista_examples.data.report_labeler import OBSERVATIONS, label_reports
 from sista_examples.data.synthcxr import generate_synthcxr
-from sista_examples.utils import setup_logging
+from sista_examples.utils import check_output_dir_writable, setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -108,6 +108,9 @@ class AnalyzeArguments:
 def _embed_main(args):
     (arguments,) = HfArgumentParser(EmbedArguments).parse_args_into_dataclasses(args=args)
     dataset = load_from_disk(arguments.dataset_dir)
+    # before the labeler spends its hours: the dataset is rewritten in place unless --output_dir
+    check_output_dir_writable(arguments.output_dir or arguments.dataset_dir,
+                              "--output_dir" if arguments.output_dir else "--dataset_dir (written in place)")
     if arguments.overwrite_column:
         dataset = drop_column(dataset, arguments.output_column)
     metadata = read_dataset_metadata(arguments.dataset_dir) or {}

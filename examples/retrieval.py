@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from transformers import HfArgumentParser
 
+from processing_sista import report_has_content
 from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
@@ -37,12 +38,13 @@ from sista_examples.evaluation.common import (
     embed_images,
     embed_texts,
     load_evaluation_split,
+    report_sections,
     report_texts,
     require_columns,
 )
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 from sista_examples.evaluation.retrieval import ks_covering_gallery, retrieval_metrics
-from sista_examples.utils import setup_logging
+from sista_examples.utils import check_output_dir_writable, setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ def main(cli_args: list[str] | None = None) -> dict:
     setup_logging()
     parser = HfArgumentParser((EvaluationArguments, RetrievalArguments))
     eval_args, retrieval_args = parser.parse_args_into_dataclasses(args=cli_args)
+    check_output_dir_writable(eval_args.output_dir)
 
     model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
     dataset, source = load_evaluation_split(eval_args, processor)
@@ -115,7 +118,7 @@ def main(cli_args: list[str] | None = None) -> dict:
         require_columns(dataset, ["labels"], "Retrieval with semantic positives (--semantic_positives, the default)")
 
     texts = report_texts(dataset["report"], eval_args.clean_reports)
-    empty = [index for index, text in enumerate(texts) if not text.strip()]
+    empty = [index for index, text in enumerate(texts) if not report_has_content(text)]
     if empty:
         logger.warning("Skipping %d studies whose report has no usable text (first: row %d).", len(empty), empty[0])
         keep = sorted(set(range(len(texts))) - set(empty))
@@ -124,7 +127,10 @@ def main(cli_args: list[str] | None = None) -> dict:
         raise ValueError("No study with a usable report is left: retrieval has nothing to rank.")
 
     image_embeds = embed_images(model, processor, LazyColumn(dataset, "image"), eval_args.batch_size).numpy()
-    text_embeds = embed_texts(model, processor, texts, eval_args.batch_size, eval_args.max_length).numpy()
+    sections = report_sections(dataset, eval_args.clean_reports)  # the impression is kept when truncating
+    text_embeds = embed_texts(
+        model, processor, texts, eval_args.batch_size, eval_args.max_length, sections=sections
+    ).numpy()
     labels = np.asarray(dataset["labels"]) if retrieval_args.semantic_positives else None
     study_ids = np.asarray(dataset["study_id"]) if "study_id" in dataset.column_names else None
     metrics = retrieval_metrics(image_embeds, text_embeds, retrieval_args.ks, labels, study_ids)

@@ -81,7 +81,7 @@ from sista_examples.evaluation.grounding import (
     word_maps_from_encoding,
 )
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
-from sista_examples.utils import setup_logging
+from sista_examples.utils import check_output_dir_writable, setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -416,6 +416,7 @@ def main(cli_args: list[str] | None = None) -> dict:
     setup_logging()
     parser = HfArgumentParser((EvaluationArguments, GroundingArguments))
     eval_args, grounding_args = parser.parse_args_into_dataclasses(args=cli_args)
+    check_output_dir_writable(eval_args.output_dir)
     model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
     if grounding_args.image_path:
         return draw_single(model, processor, eval_args, grounding_args)

@@ -47,7 +47,7 @@ from sista_examples.evaluation.common import (
 )
 from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS, find_class_prompts
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
-from sista_examples.utils import setup_logging
+from sista_examples.utils import check_output_dir_writable, setup_logging
 
 
 logger = logging.getLogger(__name__)
@@ -280,6 +280,7 @@ def main(cli_args: list[str] | None = None) -> dict:
     setup_logging()
     parser = HfArgumentParser((EvaluationArguments, ZeroShotArguments))
     eval_args, zero_shot_args = parser.parse_args_into_dataclasses(args=cli_args)
+    check_output_dir_writable(eval_args.output_dir)
 
     model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
     dataset, source = load_evaluation_split(eval_args, processor)

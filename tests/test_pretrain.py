@@ -382,6 +382,31 @@ def test_resume_reaches_the_weights_of_an_uninterrupted_run(resumed_runs):
     )
 
 
+def test_resume_last_after_a_kill_while_saving_continues_from_the_last_complete_checkpoint(
+    resumed_runs, tiny_dataset_path, tmp_path, caplog
+):
+    # the run was killed while writing checkpoint-6: its trainer_state.json (written last) is empty, and the run
+    # never reached its final save
+    import shutil
+
+    killed = tmp_path / "killed"
+    for name in ("checkpoint-3", "checkpoint-6"):
+        shutil.copytree(resumed_runs / "full" / name, killed / name)
+    (killed / "checkpoint-6" / "trainer_state.json").write_text("")
+    common = TINY_ARGS + ["--dataset_path", tiny_dataset_path, "--max_steps", "6", "--save_steps", "3",
+                          "--per_device_train_batch_size", "8", "--do_eval"]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        pretrain.main(common + ["--output_dir", str(killed), "--resume_from_checkpoint", "last"])
+    assert f"resuming from {killed / 'checkpoint-3'}, the newest complete checkpoint" in caplog.text
+    assert "checkpoint-6 (" in caplog.text and "trainer_state.json is not readable JSON" in caplog.text
+    full = load_file(resumed_runs / "full" / "model.safetensors")
+    resumed = load_file(killed / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-6, msg=name)
+    assert json.loads((killed / "checkpoint-6" / "trainer_state.json").read_text())["global_step"] == 6
+
+
 def test_output_dir_loads_with_auto_classes(resumed_runs):
     output_dir = resumed_runs / "full"
     assert (output_dir / "loss_curve.png").stat().st_size > 0

@@ -84,7 +84,7 @@ def test_unit_norm_identical_reports_and_empty_reports(caplog):
     assert np.allclose(_norms(embedded)[: len(REPORTS)], 1.0, atol=1e-6)
     # Empty reports: zero vectors (similarity 0 to all, so never a false negative), logged.
     assert not embeddings[len(REPORTS) :].any()
-    assert "2 empty reports" in caplog.text and "[6, 7]" in caplog.text
+    assert "2 reports without content" in caplog.text and "[6, 7]" in caplog.text
     similarity = embeddings @ embeddings.T
     assert similarity[0, 3] == pytest.approx(1.0, abs=1e-6)
     assert similarity[0, 3] > similarity[1, 2] > similarity[0, 5]

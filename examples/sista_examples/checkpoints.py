@@ -105,7 +105,7 @@ def load_sista(model_dir: str | os.PathLike, device: str | torch.device | None =
     try:
         from transformers import AutoTokenizer
 
-        from modeling_sista import SistaModel
+        from modeling_sista import SistaModel, text_max_positions
         from processing_sista import SistaImageProcessor, SistaProcessor
 
         model = SistaModel.from_pretrained(model_dir)
@@ -116,7 +116,7 @@ def load_sista(model_dir: str | os.PathLike, device: str | torch.device | None =
         processor = SistaProcessor(
             SistaImageProcessor.from_pretrained(model_dir),
             tokenizer,
-            model_max_length=model.config.text_config.max_position_embeddings,
+            model_max_length=text_max_positions(model.config.text_config),
         )
     except ImportError:
         from transformers import AutoModel, AutoProcessor

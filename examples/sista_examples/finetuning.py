@@ -30,6 +30,7 @@ from .data.synthcxr import SynthCXRGenerationArguments, load_or_generate_dataset
 from .evaluation.results import command_line, markdown_table
 from .training.augmentation import XRayAugmentation
 from .training.trainer import CheckpointTrainer
+from .utils import check_output_dir_writable
 
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,12 @@ class FinetuningModelArguments:
                   "choices": SCRATCH_BACKBONES},
     )
     scratch_image_size: int = field(default=128, metadata={"help": "Image side of the --from_scratch encoder."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Image side a --model_name_or_path encoder was trained at, for a checkpoint saved without "
+                          "its processor (processor_config.json) whose config records none (ResNet, ConvNeXt). "
+                          "Default: the saved processor's size, else the vision config's image_size."},
+    )
     scratch_patch_size: int = field(default=16, metadata={"help": "Patch size of the --from_scratch ViT."})
     scratch_hidden_size: int = field(default=192, metadata={"help": "Hidden size of the --from_scratch encoder."})
     scratch_num_layers: int = field(default=4, metadata={"help": "Layers of the --from_scratch ViT."})
@@ -127,6 +134,7 @@ def check_arguments(model_args: FinetuningModelArguments, data_args: FinetuningD
             "it was fine-tuned from: --model_name_or_path must be such a folder with a processor_config.json, got "
             f"{'--from_scratch' if model_args.from_scratch else repr(model_args.model_name_or_path)}."
         )
+    check_output_dir_writable(training_args.output_dir)
     # the transforms add columns the model needs and Trainer would otherwise drop
     training_args.remove_unused_columns = False
 
@@ -144,9 +152,7 @@ def load_task_dataset(
     folder does not exist (at the default folder or with `--generate_synthcxr`, see `should_generate_synthcxr`), at
     the encoder's input size unless `--synthcxr_image_size` says otherwise.
     """
-    image_size = model_args.scratch_image_size
-    if model_args.model_name_or_path is not None:
-        image_size = read_training_image_size(model_args.model_name_or_path) or image_size
+    image_size = encoder_image_size(model_args)
     return load_or_generate_dataset(
         data_args.dataset_dir, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
         argument="--dataset_dir", model_dir=model_args.model_name_or_path,
@@ -292,6 +298,19 @@ def load_head(model_class, model_args: FinetuningModelArguments, **head_kwargs):
             f"{str(path)!r} lacks {len(missing_encoder)} vision encoder weights (e.g. {missing_encoder[:3]}): the "
             "encoder would be random. Is it a SISTA checkpoint with a vision tower?"
         )
+    # ignore_mismatched_sizes lets a head of another size load; an encoder weight of another shape would be
+    # re-initialised at random instead
+    mismatched_encoder = [
+        f"{key}: checkpoint {tuple(saved)} vs config {tuple(expected)}"
+        for key, saved, expected in loading_info.get("mismatched_keys", [])
+        if key.startswith("vision_model.")
+    ]
+    if mismatched_encoder:
+        raise ValueError(
+            f"{str(path)!r}: {len(mismatched_encoder)} vision encoder weights disagree in shape with its config.json "
+            f"({'; '.join(mismatched_encoder[:3])}{' ...' if len(mismatched_encoder) > 3 else ''}): they would be "
+            "re-initialised at random. Was config.json edited, or the weights copied from another model?"
+        )
     logger.info(f"Loaded the SISTA encoder from {path}; new head weights: {sorted(loading_info['missing_keys'])}")
     return model
 
@@ -303,12 +322,41 @@ def load_image_processor(model_args: FinetuningModelArguments, config: SistaConf
     """
     path = Path(model_args.model_name_or_path) if model_args.model_name_or_path else None
     if path is not None and saved_image_processor(path) is not None:
-        return SistaImageProcessor.from_pretrained(str(path))
-    side = model_args.scratch_image_size
+        image_processor = SistaImageProcessor.from_pretrained(str(path))
+        encoder_image_size(model_args)  # a conflicting --image_size is an error
+        return image_processor
+    side = encoder_image_size(model_args)
     if path is not None:
-        side = read_training_image_size(path) or side
         logger.warning(f"{path} holds no image processor: using SistaImageProcessor defaults at {side} px.")
     return SistaImageProcessor(size={"height": side, "width": side}, num_channels=config.vision_config.num_channels)
+
+
+def encoder_image_size(model_args: FinetuningModelArguments) -> int:
+    """
+    The image side the encoder takes: --scratch_image_size for --from_scratch; for a checkpoint, its saved
+    processor's size, else its vision config's image_size, else --image_size. A checkpoint that records no size (a
+    ResNet or ConvNeXt saved without its processor) needs --image_size rather than a default it was not trained at;
+    an --image_size that contradicts what the checkpoint records is refused.
+    """
+    if model_args.model_name_or_path is None:
+        return model_args.scratch_image_size
+    path = Path(model_args.model_name_or_path)
+    recorded = read_training_image_size(path)
+    source = "its saved processor" if saved_image_processor(path) is not None else "its config.json (vision_config.image_size)"
+    if recorded is None:
+        if model_args.image_size is None:
+            raise ValueError(
+                f"--image_size is required: {str(path)!r} holds no image processor (processor_config.json) and its "
+                "vision config records no image size, so the side it was trained at is unknown; pass --image_size "
+                "with that side (or save the pre-training processor beside the model)."
+            )
+        return model_args.image_size
+    if model_args.image_size is not None and model_args.image_size != recorded:
+        raise ValueError(
+            f"--image_size {model_args.image_size} contradicts {str(path)!r}, trained at {recorded} px according to "
+            f"{source}; leave --image_size out."
+        )
+    return recorded
 
 
 def image_processor_size(image_processor: SistaImageProcessor) -> tuple[int, int]:

@@ -31,11 +31,11 @@ import pandas as pd
 import pydicom
 from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value, load_from_disk
 from datasets import Image as ImageFeature
-from PIL import Image
+from PIL import ExifTags, Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from tqdm.auto import tqdm
 
-from processing_sista import clean_report
+from processing_sista import apply_exif_orientation, clean_report
 
 from .label_fractions import label_fraction_ranks, seeded_order_key
 from .metadata import METADATA_FILE, read_dataset_metadata, write_dataset_metadata
@@ -48,6 +48,12 @@ SPLIT_NAMES = ("train", "validation", "test")
 SKIPPED_FILE = "skipped.csv"
 SKIPPED_COLUMNS = ("split", "image_id", "reason", "detail")
 DICOM_SUFFIXES = (".dcm", ".dicom")
+# DICOM modalities of a projection radiograph (computed and digital radiography; OT/SC: radiographs exported as
+# "other" or secondary captures). A CT or MR frame decodes as one grey image too, but is no chest X-ray; a file
+# without the Modality tag is kept.
+# EXIF orientations (5 to 8) that turn the stored image by a quarter turn, so swap its width and height.
+QUARTER_TURN_ORIENTATIONS = (5, 6, 7, 8)
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "SC")
 IMAGE_FORMATS = ("png", "jpeg")
 # Rows per Arrow record batch while generating: ~100 encoded 512-px images keep each worker's
 # memory in the tens of MB whatever the dataset size.
@@ -256,9 +262,14 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.round((pixels - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
+class OtherModalityError(ValueError):
+    """A DICOM of another modality than a radiograph (`RADIOGRAPH_MODALITIES`): a counted `other_modality` skip."""
+
+
 def read_dicom_pixels(path: str | Path) -> np.ndarray:
     """
-    Read a single-frame grayscale DICOM as uint8 with the radiograph's intended contrast.
+    Read a single-frame grayscale DICOM as uint8 with the radiograph's intended contrast; an
+    [`OtherModalityError`] for a file whose `Modality` is no radiograph's (CT, MR, ...).
 
     The modality LUT (RescaleSlope/RescaleIntercept) and the VOI LUT or window are applied
     first, then intensities are min-max scaled to 0..255 (8-bit data that no LUT changed is kept
@@ -266,6 +277,9 @@ def read_dicom_pixels(path: str | Path) -> np.ndarray:
     always bright.
     """
     dicom = pydicom.dcmread(path)
+    modality = str(dicom.get("Modality", "") or "").strip().upper()
+    if modality and modality not in RADIOGRAPH_MODALITIES:
+        raise OtherModalityError(f"Modality {modality!r} is not a radiograph's (expected one of {RADIOGRAPH_MODALITIES})")
     try:
         pixels = dicom.pixel_array
     except AttributeError as error:  # pydicom's way of saying the pixel data or its description is missing
@@ -290,11 +304,12 @@ def _pil_to_grayscale(image: Image.Image) -> Image.Image:
 
 def read_image(path: str | Path, image_size: int) -> tuple[Image.Image, tuple[int, int]]:
     """
-    Read a radiograph as a grayscale image whose longer side is `image_size`.
+    Read a radiograph as a grayscale image whose longer side is `image_size`, turned as its EXIF orientation says
+    (`processing_sista.apply_exif_orientation`, the image processor's reading rule).
 
     Returns:
-        The resized `PIL.Image.Image` (mode "L") and the original `(width, height)`, which is what
-        box coordinates of the source annotations refer to.
+        The resized `PIL.Image.Image` (mode "L") and the original `(width, height)` as displayed (after the EXIF
+        orientation), which is what box coordinates of the source annotations refer to.
 
     Raises:
         `FileNotFoundError` for a missing file; for files that cannot be used, `OSError` (including
@@ -306,11 +321,14 @@ def read_image(path: str | Path, image_size: int) -> tuple[Image.Image, tuple[in
         original_size = image.size
     else:
         with Image.open(path) as source:
-            original_size = source.size
             # JPEG decodes directly at 1/2, 1/4 or 1/8 scale (never below the target size):
             # several times faster on 3000-pixel radiographs, and no full-resolution array in memory.
-            source.draft("L", resized_size(original_size, image_size))
-            image = _pil_to_grayscale(source)
+            # The draft size is in stored orientation: a 90-degree turn swaps both sides alike.
+            stored_size = source.size
+            turned = source.getexif().get(ExifTags.Base.Orientation, 1) in QUARTER_TURN_ORIENTATIONS
+            original_size = stored_size[::-1] if turned else stored_size
+            source.draft("L", resized_size(stored_size, image_size))
+            image = _pil_to_grayscale(apply_exif_orientation(source))
     target_size = resized_size(original_size, image_size)
     if image.size != target_size:
         image = image.resize(target_size, Image.Resampling.BICUBIC)
@@ -330,6 +348,8 @@ def read_image_or_skip(path: str | Path, image_size: int) -> tuple[Image.Image, 
         return read_image(path, image_size)
     except FileNotFoundError as error:
         raise SkipExample("missing_image", str(path)) from error
+    except OtherModalityError as error:
+        raise SkipExample("other_modality", f"{path}: {error}") from error
     except Exception as error:
         raise SkipExample("unreadable_image", f"{path}: {type(error).__name__}: {error}") from error
 
@@ -623,6 +643,10 @@ def write_dataset_dict(
     that cannot be used. Every split gets a `label_fraction_rank` (see [`select_label_fraction`]).
     Beside the dataset, `skipped.csv` lists every skipped row with its reason and `sista_dataset.json`
     holds `metadata` (class names, split and label rules) with the row and skip counts.
+
+    Everything is written into a hidden staging folder beside `args.output_dir` (`.<name>.partial-*`), which
+    replaces `args.output_dir` only once complete: a run killed while writing leaves the previous output as it was,
+    never a half-written dataset that loads; the next run removes what a killed one left.
     """
     if not any(records_per_split.values()) and not skip_log.rows:
         raise ValueError(
@@ -630,11 +654,13 @@ def write_dataset_dict(
             "by design such as lateral views)."
         )
     records_per_split = drop_duplicate_images(records_per_split, skip_log)
-    output_dir = Path(args.output_dir)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # check_output_dir() has already made sure this is an old SISTA output
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    cache_root = Path(args.cache_dir) if args.cache_dir else output_dir.parent
+    final_dir = Path(args.output_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in final_dir.parent.glob(f".{final_dir.name}.partial-*"):
+        logger.warning("Removing %s, left by a preparation that was interrupted while writing.", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    output_dir = final_dir.parent / f".{final_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    cache_root = Path(args.cache_dir) if args.cache_dir else final_dir.parent
     cache_root.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix=".sista-prepare-", dir=cache_root))
     try:
@@ -662,22 +688,28 @@ def write_dataset_dict(
         dataset_dict.save_to_disk(
             str(output_dir), max_shard_size=None if num_shards else args.max_shard_size, num_shards=num_shards
         )
+        skip_log.rows.sort()
+        skip_log.write_csv(output_dir / SKIPPED_FILE)
+        num_rows = {split: len(dataset) for split, dataset in splits.items()}
+        summary = {
+            "dataset": dataset_name,
+            **metadata,
+            "image_size": args.image_size,
+            "image_format": args.image_format,
+            "seed": args.seed,
+            "num_rows": num_rows,
+            "skipped": dict(sorted(skip_log.counts().items())),
+        }
+        write_dataset_metadata(output_dir, summary)
+    except BaseException:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-
-    skip_log.rows.sort()
-    skip_log.write_csv(output_dir / SKIPPED_FILE)
-    num_rows = {split: len(dataset) for split, dataset in splits.items()}
-    summary = {
-        "dataset": dataset_name,
-        **metadata,
-        "image_size": args.image_size,
-        "image_format": args.image_format,
-        "seed": args.seed,
-        "num_rows": num_rows,
-        "skipped": dict(sorted(skip_log.counts().items())),
-    }
-    write_dataset_metadata(output_dir, summary)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)  # check_output_dir() has already made sure this is an old SISTA output
+    output_dir.rename(final_dir)
+    output_dir = final_dir
     logger.info(
         "%s: kept %d images (%s); skipped %d (%s); see %s",
         dataset_name,
@@ -872,15 +904,32 @@ def build_mimic_cxr_records(args: MimicCxrArguments, skip_log: SkipLog) -> dict[
     return records
 
 
-def build_mimic_cxr_example(record: dict, options, skip_log: SkipLog) -> dict:
-    """Read and clean the study's report (skip when empty), then read and resize the image."""
+def read_report_file(path: str | Path) -> str:
+    """
+    The text of a report file, decoded strictly as UTF-8 (a byte-order mark is dropped). A file that is no UTF-8
+    (Latin-1, Windows-1252) is a counted `undecodable_report` skip naming the file and the first bad byte, never
+    text with replacement characters: guessing another encoding could read any bytes as some text.
+    `missing_report` and `unreadable_report` skips for a file that is not there or cannot be read.
+    """
     try:
-        raw_report = Path(record["report_path"]).read_text(errors="replace")
+        data = Path(path).read_bytes()
     except FileNotFoundError as error:
-        raise SkipExample("missing_report", record["report_path"]) from error
+        raise SkipExample("missing_report", str(path)) from error
     except OSError as error:
-        raise SkipExample("unreadable_report", f"{record['report_path']}: {error}") from error
-    report = clean_report(raw_report)
+        raise SkipExample("unreadable_report", f"{path}: {error}") from error
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise SkipExample(
+            "undecodable_report",
+            f"{path}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); re-encode it to UTF-8, e.g. "
+            "`iconv -f latin1 -t utf-8`",
+        ) from error
+
+
+def build_mimic_cxr_example(record: dict, options, skip_log: SkipLog) -> dict:
+    """Read and clean the study's report (skip when it has no content), then read and resize the image."""
+    report = clean_report(read_report_file(record["report_path"]))
     if report.is_empty:
         raise SkipExample("empty_report", record["report_path"])
     image, _ = read_image_or_skip(record["image_path"], options.image_size)

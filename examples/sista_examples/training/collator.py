@@ -9,23 +9,26 @@ import numpy as np
 import torch
 
 from modeling_sista import check_report_embeds, check_text_inputs
+from processing_sista import report_has_content
 
 
 def check_reports_have_content(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, special_token_ids: list[int], reports: list[str]
 ) -> None:
     """
-    Raises a `ValueError` naming the reports of a tokenised batch that have no token besides special ones. The model
-    skips such value checks in a training step on an accelerator (reading values there would wait for the device),
-    so the loader checks each batch on the CPU instead.
+    Raises a `ValueError` naming the reports of a tokenised batch that have no content: no letter or digit
+    (`processing_sista.report_has_content`: punctuation alone is no report), or no token besides special ones. The
+    model skips such value checks in a training step on an accelerator (reading values there would wait for the
+    device), so the loader checks each batch on the CPU instead.
     """
     content = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special_token_ids, dtype=input_ids.dtype))
-    empty_rows = (~content.any(dim=1)).nonzero().flatten().tolist()
+    no_token = set((~content.any(dim=1)).nonzero().flatten().tolist())
+    empty_rows = [row for row, report in enumerate(reports) if row in no_token or not report_has_content(report)]
     if empty_rows:
         examples = ", ".join(f"{row}: {reports[row]!r}" for row in empty_rows[:3])
         raise ValueError(
-            f"`report` must hold at least one word token for pre-training; rows {empty_rows} of this batch tokenise "
-            f"to special tokens only ({examples}). Drop empty reports from the dataset."
+            f"`report` must hold a letter or digit and a word token for pre-training; rows {empty_rows} of this batch "
+            f"have none ({examples}). Drop reports without content from the dataset (pretrain.py does)."
         )
 
 
@@ -37,15 +40,20 @@ def fit_report(tokenizer, report: str, findings: str | None, impression: str | N
     """
     `report`, or, when it is longer than `budget` tokens (special tokens excluded) and has an impression, the
     findings' first words that fit followed by the whole impression: the impression is the report's conclusion and
-    its most important sentence, so truncation cuts the findings, never it.
+    its most important sentence, so truncation cuts the findings, never it. A report column longer than its two
+    sections (a raw report beside cleaned ones) fits as its sections: the whole findings when they fit, then the
+    impression.
     """
-    if not impression or not findings or len(tokenizer(report, add_special_tokens=False)["input_ids"]) <= budget:
+    has_sections = report_has_content(findings) and report_has_content(impression)
+    if not has_sections or len(tokenizer(report, add_special_tokens=False)["input_ids"]) <= budget:
         return report
     impression_length = len(tokenizer(impression, add_special_tokens=False)["input_ids"])
     findings_budget = budget - impression_length
     if findings_budget <= 0:
         return impression
     offsets = tokenizer(findings, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if findings_budget >= len(offsets):
+        return f"{findings} {impression}"
     return f"{findings[: offsets[findings_budget - 1][1]]} {impression}"
 
 
@@ -83,10 +91,7 @@ class SistaDataCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
-        reports = [
-            fit_report(self.tokenizer, feature["report"], feature.get("findings"), feature.get("impression"), budget)
-            for feature in features
-        ]
+        reports = [self._fitted_report(row, feature, budget) for row, feature in enumerate(features)]
         batch = dict(
             self.tokenizer(
                 reports,
@@ -110,3 +115,20 @@ class SistaDataCollator:
             check_report_embeds(batch["report_embeds"], len(features))
         batch["return_loss"] = True
         return batch
+
+    def _fitted_report(self, row: int, feature: dict[str, Any], budget: int) -> str:
+        """[`fit_report`] of one row, or an error naming the row and the columns it read."""
+        report = feature.get("report")
+        if not isinstance(report, str):
+            raise TypeError(
+                f"`report` of row {row} of this batch must be a str, got {type(report).__name__}: drop rows without a "
+                "report from the dataset."
+            )
+        findings, impression = (feature.get(column) for column in SECTION_COLUMNS)
+        try:
+            return fit_report(self.tokenizer, report, findings, impression, budget)
+        except Exception as error:
+            raise ValueError(
+                f"Row {row} of this batch: cannot fit its `report` ({len(report)} characters) to {budget} tokens from "
+                f"its `findings` and `impression` columns ({type(error).__name__}: {error})."
+            ) from error

@@ -7,7 +7,6 @@ embeddings for SIA with the threshold that belongs to them, the loss curve and t
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +18,14 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, ResNetConfig, Vi
 
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
+from processing_sista import report_has_content
 
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
 from ..data.synthcxr import SynthCXRGenerationArguments
 from ..checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
+from ..utils import check_output_dir_writable  # noqa: F401  (pretrain.py's check, shared with every script)
 from .dataset import normalize_pixel_values
 from .tokenizer import train_report_tokenizer
 
@@ -201,17 +202,6 @@ class PretrainingDataArguments(SynthCXRGenerationArguments):
     )
 
 
-def check_output_dir_writable(output_dir: str) -> None:
-    """A clear error now rather than a failed checkpoint after an hour of training."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as error:
-        raise ValueError(f"--output_dir {output_dir} is not writable: {error.strerror or error}.") from error
-
-
 def resolve_splits(dataset: DatasetDict, data_args: PretrainingDataArguments, do_eval: bool) -> tuple[str, str | None]:
     """
     The training and evaluation split names: those given, else the dataset's pre-training split (the first of
@@ -252,15 +242,18 @@ def select_split(dataset: DatasetDict, split: str, max_samples: int | None, data
 
 
 def drop_empty_reports(dataset, split: str):
-    """Rows whose report is missing or blank have nothing to align: they are dropped, with their count logged."""
+    """Rows whose report has no content (missing, or no letter or digit: `processing_sista.report_has_content`) have
+    nothing to align: they are dropped, with their count logged."""
     # in memory: no cache file written beside a dataset that may be read-only or read by several processes at once
     kept = dataset.filter(
-        lambda report: isinstance(report, str) and bool(report.strip()), input_columns="report",
-        keep_in_memory=True, desc=f"Dropping empty reports ({split})",
+        report_has_content, input_columns="report", keep_in_memory=True, desc=f"Dropping empty reports ({split})"
     )
     if len(kept) == len(dataset):
         return dataset  # without an indices mapping in front of every read
-    logger.warning(f"Split {split!r}: dropped {len(dataset) - len(kept)} of {len(dataset)} rows with an empty report.")
+    logger.warning(
+        f"Split {split!r}: dropped {len(dataset) - len(kept)} of {len(dataset)} rows whose report has no content "
+        "(missing, or no letter or digit)."
+    )
     return kept
 
 

@@ -8,6 +8,7 @@ The `Trainer` subclasses: `SistaTrainer` (pre-training; logs `loss_sia` and `los
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .dataset import normalize_pixel_values
 from .gradient_cache import gradient_cache_backward
@@ -24,6 +25,7 @@ from .gradient_cache import gradient_cache_backward
 logger = logging.getLogger(__name__)
 
 FSDP_SHARDED_CHECKPOINT_PREFIX = "pytorch_model_fsdp"
+TRAINER_STATE_NAME = "trainer_state.json"
 FINAL_WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -35,6 +37,34 @@ def default_dataloader_workers() -> int:
         return 0
     cores_per_gpu = (os.cpu_count() or 1) // max(torch.cuda.device_count(), 1)
     return max(1, min(16, cores_per_gpu - 1))
+
+
+def gpu_supports_bf16(device_index: int) -> bool:
+    """Whether the GPU `device_index` computes in bf16 natively (CUDA compute capability 8.0 or newer; ROCm: torch's
+    answer). Reading the capability starts no CUDA context."""
+    if torch.version.hip is not None:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device_index)[0] >= 8
+
+
+def default_mixed_precision(fp16: bool, use_cpu: bool = False) -> tuple[bool, bool]:
+    """
+    `(bf16, fp16)` when `--bf16` is not given: bf16 on a GPU that supports it, fp16 on an older GPU (a T4 or V100
+    emulates bf16 slowly or not at all), neither on CPU or when `--fp16` is given. The choice is logged.
+    """
+    if fp16 or use_cpu or not torch.cuda.is_available():
+        return False, fp16
+    device_index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+    name = torch.cuda.get_device_name(device_index)
+    major, minor = torch.cuda.get_device_capability(device_index)
+    if gpu_supports_bf16(device_index):
+        logger.info(f"Mixed precision: bf16 ({name}, compute capability {major}.{minor} supports it).")
+        return True, False
+    logger.warning(
+        f"Mixed precision: fp16, not bf16: {name} (compute capability {major}.{minor}) has no native bf16. Pass "
+        "--bf16 False for fp32."
+    )
+    return False, True
 
 
 @dataclass
@@ -52,7 +82,7 @@ class SistaTrainingArguments(TrainingArguments):
     * `overwrite_output_dir`, the transformers convention that transformers 5 dropped: see [`prepare_output_dir`];
     * `logging_nan_inf_filter=False`: Trainer's filter reads every step's loss on the host;
     * `data_seed=seed`: every process shuffles alike (the processes' global RNGs differ, see `SistaTrainer`);
-    * with a GPU: `bf16=True`, loader workers (`default_dataloader_workers`), persistent workers, pinned memory and
+    * with a GPU: `bf16=True` where the GPU supports it, else `fp16=True` ([`default_mixed_precision`]), loader workers (`default_dataloader_workers`), persistent workers, pinned memory and
       non-blocking host-to-device copies (accelerate's `non_blocking`); on CPU none of these.
     """
 
@@ -85,12 +115,10 @@ class SistaTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Keep the loader workers between epochs (default: whenever there are workers)."},
     )
-    bf16: bool = field(
-        # is_available() does not create a CUDA context (asking the GPU's bf16 support would, before the process
-        # has its device)
-        default=torch.cuda.is_available(),
-        metadata={"help": "bf16 autocast (default: on where a GPU is present; False on GPUs before Ampere); the "
-                          "losses stay fp32."},
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 autocast; the losses stay fp32. Default: on a GPU that supports bf16 (compute "
+                          "capability 8.0 or newer, e.g. A100, H100); fp16 on an older GPU (T4, V100); off on CPU."},
     )
     final_weights_dtype: str = field(
         default="float32",
@@ -128,6 +156,8 @@ class SistaTrainingArguments(TrainingArguments):
         if self.accelerator_config is None and self.dataloader_pin_memory:
             # pinned batches copied without blocking the training process
             self.accelerator_config = {"non_blocking": True}
+        if self.bf16 is None:
+            self.bf16, self.fp16 = default_mixed_precision(self.fp16, self.use_cpu)
         if self.final_weights_dtype not in FINAL_WEIGHT_DTYPES:
             raise ValueError(
                 f"`final_weights_dtype` must be one of {FINAL_WEIGHT_DTYPES}, got {self.final_weights_dtype!r}."
@@ -264,6 +294,18 @@ class SistaTrainer(CheckpointTrainer):
             set_fsdp_float32_reduction(self.accelerator.state.fsdp_plugin, self.args)
         # Trainer seeded every process alike for the initial weights; from here each draws its own dropout
         set_seed(self.args.seed, device_specific=True)
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False, **kwargs):
+        """Evaluation keeps its last, smaller batch (`dataloader_drop_last` is for training's global-batch SIA): a
+        validation split smaller than the evaluation batch still gets an `eval_loss`. Across processes accelerate
+        evens the batches out (`even_batches`), so the global SIA batch stays the same size on every process."""
+        if is_training or not self.args.dataloader_drop_last:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+        self.args.dataloader_drop_last = False
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, **kwargs)
+        finally:
+            self.args.dataloader_drop_last = True
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """Weight decay on matrices only: not on biases, norms or the logit scale (all 1-d)."""
@@ -414,19 +456,75 @@ def deepspeed_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def incomplete_checkpoint_reason(checkpoint_dir: str | os.PathLike) -> str | None:
+    """
+    Why `checkpoint_dir` cannot be resumed from, or `None` for a complete checkpoint. Trainer writes
+    `trainer_state.json` last (after the weights, optimizer, scheduler and RNG states), so a run killed while saving
+    leaves it missing, empty or cut; a complete checkpoint has it as a JSON object with `global_step`, and its weights
+    (`model.safetensors`, or FSDP's sharded folder).
+    """
+    path = Path(checkpoint_dir)
+    state_file = path / TRAINER_STATE_NAME
+    try:
+        state = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        return f"{state_file} is missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{state_file} is not readable JSON ({type(error).__name__}: {error}; {state_file.stat().st_size} bytes)"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{state_file} holds no `global_step`"
+    has_weights = (path / "model.safetensors").is_file() or any(
+        folder.is_dir() for folder in path.glob(f"{FSDP_SHARDED_CHECKPOINT_PREFIX}*")
+    )
+    if not has_weights:
+        return f"{path} holds no model weights (model.safetensors, or FSDP's {FSDP_SHARDED_CHECKPOINT_PREFIX}_* folder)"
+    return None
+
+
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """`None`, a checkpoint folder, or `"last"`/`"true"` for the newest `checkpoint-*` folder in `output_dir`."""
+    """
+    `None`, a checkpoint folder, or for `"last"`/`"true"` the newest COMPLETE `checkpoint-*` folder in `output_dir`
+    ([`incomplete_checkpoint_reason`]): a newer one that a killed run left half-written is passed over, and the log
+    says which checkpoint was taken and why. A named folder that is incomplete is an error naming the file.
+    """
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint.lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if last is None:
-            raise ValueError(
-                f"--resume_from_checkpoint {resume_from_checkpoint}: no checkpoint-* folder in {output_dir}."
+        argument = f"--resume_from_checkpoint {resume_from_checkpoint}"
+        folders = []
+        if os.path.isdir(output_dir):
+            numbered = (re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name) for path in Path(output_dir).iterdir())
+            folders = sorted(
+                (int(match.group(1)), Path(output_dir) / match.group(0)) for match in numbered if match is not None
             )
-        return last
+            folders = [folder for _, folder in reversed(folders) if folder.is_dir()]
+        if not folders:
+            raise ValueError(f"{argument}: no checkpoint-* folder in {output_dir}.")
+        passed_over = []
+        for folder in folders:
+            reason = incomplete_checkpoint_reason(folder)
+            if reason is None:
+                if passed_over:
+                    logger.warning(
+                        f"{argument}: resuming from {folder}, the newest complete checkpoint; passed over "
+                        + "; ".join(f"{path.name} ({why}: interrupted while saving?)" for path, why in passed_over)
+                    )
+                else:
+                    logger.info(f"{argument}: resuming from {folder}, the newest checkpoint in {output_dir}.")
+                return str(folder)
+            passed_over.append((folder, reason))
+        raise ValueError(
+            f"{argument}: no complete checkpoint in {output_dir}: "
+            + "; ".join(f"{path.name}: {why}" for path, why in passed_over)
+        )
     if not os.path.isdir(resume_from_checkpoint):
         raise ValueError(f"--resume_from_checkpoint: {resume_from_checkpoint} is not a folder.")
+    reason = incomplete_checkpoint_reason(resume_from_checkpoint)
+    if reason is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} is not a complete checkpoint: {reason} (was the run "
+            "killed while saving it?). Name an older checkpoint, or pass `last` to take the newest complete one."
+        )
     return resume_from_checkpoint
 
 
