@@ -1,0 +1,239 @@
+"""
+Tests of the field's benchmarks: the CheXpert 5x200 selection (against a naive loop and against MGCA's own pandas
+code path), the hold-out lists the other preparers honour, the MS-CXR preparation (boxes scaled to the prepared
+size), and the evaluation helpers (5-way accuracy and macro-F1, category precision@K, CNR, mIoU, pointing game).
+Fixtures are written in the published layouts (CheXpert's train.csv header, MS-CXR's csv columns) in tmp dirs.
+"""
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from sista_examples.data.prepare import (
+    CHEXPERT_5X200_CHECKED_OBSERVATIONS,
+    CHEXPERT_COMPETITION_LABELS,
+    EXCLUDED_IMAGES_FILE,
+    Chexpert5x200Arguments,
+    ChexpertArguments,
+    MsCxrArguments,
+    prepare_chexpert,
+    prepare_chexpert_5x200,
+    prepare_ms_cxr,
+    read_csv_table,
+    read_excluded_image_ids,
+    select_chexpert_5x200,
+)
+from test_prepare_datasets import CHEXPERT_HEADER, chexpert_row, common_args, skipped_reasons, write_csv, write_jpeg
+
+
+OBSERVATIONS = [name for name in CHEXPERT_HEADER[5:]]  # the 14 labels, in train.csv's column order
+
+
+def write_chexpert_train_table(parent, num_rows=400, seed=0, with_images=True):
+    """
+    A CheXpert-v1.0-small `train.csv` of `num_rows` rows in the published header: frontal and lateral views, labels
+    drawn from 1.0 / 0.0 / -1.0 / blank, and about half the rows made eligible for one finding (that finding 1.0,
+    the others 0.0 or blank). Frontal images are written at CheXpert-small's size (320 px wide).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(num_rows):
+        patient, view = 1 + index // 2, "Frontal" if index % 7 else "Lateral"
+        name = "view1_frontal.jpg" if view == "Frontal" else "view2_lateral.jpg"
+        path = f"CheXpert-v1.0-small/train/patient{patient:05d}/study{1 + index % 2}/{name}"
+        labels = {label: rng.choice(["", "", "0.0", "1.0", "-1.0"]) for label in OBSERVATIONS}
+        if rng.random() < 0.5:  # a clean single-finding row
+            finding = CHEXPERT_COMPETITION_LABELS[rng.integers(5)]
+            labels = {label: rng.choice(["", "0.0"]) for label in OBSERVATIONS}
+            labels[finding] = "1.0"
+            if rng.random() < 0.1:
+                labels["Support Devices"] = "-1.0"  # uncertain elsewhere: not eligible
+        rows.append(chexpert_row(path, view=view, **{key.replace(" ", "_"): value for key, value in labels.items()}))
+        if with_images and view == "Frontal":
+            write_jpeg(parent / path, rng.integers(0, 255, size=(390, 320), dtype=np.uint8))
+    write_csv(parent / "CheXpert-v1.0-small" / "train.csv", CHEXPERT_HEADER, rows)
+    return parent / "CheXpert-v1.0-small"
+
+
+def naive_5x200(csv_path, per_class, seed):
+    """The rule written out row by row, and MGCA's draw as numpy's legacy generator makes it."""
+    with open(csv_path, newline="") as file:
+        rows = list(csv.DictReader(file))
+
+    def value(row, name):
+        return float(row[name]) if row[name].strip() else 0.0
+
+    selected = {}
+    for finding in CHEXPERT_COMPETITION_LABELS:
+        eligible = []
+        for row in rows:
+            if row["Frontal/Lateral"] != "Frontal":
+                continue
+            others = [name for name in OBSERVATIONS if name not in (finding, "No Finding")]
+            if value(row, finding) == 1 and all(value(row, name) == 0 for name in others):
+                eligible.append(row["Path"])
+        picks = np.random.RandomState(seed).choice(len(eligible), per_class, replace=False)
+        selected[finding] = [eligible[index] for index in picks]
+    return selected
+
+
+def mgca_5x200(csv_path, per_class, seed):
+    """MGCA's `preprocess_chexpert_5x200_data` path (numeric read, fillna(0), the 13 compared columns), re-stated."""
+    table = pd.read_csv(csv_path)
+    table[OBSERVATIONS] = table[OBSERVATIONS].fillna(0)  # MGCA fills every column; these are the ones compared
+    table = table[table["Frontal/Lateral"] == "Frontal"]
+    selected = {}
+    for finding in CHEXPERT_COMPETITION_LABELS:
+        condition = table[finding] == 1
+        for name in CHEXPERT_5X200_CHECKED_OBSERVATIONS:
+            if name != finding:
+                condition &= table[name] == 0
+        selected[finding] = table[condition].sample(n=per_class, random_state=seed)["Path"].tolist()
+    return selected
+
+
+@pytest.mark.parametrize("per_class, seed", [(20, 0), (7, 3)])
+def test_chexpert_5x200_selection_is_mgca_rule_and_draw(tmp_path, per_class, seed):
+    root = write_chexpert_train_table(tmp_path, with_images=False)
+    table = read_csv_table(root / "train.csv", ["Path"])
+    selection = select_chexpert_5x200(table, per_class, seed)
+    got = {finding: group["Path"].tolist() for finding, group in selection.groupby("finding", sort=False)}
+    assert list(got) == list(CHEXPERT_COMPETITION_LABELS)
+    assert got == naive_5x200(root / "train.csv", per_class, seed)
+    assert got == mgca_5x200(root / "train.csv", per_class, seed)
+    assert selection["Path"].is_unique
+
+
+def test_chexpert_5x200_rule_details_and_errors(tmp_path):
+    root = write_chexpert_train_table(tmp_path, with_images=False)
+    table = read_csv_table(root / "train.csv", ["Path"])
+    selection = select_chexpert_5x200(table, 10, 0)
+    assert (selection["Frontal/Lateral"] == "Frontal").all()
+    for _, row in selection.iterrows():
+        assert row[row["finding"]] == "1.0"
+        assert all(row[name] in ("", "0.0") for name in CHEXPERT_5X200_CHECKED_OBSERVATIONS if name != row["finding"])
+    # another seed draws other images; asking for more than there are fails naming the finding
+    assert select_chexpert_5x200(table, 10, 1)["Path"].tolist() != selection["Path"].tolist()
+    with pytest.raises(ValueError, match="only \\d+ frontal images have Atelectasis"):
+        select_chexpert_5x200(table, 10_000, 0)
+    with pytest.raises(ValueError, match="Frontal/Lateral"):
+        select_chexpert_5x200(table.drop(columns=["Frontal/Lateral"]), 10, 0)
+
+
+def write_chexpert_valid(root):
+    rows = []
+    for patient in (64541, 64542):
+        path = f"CheXpert-v1.0-small/valid/patient{patient}/study1/view1_frontal.jpg"
+        write_jpeg(root.parent / path, np.full((390, 320), 128, dtype=np.uint8))
+        rows.append(chexpert_row(path, ap_pa="PA", Atelectasis="1.0"))
+    write_csv(root / "valid.csv", CHEXPERT_HEADER, rows)
+
+
+def test_prepare_chexpert_5x200_and_the_hold_out_list_the_chexpert_preparer_honours(tmp_path):
+    root = write_chexpert_train_table(tmp_path, num_rows=240)
+    write_chexpert_valid(root)
+    benchmark = tmp_path / "chexpert_5x200"
+    dataset = prepare_chexpert_5x200(Chexpert5x200Arguments(**common_args(root, benchmark, per_class=3)))["test"]
+    assert len(dataset) == 15 and list(dataset.features) == list(dataset[0])
+    expected = naive_5x200(root / "train.csv", 3, 0)
+    for finding_index, finding in enumerate(CHEXPERT_COMPETITION_LABELS):
+        rows = dataset.select(range(3 * finding_index, 3 * finding_index + 3))
+        assert ["CheXpert-v1.0-small/" + image_id for image_id in rows["image_id"]] == expected[finding]
+        assert all(labels == [int(index == finding_index) for index in range(5)] for labels in rows["labels"])
+    assert dataset[0]["image"].size == (26, 32)  # 320 x 390 -> longer side 32
+    held_out = read_excluded_image_ids(str(benchmark))
+    assert held_out == set(dataset["image_id"]) and (benchmark / EXCLUDED_IMAGES_FILE).read_text().startswith("#")
+    metadata = json.loads((benchmark / "sista_dataset.json").read_text())
+    assert metadata["num_rows"] == {"test": 15} and metadata["class_names"] == list(CHEXPERT_COMPETITION_LABELS)
+
+    # The chexpert preparation with the list: none of the 15 images in any split, their count recorded.
+    output_dir = tmp_path / "chexpert"
+    without = prepare_chexpert(ChexpertArguments(**common_args(root, tmp_path / "all")))
+    dataset_dict = prepare_chexpert(ChexpertArguments(**common_args(root, output_dir, exclude_images=str(benchmark))))
+    kept = {image_id for split in dataset_dict.values() for image_id in split["image_id"]}
+    assert not kept & held_out
+    assert kept == {image_id for split in without.values() for image_id in split["image_id"]} - held_out
+    recorded = json.loads((output_dir / "sista_dataset.json").read_text())["excluded_images"]
+    assert recorded == {"lists": str(benchmark), "num_excluded": 15}
+    with pytest.raises(FileNotFoundError, match="excluded_image_ids.txt"):
+        ChexpertArguments(**common_args(root, tmp_path / "x", exclude_images=str(tmp_path / "nowhere")))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MS-CXR
+# ---------------------------------------------------------------------------------------------------------------------
+
+MS_CXR_HEADER = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height",
+                 "split"]  # fmt: skip
+
+
+def write_ms_cxr_fixture(root, image_size=(2544, 3056)):
+    """
+    A MIMIC-CXR-JPG `files/` tree with four images at a MIMIC size (2544 x 3056, one landscape) and an MS-CXR csv in
+    the published columns: a phrase with two boxes, two phrases on one image, a box partly outside the image, an
+    image whose size differs from the table's, and a row whose image is missing.
+    """
+    images = {
+        "d0000001-aaaaaaaa-bbbbbbbb-cccccccc-00000001": ("10000001", "50000001", image_size),
+        "d0000002-aaaaaaaa-bbbbbbbb-cccccccc-00000002": ("10000002", "50000002", image_size[::-1]),
+        "d0000003-aaaaaaaa-bbbbbbbb-cccccccc-00000003": ("10000003", "50000003", (2000, 2000)),  # table says 2544x3056
+        "d0000004-aaaaaaaa-bbbbbbbb-cccccccc-00000004": ("10000004", "50000004", None),  # no file
+    }
+    paths = {}
+    for dicom_id, (subject, study, size) in images.items():
+        relative = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg"
+        paths[dicom_id] = relative
+        if size is not None:
+            write_jpeg(root / relative, np.full(size[::-1], 100, dtype=np.uint8))
+    first, second, third, fourth = images
+    rows = [
+        [first, "Pleural Effusion", "small left pleural effusion", paths[first], 1800, 2400, 500, 400, 2544, 3056, "test"],
+        [first, "Pleural Effusion", "small left pleural effusion", paths[first], 300, 2300, 400, 300, 2544, 3056, "test"],
+        [first, "Cardiomegaly", "cardiomegaly", paths[first], 700, 1500, 1300, 1000, 2544, 3056, "test"],
+        [second, "Pneumothorax", "right apical pneumothorax", paths[second], 2900, 100, 400, 300, 3056, 2544, "val"],
+        [third, "Consolidation", "left lower lobe consolidation", paths[third], 10, 10, 50, 50, 2544, 3056, "train"],
+        [fourth, "Edema", "mild pulmonary edema", paths[fourth], 10, 10, 50, 50, 2544, 3056, "train"],
+    ]  # fmt: skip
+    write_csv(root / "MS_CXR_Local_Alignment_v1.1.0.csv", MS_CXR_HEADER, rows)
+    return root / "MS_CXR_Local_Alignment_v1.1.0.csv", images
+
+
+def test_prepare_ms_cxr_scales_boxes_to_the_prepared_size(tmp_path):
+    csv_path, images = write_ms_cxr_fixture(tmp_path)
+    output_dir = tmp_path / "ms_cxr"
+    args = MsCxrArguments(**common_args(tmp_path, output_dir, image_size=64, ms_cxr_file=str(csv_path)))
+    dataset = prepare_ms_cxr(args)["test"]
+    first, second, third, fourth = images
+    assert dataset["phrase"] == ["small left pleural effusion", "cardiomegaly", "right apical pneumothorax"]
+    categories = dataset.features["category"].names
+    assert [categories[index] for index in dataset["category"]] == ["Pleural Effusion", "Cardiomegaly", "Pneumothorax"]
+    assert dataset["dicom_id"] == [first, first, second] and dataset["ms_cxr_split"] == ["test", "test", "val"]
+    assert dataset["study_id"] == ["50000001", "50000001", "50000002"] and dataset["patient_id"][2] == "10000002"
+
+    # 2544 x 3056 -> 53 x 64: x scales by 53/2544, y by 64/3056; COCO [x_min, y_min, w, h]
+    effusion = dataset[0]
+    assert effusion["image"].size == (53, 64)
+    scale_x, scale_y = 53 / 2544, 64 / 3056
+    expected = [[1800 * scale_x, 2400 * scale_y, 500 * scale_x, 400 * scale_y],
+                [300 * scale_x, 2300 * scale_y, 400 * scale_x, 300 * scale_y]]  # fmt: skip
+    np.testing.assert_allclose(effusion["objects"]["bbox"], expected, rtol=1e-5)
+    mask = np.asarray(effusion["mask"]) > 0
+    expected_mask = np.zeros((64, 53), dtype=bool)
+    for x, y, width, height in expected:
+        expected_mask[round(y) : round(y + height), round(x) : round(x + width)] = True
+    np.testing.assert_array_equal(mask, expected_mask)
+    # landscape 3056 x 2544 -> 64 x 53; the box is clipped at the right edge (2900 + 400 > 3056)
+    pneumothorax = dataset[2]
+    assert pneumothorax["image"].size == (64, 53)
+    np.testing.assert_allclose(
+        pneumothorax["objects"]["bbox"], [[2900 * 64 / 3056, 100 * 53 / 2544, 156 * 64 / 3056, 300 * 53 / 2544]],
+        rtol=1e-5,
+    )
+    assert skipped_reasons(output_dir) == [(f"{third}/0003", "image_size_mismatch"), (f"{fourth}/0004", "missing_image")]
+    assert read_excluded_image_ids(str(output_dir)) == set(images)
+    with pytest.raises(ValueError, match="ms_cxr_file"):
+        MsCxrArguments(**common_args(tmp_path, tmp_path / "y"))
