@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import load_script
+from eval_test_utils import save_tiny_sista
 from sista_examples.data.prepare import (
     CHEXPERT_5X200_CHECKED_OBSERVATIONS,
     CHEXPERT_COMPETITION_LABELS,
@@ -237,3 +239,104 @@ def test_prepare_ms_cxr_scales_boxes_to_the_prepared_size(tmp_path):
     assert read_excluded_image_ids(str(output_dir)) == set(images)
     with pytest.raises(ValueError, match="ms_cxr_file"):
         MsCxrArguments(**common_args(tmp_path, tmp_path / "y"))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Zero-shot (5-way, binary) and category retrieval
+# ---------------------------------------------------------------------------------------------------------------------
+
+zero_shot = load_script("examples/zero_shot.py")
+retrieval = load_script("examples/retrieval.py")
+
+
+def test_multiclass_metrics_against_a_hand_count():
+    labels = np.eye(3, dtype=int)[[0, 0, 0, 1, 1, 2]]
+    logits = np.array([[3, 1, 0], [0, 2, 1], [2, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1]], dtype=float)
+    # predicted 0, 1, 0, 1, 0, 2 against true 0, 0, 0, 1, 1, 2: 4 of 6 right
+    metrics = zero_shot.multiclass_metrics(labels, logits, ["a", "b", "c"])
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    # class a: tp 2, fp 1, fn 1 -> F1 2/3; b: tp 1, fp 1, fn 1 -> 1/2; c: tp 1 -> 1
+    assert metrics["per_class_f1"] == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 1.0})
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    assert metrics["confusion_matrix"] == [[2, 1, 0], [1, 1, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="exactly one positive"):
+        zero_shot.multiclass_metrics(np.array([[1, 1, 0]]), np.zeros((1, 3)), ["a", "b", "c"])
+    assert zero_shot.binary_accuracy([1, 0, 1, 0], [0.7, 0.2, 0.4, 0.5]) == 0.5
+
+
+def test_rsna_gets_the_pneumonia_vs_normal_prompts():
+    from sista_examples.evaluation.prompts import RSNA_PNEUMONIA_PROMPTS
+
+    assert zero_shot.class_prompts(["Lung Opacity"], dataset_name="rsna_pneumonia") == RSNA_PNEUMONIA_PROMPTS
+    assert zero_shot.class_prompts(["Lung Opacity"]) != RSNA_PNEUMONIA_PROMPTS  # CheXpert's opacity set elsewhere
+
+
+def naive_precision_at_k(similarity, query_categories, gallery_categories, k):
+    """Rank each query's texts one by one: higher similarity first, on ties texts of other categories first."""
+    total = 0.0
+    for row, category in enumerate(query_categories):
+        ranked = sorted(
+            range(len(gallery_categories)),
+            key=lambda column: (-similarity[row][column], gallery_categories[column] == category),
+        )
+        total += sum(gallery_categories[column] == category for column in ranked[:k]) / k
+    return total / len(query_categories)
+
+
+def test_category_precision_at_k_against_a_naive_ranking():
+    from sista_examples.evaluation.retrieval import category_precision_at_k
+
+    rng = np.random.default_rng(0)
+    similarity = rng.integers(0, 4, size=(12, 9)).astype(float)  # many ties
+    queries = np.array(list("abc") * 4)
+    gallery = np.array(list("aabbbcccc"))
+    metrics = category_precision_at_k(similarity, queries, gallery, [1, 3, 9, 10])
+    for k in (1, 3, 9):
+        assert metrics["overall"][f"P@{k}"] == pytest.approx(naive_precision_at_k(similarity, queries, gallery, k))
+    assert metrics["overall"]["P@10"] is None  # K above the gallery
+    assert metrics["overall"]["chance"] == pytest.approx(np.mean([(gallery == q).mean() for q in queries]))
+    rows = queries == "b"
+    assert metrics["per_category"]["b"]["P@3"] == pytest.approx(
+        naive_precision_at_k(similarity[rows], queries[rows], gallery, 3)
+    )
+    # a collapsed model (all similarities equal) gets the worst case, not the gallery order's luck
+    assert category_precision_at_k(np.zeros((3, 9)), np.array(list("abc")), gallery, [2])["overall"]["P@2"] == 0
+
+
+@pytest.fixture(scope="module")
+def sista_dir(tmp_path_factory):
+    return save_tiny_sista(tmp_path_factory.mktemp("sista"))
+
+
+@pytest.fixture(scope="module")
+def benchmark_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chexpert")
+    write_chexpert_train_table(root, num_rows=240)
+    output_dir = root / "chexpert_5x200"
+    prepare_chexpert_5x200(Chexpert5x200Arguments(**common_args(root / "CheXpert-v1.0-small", output_dir, per_class=4)))
+    return output_dir
+
+
+def test_zero_shot_and_retrieval_on_chexpert_5x200(sista_dir, benchmark_dir, tmp_path):
+    common = ["--model_name_or_path", str(sista_dir), "--dataset_dir", str(benchmark_dir), "--split", "test",
+              "--output_dir", str(tmp_path), "--batch_size", "8"]  # fmt: skip
+    results = zero_shot.main([*common, "--pipeline_example", "False"])
+    multiclass = results["multiclass"]
+    assert 0 <= multiclass["accuracy"] <= 1 and 0 <= multiclass["macro_f1"] <= 1
+    assert np.asarray(multiclass["confusion_matrix"]).sum() == 20 and np.trace(multiclass["confusion_matrix"]) == (
+        round(multiclass["accuracy"] * 20)
+    )
+    assert list(results["prompts"]) == list(CHEXPERT_COMPETITION_LABELS)
+    assert "One-of-5 classification" in (tmp_path / "zero_shot_results.md").read_text()
+
+    results = retrieval.main([*common, "--text_gallery", "prompts", "--precision_at", "1,5,100"])
+    assert results["text_gallery"]["num_texts"] == len(results["text_gallery"]["texts"]) == 20
+    overall = results["image_to_text"]["overall"]
+    assert 0 <= overall["P@1"] <= 1 and overall["P@100"] is None and overall["chance"] == pytest.approx(0.2)
+    assert set(results["image_to_text"]["per_category"]) == set(CHEXPERT_COMPETITION_LABELS)
+
+    gallery = tmp_path / "gallery.csv"
+    write_csv(gallery, ["text", "category"], [["small left pleural effusion.", "Pleural Effusion"],
+                                              ["cardiomegaly.", "Cardiomegaly"], ["", "Edema"], ["x", "Unknown"]])  # fmt: skip
+    results = retrieval.main([*common, "--text_gallery", str(gallery), "--precision_at", "1,2"])
+    assert results["text_gallery"]["categories"] == ["Pleural Effusion", "Cardiomegaly"]
