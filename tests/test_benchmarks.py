@@ -340,3 +340,81 @@ def test_zero_shot_and_retrieval_on_chexpert_5x200(sista_dir, benchmark_dir, tmp
                                               ["cardiomegaly.", "Cardiomegaly"], ["", "Edema"], ["x", "Unknown"]])  # fmt: skip
     results = retrieval.main([*common, "--text_gallery", str(gallery), "--precision_at", "1,2"])
     assert results["text_gallery"]["categories"] == ["Pleural Effusion", "Cardiomegaly"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MS-CXR phrase grounding
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_mean_iou_against_a_hand_count():
+    from sista_examples.evaluation.phrase_grounding import mean_iou
+
+    heatmap = np.array([[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]])  # scaled: k / 7
+    mask = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=bool)
+    # threshold 0.5 keeps 4..7 (4 pixels; 2 in the mask, union 6) -> 1/3; 0.9 keeps 7 -> 1/4
+    assert mean_iou(heatmap, mask, [0.5]) == pytest.approx(2 / 6)
+    assert mean_iou(heatmap, mask, [0.5, 0.9]) == pytest.approx((2 / 6 + 1 / 4) / 2)
+    assert mean_iou(np.ones((2, 4)), mask) == 0.0  # a flat map covers nothing
+    # affine rescaling of the map changes nothing (per-image min-max)
+    assert mean_iou(3 * heatmap - 5, mask, [0.3]) == pytest.approx(mean_iou(heatmap, mask, [0.3]))
+
+
+def test_contrast_to_noise_ratio_against_a_hand_computation():
+    from sista_examples.evaluation.grounding import contrast_to_noise_ratio
+
+    heatmap = np.array([[1.0, 3.0, 0.0], [0.0, 2.0, 1.0]])
+    mask = np.array([[1, 1, 0], [0, 0, 0]], dtype=bool)
+    # inside 1, 3: mean 2, variance 1; outside 0, 0, 2, 1: mean 0.75, variance (0.5625*2 + 1.5625 + 0.0625) / 4
+    outside_variance = (0.5625 * 2 + 1.5625 + 0.0625) / 4
+    assert contrast_to_noise_ratio(heatmap, mask) == pytest.approx(1.25 / np.sqrt(1 + outside_variance))
+
+
+def test_phrase_embedding_map_is_biovils_cosine_then_gaussian():
+    from scipy import ndimage
+
+    from sista_examples.evaluation.phrase_grounding import phrase_embedding_map
+
+    rng = np.random.default_rng(0)
+    patches, phrase = rng.normal(size=(12, 5)), rng.normal(size=5)
+    cosine = np.array([p @ phrase / (np.linalg.norm(p) * np.linalg.norm(phrase)) for p in patches])
+    np.testing.assert_allclose(phrase_embedding_map(patches, phrase, (3, 4), sigma=0), cosine)
+    smoothed = ndimage.gaussian_filter(cosine.reshape(3, 4), sigma=1.5)
+    np.testing.assert_allclose(phrase_embedding_map(patches, phrase, (3, 4)), smoothed.reshape(-1))
+    with pytest.raises(ValueError, match="patch_embeds"):
+        phrase_embedding_map(patches, phrase, (4, 4))
+
+
+def test_phrase_prior_keys_and_patient_folds():
+    from sista_examples.evaluation.phrase_grounding import phrase_prior_key, two_fold
+
+    assert phrase_prior_key("Pneumothorax", "Small right apical pneumothorax") == ("Pneumothorax", "right", "upper")
+    assert phrase_prior_key("Atelectasis", "bibasilar atelectasis") == ("Atelectasis", "bilateral", "lower")
+    assert phrase_prior_key("Cardiomegaly", "cardiomegaly") == ("Cardiomegaly", "none", "none")
+    folds = two_fold(["p1", "p2", "p1", "p3", "p2", "p4"], seed=0)
+    assert folds[0] == folds[2] and folds[1] == folds[4] and set(folds) == {0, 1}
+
+
+def test_evaluate_grounding_on_a_prepared_ms_cxr(sista_dir, tmp_path):
+    csv_path, images = write_ms_cxr_fixture(tmp_path, image_size=(254, 305))
+    # the fixture's table refers to 2544 x 3056 images: rewrite it for these smaller ones (sizes and boxes / 10)
+    table = pd.read_csv(csv_path)
+    table[["x", "y", "w", "h", "image_width", "image_height"]] //= 10
+    table.loc[table["dicom_id"] == list(images)[2], ["image_width", "image_height"]] = [200, 200]
+    table.to_csv(csv_path, index=False)
+    data_dir = tmp_path / "ms_cxr"
+    prepare_ms_cxr(MsCxrArguments(**common_args(tmp_path, data_dir, image_size=32, ms_cxr_file=str(csv_path))))
+    evaluate_grounding = load_script("examples/evaluate_grounding.py")
+    results = evaluate_grounding.main(
+        ["--model_name_or_path", str(sista_dir), "--dataset_dir", str(data_dir), "--split", "test",
+         "--output_dir", str(tmp_path / "out"), "--batch_size", "2"]  # fmt: skip
+    )
+    assert results["num_phrases"] == 3 and len(results["records"]) == 3
+    assert set(results["per_category"]) <= {"Pleural Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"}
+    average = results["category_average"]
+    for route in ("word_to_patch", "phrase_to_patch"):
+        for suffix in ("hit", "miou", "shuffled_hit", "shuffled_miou"):
+            assert 0 <= average[f"{route}_{suffix}"] <= 1
+    assert 0 < average["random_point"] < 1 and 0 <= average["oracle_hit"] <= 1
+    table = (tmp_path / "out" / "phrase_grounding_results.md").read_text()
+    assert "phrase-to-patch (BioViL" in table and "text prior CNR" in table
