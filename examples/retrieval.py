@@ -18,16 +18,26 @@ the query: a hit tied with a non-hit ranks after it. So a model that gives every
 encoder) scores no better than its worst case, instead of whatever the gallery order happens to favour. A K at or
 above the gallery size is flagged (log, results and table): its recall is 1 for any model.
 
+With `--text_gallery` the run is instead GLoRIA's category retrieval on a one-of-N split such as CheXpert 5x200:
+every image queries a gallery of texts that each carry a category, and precision@K (`--precision_at`) is the
+fraction of the top K texts whose category is the image's, overall and per category, beside the chance level of a
+random ranking. The gallery is `prompts` (the positive prompts of each class from `sista_examples.evaluation.prompts`)
+or a CSV file with the columns `text` and `category` (e.g. the impressions of your copy of the images' reports).
+
 Usage:
 
     python examples/retrieval.py --model_name_or_path outputs/sista --dataset_dir data/synthcxr \
         --output_dir outputs/evaluation
+    python examples/retrieval.py --model_name_or_path outputs/sista --dataset_dir data/chexpert_5x200 \
+        --text_gallery prompts --output_dir outputs/evaluation
 """
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from transformers import HfArgumentParser
 
 from processing_sista import report_has_content
@@ -41,9 +51,11 @@ from sista_examples.evaluation.common import (
     report_sections,
     report_texts,
     require_columns,
+    resolve_class_names,
 )
+from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS, DATASET_CLASS_PROMPTS, find_class_prompts
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
-from sista_examples.evaluation.retrieval import ks_covering_gallery, retrieval_metrics
+from sista_examples.evaluation.retrieval import category_precision_at_k, ks_covering_gallery, retrieval_metrics
 from sista_examples.utils import check_output_dir_writable, setup_logging
 
 
@@ -66,14 +78,111 @@ class RetrievalArguments:
     semantic_positives: bool = field(
         default=True, metadata={"help": "Also count items with an identical label vector as hits (needs labels)."}
     )
+    text_gallery: str | None = field(
+        default=None,
+        metadata={
+            "help": "Category retrieval (CheXpert 5x200): 'prompts' or a CSV with columns text,category; each image "
+            "queries these texts and precision@K counts texts of the image's category."
+        },
+    )
+    precision_at: str = field(default="1,5,10", metadata={"help": "Comma-separated K of precision@K (--text_gallery)."})
 
     def __post_init__(self):
-        try:
-            self.ks = sorted({int(k) for k in self.recall_at.split(",") if k.strip()})
-        except ValueError:
-            raise ValueError(f"`recall_at` must be comma-separated integers, got {self.recall_at!r}.") from None
-        if not self.ks or self.ks[0] < 1:
-            raise ValueError(f"`recall_at` must list integers >= 1, got {self.recall_at!r}.")
+        self.ks = parse_ks(self.recall_at, "recall_at")
+        self.precision_ks = parse_ks(self.precision_at, "precision_at")
+
+
+def parse_ks(text: str, argument: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError:
+        raise ValueError(f"`{argument}` must be comma-separated integers, got {text!r}.") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"`{argument}` must list integers >= 1, got {text!r}.")
+    return ks
+
+
+def text_gallery(source: str, class_names: list[str], dataset_name: str | None = None) -> tuple[list[str], list[str]]:
+    """
+    `(texts, categories)` of the category-retrieval gallery: `"prompts"` gives every class's positive prompts (the
+    dataset's own set, else the CheXpert-14 set); otherwise `source` is a CSV with the columns `text` and `category`,
+    whose rows of other categories or without text are left out with a warning.
+    """
+    if source == "prompts":
+        texts, categories = [], []
+        for name in class_names:
+            prompts = DATASET_CLASS_PROMPTS.get(dataset_name or "", {}).get(name) or find_class_prompts(
+                name, CHEXPERT_CLASS_PROMPTS
+            )
+            if prompts is None:
+                raise ValueError(f"--text_gallery prompts: class {name!r} has no prompt set; pass a CSV gallery.")
+            texts += prompts["positive"]
+            categories += [name] * len(prompts["positive"])
+        return texts, categories
+    path = Path(source)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"--text_gallery {source!r} must be 'prompts' or a readable CSV file: {error}") from error
+    missing = [column for column in ("text", "category") if column not in table.columns]
+    if missing:
+        raise ValueError(f"--text_gallery {source!r} lacks the column(s) {missing}; it has {list(table.columns)}.")
+    usable = table["category"].isin(class_names) & (table["text"].str.strip() != "")
+    if not usable.all():
+        logger.warning(
+            "--text_gallery: left out %d rows without text or of a category outside %s.", (~usable).sum(), class_names
+        )
+    if not usable.any():
+        raise ValueError(f"--text_gallery {source!r} has no row with text and a category among {class_names}.")
+    return table.loc[usable, "text"].tolist(), table.loc[usable, "category"].tolist()
+
+
+def category_retrieval(model, processor, dataset, source: dict, eval_args, retrieval_args, cli_args) -> dict:
+    """GLoRIA's image-to-text category retrieval (see the module docstring); writes and returns the results."""
+    require_columns(dataset, ["image", "labels"], "Category retrieval (--text_gallery)")
+    class_names = resolve_class_names(dataset, source, eval_args.class_names)
+    labels = np.asarray(dataset["labels"])
+    if labels.ndim != 2 or labels.shape[1] != len(class_names) or not (labels.sum(axis=1) == 1).all():
+        raise ValueError(
+            "Category retrieval needs exactly one positive label per image (a one-of-N split such as CheXpert 5x200)."
+        )
+    texts, categories = text_gallery(retrieval_args.text_gallery, class_names, source["metadata"].get("dataset"))
+    image_embeds = embed_images(model, processor, LazyColumn(dataset, "image"), eval_args.batch_size).numpy()
+    text_embeds = embed_texts(model, processor, texts, eval_args.batch_size, eval_args.max_length).numpy()
+    query_categories = np.asarray(class_names)[labels.argmax(axis=1)]
+    metrics = category_precision_at_k(
+        image_embeds @ text_embeds.T, query_categories, np.asarray(categories), retrieval_args.precision_ks
+    )
+    above = [k for k in retrieval_args.precision_ks if k > len(texts)]
+    if above:
+        logger.warning("precision@%s: K exceeds the %d texts of the gallery (null).", above, len(texts))
+    logger.info("Category retrieval: %s", ", ".join(f"{key} {value}" for key, value in metrics["overall"].items()))
+    results = {
+        "task": "retrieval",
+        "protocol": "category image-to-text retrieval (GLoRIA): precision@K = share of the top K texts whose "
+        "category is the image's; ties count against the query",
+        "command": command_line("retrieval.py", cli_args),
+        "model": eval_args.model_name_or_path,
+        "dataset": source["dataset"],
+        "split": source["split"],
+        "num_images": len(dataset),
+        "text_gallery": {"source": retrieval_args.text_gallery, "num_texts": len(texts), "texts": texts,
+                         "categories": categories},  # fmt: skip
+        "image_to_text": metrics,
+        "arguments": arguments_dict(eval_args, retrieval_args),
+    }
+    ks = retrieval_args.precision_ks
+    rows = [
+        (name, *(entry[f"P@{k}"] for k in ks), entry["chance"], entry["num_queries"])
+        for name, entry in [("**overall**", metrics["overall"]), *metrics["per_category"].items()]
+    ]
+    markdown = (
+        f"## Category retrieval, image → text: {source['dataset']} / {source['split']} ({len(dataset)} images, "
+        f"{len(texts)} texts from {retrieval_args.text_gallery})\n\n"
+        + markdown_table(["category", *(f"P@{k}" for k in ks), "chance", "images"], rows)
+    )
+    write_results(eval_args.output_dir, "retrieval", results, markdown)
+    return results
 
 
 def results_markdown(metrics: dict, ks: list[int], source: dict, num_pairs: int, grouped: bool = False) -> str:
@@ -113,6 +222,8 @@ def main(cli_args: list[str] | None = None) -> dict:
 
     model, processor = load_sista(eval_args.model_name_or_path, eval_args.device)
     dataset, source = load_evaluation_split(eval_args, processor)
+    if retrieval_args.text_gallery:
+        return category_retrieval(model, processor, dataset, source, eval_args, retrieval_args, cli_args)
     require_columns(dataset, ["image", "report"], "Retrieval")
     if retrieval_args.semantic_positives:
         require_columns(dataset, ["labels"], "Retrieval with semantic positives (--semantic_positives, the default)")

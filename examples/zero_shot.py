@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from transformers import HfArgumentParser
 
 from sista_examples.checkpoints import load_sista
@@ -45,7 +46,7 @@ from sista_examples.evaluation.common import (
     require_columns,
     resolve_class_names,
 )
-from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS, find_class_prompts
+from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS, DATASET_CLASS_PROMPTS, find_class_prompts
 from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
 from sista_examples.utils import check_output_dir_writable, setup_logging
 
@@ -142,6 +143,17 @@ class ZeroShotArguments:
     pipeline_example: bool = field(
         default=True, metadata={"help": "Also run the transformers zero-shot pipeline on the first image."}
     )
+    multiclass: str = field(
+        default="auto",
+        metadata={
+            "help": "Also score one-of-N classification (accuracy, macro-F1: argmax of the positive-prompt logits): "
+            "'auto' (when every row has exactly one positive label, e.g. CheXpert 5x200), 'true' or 'false'."
+        },
+    )
+
+    def __post_init__(self):
+        if self.multiclass not in ("auto", "true", "false"):
+            raise ValueError(f"`multiclass` must be 'auto', 'true' or 'false', got {self.multiclass!r}.")
 
 
 def read_prompts_file(path: str) -> dict:
@@ -158,18 +170,24 @@ def read_prompts_file(path: str) -> dict:
     return overrides
 
 
-def class_prompts(class_names: list[str], overrides: dict | None = None) -> dict[str, dict[str, list[str]]]:
+def class_prompts(
+    class_names: list[str], overrides: dict | None = None, dataset_name: str | None = None
+) -> dict[str, dict[str, list[str]]]:
     """
-    Positive and negative prompts of every class: `overrides`, then SynthCXR's wording, then the CheXpert-14
-    prompt set (MIMIC-CXR and CheXpert class names, any case), then the generic templates applied to the class name
-    (`"pleural_effusion"` -> `"no pleural effusion."`).
+    Positive and negative prompts of every class: `overrides`, then the prompt set of the prepared dataset
+    `dataset_name` (`DATASET_CLASS_PROMPTS`: RSNA Pneumonia's pneumonia-vs-normal set), then SynthCXR's wording, then
+    the CheXpert-14 prompt set (MIMIC-CXR and CheXpert class names, any case), then the generic templates applied to
+    the class name (`"pleural_effusion"` -> `"no pleural effusion."`).
     """
     overrides = overrides or {}
+    dataset_prompts = DATASET_CLASS_PROMPTS.get(dataset_name or "", {})
     prompts = {}
     for name in class_names:
         chexpert = find_class_prompts(name, CHEXPERT_CLASS_PROMPTS)
         if name in overrides:
             chosen = overrides[name]
+        elif name in dataset_prompts:
+            chosen = dataset_prompts[name]
         elif name in SYNTHCXR_CLASS_PROMPTS:
             chosen = SYNTHCXR_CLASS_PROMPTS[name]
         elif chexpert is not None:
@@ -249,6 +267,47 @@ def per_class_auroc(labels: np.ndarray, scores: np.ndarray, class_names: list[st
     }
 
 
+def is_one_of_n(labels: np.ndarray) -> bool:
+    """Whether every row has exactly one positive label among two or more classes (CheXpert 5x200, COVIDx)."""
+    labels = np.asarray(labels)
+    return labels.ndim == 2 and labels.shape[1] > 1 and bool((labels.sum(axis=1) == 1).all())
+
+
+def multiclass_metrics(labels: np.ndarray, class_logits: np.ndarray, class_names: list[str]) -> dict:
+    """
+    One-of-N zero-shot classification as GLoRIA, MedCLIP and MGCA score CheXpert 5x200: the predicted class is the
+    argmax of the image's logits against each class's positive prompts; accuracy, macro-F1 (unweighted mean over the
+    classes of `sklearn.metrics.f1_score`) and the confusion matrix (rows: true class, columns: predicted).
+
+    Raises:
+        `ValueError` when a row does not have exactly one positive label.
+    """
+    labels, class_logits = np.asarray(labels), np.asarray(class_logits)
+    if labels.shape != class_logits.shape or labels.shape[1] != len(class_names):
+        raise ValueError(
+            f"`labels` and `class_logits` must both have shape (num_images, {len(class_names)}), got {labels.shape} "
+            f"and {class_logits.shape}."
+        )
+    if not is_one_of_n(labels):
+        raise ValueError("One-of-N classification needs exactly one positive label per row (--multiclass).")
+    true, predicted = labels.argmax(axis=1), class_logits.argmax(axis=1)
+    indices = list(range(len(class_names)))
+    per_class_f1 = f1_score(true, predicted, labels=indices, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(true, predicted)),
+        "macro_f1": float(f1_score(true, predicted, labels=indices, average="macro", zero_division=0)),
+        "per_class_f1": {name: float(value) for name, value in zip(class_names, per_class_f1)},
+        "confusion_matrix": confusion_matrix(true, predicted, labels=indices).tolist(),
+        "rule": "predicted class = argmax over classes of logit_scale * <image, mean positive prompt embedding>",
+    }
+
+
+def binary_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Accuracy of `score >= 0.5` for one class: the positive prompts closer to the image than the negative ones."""
+    labels, scores = np.asarray(labels).reshape(-1), np.asarray(scores).reshape(-1)
+    return float(np.mean((scores >= 0.5) == (labels == 1)))
+
+
 def pipeline_example(model_dir: str, image, candidate_labels: list[str], device=None) -> list[dict]:
     """`pipeline("zero-shot-image-classification")` on one image; candidate labels are used verbatim."""
     from transformers import pipeline
@@ -264,16 +323,35 @@ def results_markdown(metrics: dict, source: dict, num_images: int) -> str:
     ]
     rows.append(("**macro**", metrics["macro_auroc"], "", "", f"{metrics['num_classes_skipped']} classes skipped"))
     header = f"## Zero-shot classification: {source['dataset']} / {source['split']} ({num_images} images)\n\n"
-    return header + markdown_table(["class", "AUROC", "positives", "negatives", "note"], rows)
+    text = header + markdown_table(["class", "AUROC", "positives", "negatives", "note"], rows)
+    if "accuracy" in metrics:
+        text += f"\nAccuracy ({metrics['accuracy_rule']}): {metrics['accuracy']:.4f}\n"
+    if "multiclass" in metrics:
+        multiclass = metrics["multiclass"]
+        text += (
+            f"\n### One-of-{len(metrics['per_class'])} classification\n\n"
+            + markdown_table(["accuracy", "macro-F1"], [(multiclass["accuracy"], multiclass["macro_f1"])])
+            + f"\n{multiclass['rule']}.\n"
+        )
+    return text
 
 
-def evaluate_zero_shot(model, processor, dataset, class_names: list[str], prompts: dict, args) -> dict:
+def evaluate_zero_shot(
+    model, processor, dataset, class_names: list[str], prompts: dict, args, multiclass: str = "false"
+) -> dict:
     image_embeds = embed_images(model, processor, LazyColumn(dataset, "image"), args.batch_size)
     positive_embeds, negative_embeds = embed_class_prompts(model, processor, prompts, args.batch_size, args.max_length)
     logit_scale = float(model.logit_scale.detach().exp().clamp(max=100))
     scores = zero_shot_scores(image_embeds, positive_embeds, negative_embeds, logit_scale).numpy()
     labels = np.asarray(dataset["labels"])
-    return per_class_auroc(labels, scores, class_names)
+    metrics = per_class_auroc(labels, scores, class_names)
+    if len(class_names) == 1:
+        metrics["accuracy"] = binary_accuracy(labels, scores)
+        metrics["accuracy_rule"] = "score >= 0.5: the positive prompts closer to the image than the negative ones"
+    if multiclass == "true" or (multiclass == "auto" and is_one_of_n(labels)):
+        class_logits = (logit_scale * image_embeds @ positive_embeds.t()).numpy()
+        metrics["multiclass"] = multiclass_metrics(labels, class_logits, class_names)
+    return metrics
 
 
 def main(cli_args: list[str] | None = None) -> dict:
@@ -287,9 +365,18 @@ def main(cli_args: list[str] | None = None) -> dict:
     require_columns(dataset, ["image", "labels"], "Zero-shot classification")
     class_names = resolve_class_names(dataset, source, eval_args.class_names)
     overrides = read_prompts_file(zero_shot_args.prompts_file) if zero_shot_args.prompts_file else None
-    prompts = class_prompts(class_names, overrides)
+    prompts = class_prompts(class_names, overrides, source["metadata"].get("dataset"))
 
-    metrics = evaluate_zero_shot(model, processor, dataset, class_names, prompts, eval_args)
+    metrics = evaluate_zero_shot(
+        model, processor, dataset, class_names, prompts, eval_args, zero_shot_args.multiclass
+    )
+    if "multiclass" in metrics:
+        logger.info(
+            "One-of-%d zero-shot: accuracy %.4f, macro-F1 %.4f.",
+            len(class_names),
+            metrics["multiclass"]["accuracy"],
+            metrics["multiclass"]["macro_f1"],
+        )
     if metrics["macro_auroc"] is not None:
         logger.info(
             "Zero-shot macro AUROC %.4f over %d classes.", metrics["macro_auroc"], metrics["num_classes_evaluated"]

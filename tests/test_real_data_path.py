@@ -1,9 +1,10 @@
 """
 The real-data path of docs/data_real.md, end to end: small copies of MIMIC-CXR-JPG (with the PhysioNet reports tree
-and the metadata, split and CheXpert-labeler csvs in their real column layouts) and of CheXpert-v1.0-small are built
-in a temporary folder, then the commands of the markdown file's tested blocks run there verbatim, with small-size
-flags appended: prepare -> pre-train -> prepare CheXpert -> fine-tune a head -> zero-shot and retrieval -> release
-folder. Each step's outputs are checked, so the documentation cannot drift from the code.
+and the metadata, split and CheXpert-labeler csvs in their real column layouts), of MS-CXR's csv, of
+CheXpert-v1.0-small and of RSNA Pneumonia are built in a temporary folder, then the commands of the markdown file's
+tested blocks run there verbatim, with small-size flags appended: prepare the benchmarks -> prepare -> pre-train ->
+prepare CheXpert -> fine-tune a head -> zero-shot and retrieval -> the benchmarks -> release folder. Each step's
+outputs are checked, so the documentation cannot drift from the code.
 """
 
 import csv
@@ -18,18 +19,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import load_from_disk
 from huggingface_hub import ModelCard
 
 from sista_examples.evaluation.prompts import CHEXPERT_CLASS_PROMPTS
-from test_prepare_datasets import CHEXPERT_HEADER, MIMIC_METADATA_HEADER, chexpert_row, write_csv, write_jpeg
+from test_prepare_datasets import (
+    CHEXPERT_HEADER,
+    MIMIC_METADATA_HEADER,
+    chexpert_row,
+    quadrant_pixels,
+    write_csv,
+    write_dicom,
+    write_jpeg,
+)
 
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOCUMENT = REPOSITORY / "docs" / "data_real.md"
 TESTED_BLOCK = re.compile(r"<!-- tested: (?P<name>[\w-]+) -->\s*```bash\n(?P<body>.*?)```", re.DOTALL)
 
-# Appended to the documented commands: sizes a CPU runs in seconds (the last value of a repeated flag wins).
+# Appended to the documented commands: sizes a CPU runs in seconds (the last value of a repeated flag wins); a list
+# gives each command of the block its own flags.
 SMALL_FLAGS = {
+    "prepare-benchmarks": ["--image_size 32 --num_proc 1", "--image_size 32 --num_proc 1 --per_class 1",
+                           "--image_size 32 --num_proc 1"],  # fmt: skip
     "prepare-mimic": "--image_size 32 --num_proc 1",
     "pretrain": "--model_preset tiny --max_steps 3 --per_device_train_batch_size 4 --per_device_eval_batch_size 4 "
     "--bf16 False --report_to none --dataloader_num_workers 0 --disable_tqdm True",
@@ -37,10 +50,13 @@ SMALL_FLAGS = {
     "finetune": "--max_steps 2 --per_device_train_batch_size 4 --report_to none --dataloader_num_workers 0 "
     "--disable_tqdm True",
     "evaluate": "--batch_size 8",
+    "evaluate-benchmarks": "--batch_size 8",
     "release": "",
 }
 MIMIC_DIR = Path("physionet.org/files/mimic-cxr-jpg/2.1.0")
 REPORTS_DIR = Path("physionet.org/files/mimic-cxr/2.1.0")
+MS_CXR_CSV = Path("physionet.org/files/ms-cxr/1.1.0/MS_CXR_Local_Alignment_v1.1.0.csv")
+RSNA_DIR = Path("rsna-pneumonia-detection-challenge")
 CHEXPERT_LABELS = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
 
@@ -135,6 +151,35 @@ def write_mimic_cxr(root: Path) -> dict:
     return expected
 
 
+def write_ms_cxr(root: Path) -> list[str]:
+    """MS-CXR's csv on three frontal (PA) images of training patients 3 and 6 (40 x 48 pixels): three phrases."""
+    rows = []
+    for patient, phrases in ((3, [("Cardiomegaly", "cardiomegaly", (8, 20, 24, 16)),
+                                  ("Pleural Effusion", "small right pleural effusion", (2, 34, 10, 10))]),
+                             (6, [("Pleural Effusion", "small left pleural effusion", (26, 30, 12, 12))])):  # fmt: skip
+        subject, study = f"1000{patient:04d}", f"5{patient:03d}{0:04d}"
+        dicom_id = f"{patient:08x}-{0:08x}-{0:08x}-00000000-00000000"
+        path = f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg"
+        for category, text, box in phrases:
+            rows.append([dicom_id, category, text, path, *box, 40, 48, "test"])
+    header = ["dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height",
+              "split"]  # fmt: skip
+    write_csv(root / MS_CXR_CSV, header, rows)
+    return sorted({row[0] for row in rows})
+
+
+def write_rsna(root: Path) -> None:
+    """RSNA Pneumonia: 20 patients at the challenge's 1024 x 1024 (JPEG-baseline DICOMs), every other with a box."""
+    rows = []
+    for index in range(20):
+        patient = f"{index:08x}-0000-4000-8000-{index:012x}"
+        target = index % 2
+        rows.append([patient, *(["264", "152", "213", "379"] if target else ["", "", "", ""]), str(target)])
+        write_dicom(root / RSNA_DIR / "stage_2_train_images" / f"{patient}.dcm", quadrant_pixels(1024, 1024),
+                    patient_id=patient, jpeg_baseline=True)  # fmt: skip
+    write_csv(root / RSNA_DIR / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], rows)
+
+
 def write_chexpert(root: Path) -> None:
     """CheXpert-v1.0-small: 16 training patients (one also with a lateral) and 8 validation patients."""
     rng = np.random.default_rng(1)
@@ -159,8 +204,10 @@ def write_chexpert(root: Path) -> None:
 def run_documented(step: str, workdir: Path, extra: str | None = None) -> subprocess.CompletedProcess:
     """Runs the commands of the block `step` in `workdir`, each as written plus the small-size flags; all must pass."""
     results = []
-    for command in documented_commands()[step]:
-        arguments = shlex.split(command) + shlex.split(SMALL_FLAGS[step] if extra is None else extra)
+    commands = documented_commands()[step]
+    flags = SMALL_FLAGS[step] if extra is None else extra
+    for command, command_flags in zip(commands, flags if isinstance(flags, list) else [flags] * len(commands)):
+        arguments = shlex.split(command) + shlex.split(command_flags)
         assert arguments[0] == "python", command
         environment = {
             **os.environ,
@@ -182,7 +229,9 @@ def workdir(tmp_path_factory) -> tuple[Path, dict]:
     """The user's folder: the downloads, and `examples/` of this checkout (the commands start from the repo root)."""
     root = tmp_path_factory.mktemp("real_data_path")
     expected = write_mimic_cxr(root)
+    expected["ms_cxr_images"] = write_ms_cxr(root)
     write_chexpert(root)
+    write_rsna(root)
     (root / "examples").symlink_to(REPOSITORY / "examples", target_is_directory=True)
     return root, expected
 
@@ -194,6 +243,20 @@ def test_the_documented_blocks_are_the_ones_this_test_runs():
 def test_real_data_path_as_documented(workdir):
     root, expected = workdir
 
+    # 0. the benchmarks: MS-CXR's phrases with their boxes scaled, CheXpert 5x200's draw, RSNA; their hold-out lists
+    run_documented("prepare-benchmarks", root)
+    ms_cxr = load_from_disk(str(root / "data/ms_cxr"))["test"]
+    assert sorted(ms_cxr["phrase"]) == ["cardiomegaly", "small left pleural effusion", "small right pleural effusion"]
+    cardiomegaly = ms_cxr[ms_cxr["phrase"].index("cardiomegaly")]
+    assert cardiomegaly["image"].size == (27, 32)  # 40 x 48 -> 32 on the longer side
+    np.testing.assert_allclose(cardiomegaly["objects"]["bbox"], [[8 * 27 / 40, 20 * 32 / 48, 24 * 27 / 40, 16 * 32 / 48]],
+                               rtol=1e-5)  # fmt: skip
+    held_out = (root / "data/ms_cxr/excluded_image_ids.txt").read_text().split("\n")
+    assert sorted(line for line in held_out if line and not line.startswith("#")) == expected["ms_cxr_images"]
+    benchmark = json.loads((root / "data/chexpert_5x200/sista_dataset.json").read_text())
+    assert benchmark["num_rows"] == {"test": 5}
+    assert json.loads((root / "data/rsna_pneumonia/sista_dataset.json").read_text())["num_rows"]["test"] == 4
+
     # 1. MIMIC-CXR: splits, skips with reasons (a blank ViewPosition included), laterals left out by design
     output = run_documented("prepare-mimic", root)[0].stdout
     assert re.search(r"mimic_cxr: kept \d+ images \(train=\d+, validation=\d+, test=\d+\)", output), output[-2000:]
@@ -203,6 +266,9 @@ def test_real_data_path_as_documented(workdir):
     assert all(row["reason"] == "missing_view_position" for row in skipped.values())
     metadata = json.loads((root / "data/mimic_cxr/sista_dataset.json").read_text())
     assert set(metadata["num_rows"]) == {"train", "validation", "test"}
+    assert metadata["excluded_images"] == {"lists": "data/ms_cxr", "num_excluded": 2}
+    kept = {image_id for split in load_from_disk(str(root / "data/mimic_cxr")).values() for image_id in split["image_id"]}
+    assert not kept & set(expected["ms_cxr_images"])
 
     # 2. pre-training: split found, evaluation and dense logging by default, a non-empty summary, reruns refused
     output = run_documented("pretrain", root)[0].stdout
@@ -224,6 +290,8 @@ def test_real_data_path_as_documented(workdir):
     # 3. CheXpert
     output = run_documented("prepare-chexpert", root)[0].stdout
     assert re.search(r"chexpert: kept \d+ images", output)
+    excluded = json.loads((root / "data/chexpert/sista_dataset.json").read_text())["excluded_images"]
+    assert excluded == {"lists": "data/chexpert_5x200", "num_excluded": 5}
 
     # 4. a CheXpert head on 1% of the labels, raised to --min_train_samples: the fraction used is the one reported
     run_documented("finetune", root)
@@ -243,6 +311,19 @@ def test_real_data_path_as_documented(workdir):
     assert retrieval["ks_covering_gallery"] == [k for k in (1, 5, 10) if k >= retrieval["num_pairs"]] != []
     table = (root / "outputs/evaluation/retrieval_results.md").read_text()
     assert "at least the gallery size" in table and "any item of its study" in table
+
+    # 5a. the benchmarks: 5-way accuracy and macro-F1, category precision@K, RSNA AUROC/accuracy, MS-CXR per category
+    run_documented("evaluate-benchmarks", root)
+    benchmarks = root / "outputs/benchmarks"
+    chexpert_zero_shot = json.loads((benchmarks / "chexpert_5x200/zero_shot_results.json").read_text())
+    assert set(chexpert_zero_shot["multiclass"]) >= {"accuracy", "macro_f1", "confusion_matrix"}
+    chexpert_retrieval = json.loads((benchmarks / "chexpert_5x200/retrieval_results.json").read_text())
+    assert set(chexpert_retrieval["image_to_text"]["overall"]) >= {"P@1", "P@5", "P@10", "chance"}
+    rsna = json.loads((benchmarks / "rsna_pneumonia/zero_shot_results.json").read_text())
+    assert 0 <= rsna["accuracy"] <= 1 and rsna["prompts"]["Lung Opacity"]["positive"][0] == "pneumonia."
+    grounding = json.loads((benchmarks / "ms_cxr/phrase_grounding_results.json").read_text())
+    assert set(grounding["per_category"]) == {"Cardiomegaly", "Pleural Effusion"}
+    assert {"word_to_patch_cnr", "phrase_to_patch_miou", "text_prior_cnr"} <= set(grounding["category_average"])
 
     # 6. the head's release folder: names instead of paths, the data's terms, the classification results
     run_documented("release", root)

@@ -93,6 +93,11 @@ class PrepareArguments:
             Defaults to a temporary folder beside `output_dir`.
         overwrite_output_dir (`bool`, *optional*, defaults to `False`):
             Replace a previous SISTA output in `output_dir`.
+        exclude_images (`str`, *optional*):
+            Comma-separated hold-out lists: files with one image id per line, or folders holding
+            `excluded_image_ids.txt` (what the `chexpert_5x200` and `ms_cxr` benchmarks write). Their images are
+            left out of every split of this dataset, so a benchmark's images never reach pre-training or
+            fine-tuning.
     """
 
     data_dir: str = field(metadata={"help": "Folder holding the downloaded dataset files (see docs/data_real.md)."})
@@ -118,8 +123,18 @@ class PrepareArguments:
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a previous SISTA output in output_dir."}
     )
+    exclude_images: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated hold-out lists (files of image ids, or prepared benchmark folders holding "
+            "excluded_image_ids.txt, e.g. data/chexpert_5x200): their images are left out of every split."
+        },
+    )
 
     def __post_init__(self):
+        if self.exclude_images:
+            # Read now so that a wrong path fails before any work.
+            self.excluded_image_ids = read_excluded_image_ids(self.exclude_images)
         if self.image_size < 1:
             raise ValueError(f"`image_size` must be a positive integer, got {self.image_size}.")
         if self.image_format not in IMAGE_FORMATS:
@@ -653,6 +668,9 @@ def write_dataset_dict(
             f"{dataset_name}: the files in {args.data_dir} list no image to prepare (no rows, or only rows left out "
             "by design such as lateral views)."
         )
+    records_per_split, excluded = drop_excluded_images(records_per_split, getattr(args, "excluded_image_ids", None))
+    if excluded:
+        metadata = {**metadata, "excluded_images": {"lists": args.exclude_images, "num_excluded": excluded}}
     records_per_split = drop_duplicate_images(records_per_split, skip_log)
     final_dir = Path(args.output_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -1699,6 +1717,351 @@ def prepare_object_cxr(args: ObjectCxrArguments) -> DatasetDict:
 
 
 # ---------------------------------------------------------------------------
+# Benchmark hold-outs: lists of images no training split may use
+# ---------------------------------------------------------------------------
+
+EXCLUDED_IMAGES_FILE = "excluded_image_ids.txt"
+
+
+def read_excluded_image_ids(lists: str) -> frozenset[str]:
+    """
+    The image ids of comma-separated hold-out lists: a file with one id per line (blank lines and `#` comments
+    ignored), or a folder holding `excluded_image_ids.txt` (a prepared benchmark such as `data/chexpert_5x200`).
+
+    Raises:
+        `FileNotFoundError` naming a list that is neither.
+    """
+    image_ids = set()
+    for entry in filter(None, (part.strip() for part in lists.split(","))):
+        path = Path(entry)
+        if path.is_dir():
+            path = path / EXCLUDED_IMAGES_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--exclude_images {entry!r}: expected a file of image ids or a folder holding {EXCLUDED_IMAGES_FILE} "
+                "(written by the chexpert_5x200 and ms_cxr preparations), found neither."
+            )
+        lines = (line.strip() for line in path.read_text().splitlines())
+        image_ids.update(line for line in lines if line and not line.startswith("#"))
+    return frozenset(image_ids)
+
+
+def write_excluded_image_ids(output_dir: str | Path, image_ids: Iterable[str], source: str) -> Path:
+    """Write the hold-out list of a benchmark beside it (sorted, one id per line, a comment naming its source)."""
+    path = Path(output_dir) / EXCLUDED_IMAGES_FILE
+    path.write_text(f"# {source}\n" + "".join(f"{image_id}\n" for image_id in sorted(set(image_ids))))
+    return path
+
+
+def drop_excluded_images(
+    records_per_split: dict[str, list[dict]], excluded_image_ids: frozenset[str] | None
+) -> tuple[dict[str, list[dict]], int]:
+    """Leave out the records whose `image_id` is in a hold-out list (by design: counted, not logged as skips)."""
+    if not excluded_image_ids:
+        return records_per_split, 0
+    kept = {
+        split: [record for record in records if record["image_id"] not in excluded_image_ids]
+        for split, records in records_per_split.items()
+    }
+    excluded = sum(len(records) for records in records_per_split.values()) - sum(map(len, kept.values()))
+    logger.info("Left out %d images listed in the hold-out lists (--exclude_images).", excluded)
+    return kept, excluded
+
+
+# ---------------------------------------------------------------------------
+# CheXpert 5x200 (zero-shot classification and retrieval benchmark)
+# ---------------------------------------------------------------------------
+
+# MGCA's and GLoRIA's rule compares these 13 observations: all 14 but "No Finding" (which the CheXpert labeler
+# leaves blank whenever a finding is positive, so the 14-column rule selects the same rows on the real table).
+CHEXPERT_5X200_CHECKED_OBSERVATIONS = tuple(name for name in CHEXPERT_OBSERVATIONS if name != "No Finding")
+
+
+@dataclass
+class Chexpert5x200Arguments(PrepareArguments):
+    """
+    [`PrepareArguments`] for the CheXpert 5x200 benchmark (built from `train.csv`), plus:
+
+    Args:
+        per_class (`int`, *optional*, defaults to 200):
+            Images drawn for each of the 5 competition findings.
+        sample_seed (`int`, *optional*, defaults to 0):
+            Seed of the draw: `DataFrame.sample(n=per_class, random_state=sample_seed)` per finding, as MGCA's
+            `preprocess_chexpert_5x200_data` (seed 0) draws it.
+    """
+
+    per_class: int = field(default=200, metadata={"help": "Images drawn per finding (MGCA: 200)."})
+    sample_seed: int = field(
+        default=0, metadata={"help": "random_state of the per-finding DataFrame.sample (MGCA: 0)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.per_class < 1:
+            raise ValueError(f"`per_class` must be a positive integer, got {self.per_class}.")
+
+
+def select_chexpert_5x200(table: pd.DataFrame, per_class: int = 200, seed: int = 0) -> pd.DataFrame:
+    """
+    MGCA's CheXpert 5x200 selection from CheXpert's `train.csv` (read as strings, as `read_csv_table` does).
+
+    Frontal images only; blank cells read as 0; an image is eligible for a competition finding when that finding is
+    exactly 1 and the other 12 observations of `CHEXPERT_5X200_CHECKED_OBSERVATIONS` are exactly 0 (so uncertain
+    -1 rows are out, and a row is eligible for one finding at most). For each finding in
+    `CHEXPERT_COMPETITION_LABELS` order, `per_class` eligible rows are drawn with
+    `DataFrame.sample(n=per_class, random_state=seed)` from the eligible rows in file order, which is exactly MGCA's
+    draw (`np.random.RandomState(seed).choice(len(eligible), per_class, replace=False)`).
+
+    Returns:
+        The drawn rows (finding by finding, in draw order) with a `finding` column.
+
+    Raises:
+        `ValueError` when a finding has fewer than `per_class` eligible images.
+    """
+    missing = [name for name in ("Path", "Frontal/Lateral", *CHEXPERT_5X200_CHECKED_OBSERVATIONS) if name not in table]
+    if missing:
+        raise ValueError(f"the CheXpert table lacks the column(s) {missing}; it has {list(table.columns)}.")
+    frontal = table[table["Frontal/Lateral"].str.strip() == "Frontal"]
+    # Blank -> 0 as MGCA's fillna(0); a value that is no number is NaN and so neither 0 nor 1: never eligible.
+    values = frontal[list(CHEXPERT_5X200_CHECKED_OBSERVATIONS)].apply(
+        lambda column: pd.to_numeric(column.str.strip().replace("", "0"), errors="coerce")
+    )
+    drawn = []
+    for finding in CHEXPERT_COMPETITION_LABELS:
+        others = [name for name in CHEXPERT_5X200_CHECKED_OBSERVATIONS if name != finding]
+        eligible = frontal[(values[finding] == 1) & (values[others] == 0).all(axis=1)]
+        if len(eligible) < per_class:
+            raise ValueError(
+                f"CheXpert 5x200: only {len(eligible)} frontal images have {finding} = 1 and every other observation "
+                f"0; {per_class} are needed (--per_class)."
+            )
+        drawn.append(eligible.sample(n=per_class, random_state=seed).assign(finding=finding))
+    return pd.concat(drawn)
+
+
+def build_chexpert_5x200_records(args: Chexpert5x200Arguments, skip_log: SkipLog) -> dict[str, list[dict]]:
+    """The 5 x `per_class` drawn images as one `test` split, with one-hot labels over the 5 findings."""
+    data_dir = Path(args.data_dir)
+    train_csv = find_required_file(data_dir, ["train.csv"], "CheXpert (the CheXpert-v1.0[-small] folder)")
+    table = read_csv_table(train_csv, ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_5X200_CHECKED_OBSERVATIONS])
+    records = []
+    for row in iter_rows(select_chexpert_5x200(table, args.per_class, args.sample_seed)):
+        image_path, image_id = resolve_chexpert_path(data_dir, row["Path"])
+        study = CHEXPERT_STUDY_PATTERN.search(image_id)
+        if study is None:
+            skip_log.add("malformed_path", row["Path"], "test", f"no patientNNNNN/studyN/ in {train_csv.name}")
+            continue
+        records.append(
+            {
+                "image_id": image_id,
+                "study_id": f"{study.group(1)}/{study.group(2)}",
+                "patient_id": study.group(1),
+                "view_position": row["AP/PA"] or row["Frontal/Lateral"],
+                "labels": [int(name == row["finding"]) for name in CHEXPERT_COMPETITION_LABELS],
+                "image_path": str(image_path),
+            }
+        )
+    return {"test": records}
+
+
+def prepare_chexpert_5x200(args: Chexpert5x200Arguments) -> DatasetDict:
+    """
+    Prepare CheXpert 5x200 (MGCA's and GLoRIA's zero-shot benchmark) as a `test` split, and write its hold-out list
+    `excluded_image_ids.txt` for `--exclude_images` of the `chexpert` preparation.
+    """
+    check_output_dir(args)
+    skip_log = SkipLog()
+    records = build_chexpert_5x200_records(args, skip_log)
+    dataset_dict = write_dataset_dict(
+        "chexpert_5x200",
+        records,
+        build_chexpert_example,
+        CHEXPERT_FEATURES,
+        args,
+        skip_log,
+        metadata={
+            "task": "zero-shot classification (5-way), image-text retrieval",
+            "benchmark": "CheXpert 5x200",
+            "class_names": list(CHEXPERT_COMPETITION_LABELS),
+            "split_rule": f"test only: {args.per_class} frontal train.csv images per competition finding, "
+            f"DataFrame.sample(n={args.per_class}, random_state={args.sample_seed}) per finding (MGCA's draw)",
+            "label_policy": "eligible for a finding: that finding exactly 1 and the 12 other observations (all but "
+            "No Finding) exactly 0, blank read as 0; labels = one-hot over the 5 findings",
+            "hold_out_list": EXCLUDED_IMAGES_FILE,
+        },
+    )
+    write_excluded_image_ids(
+        args.output_dir,
+        (record["image_id"] for record in records["test"]),
+        f"CheXpert 5x200 (per_class={args.per_class}, sample_seed={args.sample_seed}): CheXpert image ids",
+    )
+    return dataset_dict
+
+
+# ---------------------------------------------------------------------------
+# MS-CXR (phrase grounding benchmark on MIMIC-CXR-JPG images)
+# ---------------------------------------------------------------------------
+
+# The columns of MS_CXR_Local_Alignment_v1.*.csv that are read (v1.1.0 adds `split`, kept when present).
+MS_CXR_COLUMNS = ("dicom_id", "category_name", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height")
+
+
+@dataclass
+class MsCxrArguments(PrepareArguments):
+    """
+    [`PrepareArguments`] for MS-CXR, where `data_dir` is the MIMIC-CXR-JPG folder (holding `files/`), plus:
+
+    Args:
+        ms_cxr_file (`str`):
+            The MS-CXR annotation table `MS_CXR_Local_Alignment_v1.1.0.csv` (or v1.0.0) from PhysioNet.
+    """
+
+    ms_cxr_file: str | None = field(
+        default=None, metadata={"help": "MS_CXR_Local_Alignment_v1.*.csv from PhysioNet (required)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.ms_cxr_file:
+            raise ValueError("`ms_cxr_file` is required: the path of MS_CXR_Local_Alignment_v1.*.csv.")
+        if not Path(self.ms_cxr_file).is_file():
+            raise FileNotFoundError(f"--ms_cxr_file {self.ms_cxr_file!r} is not a file: expected the MS-CXR csv.")
+
+
+def build_ms_cxr_records(args: MsCxrArguments, skip_log: SkipLog) -> tuple[dict[str, list[dict]], list[str]]:
+    """
+    One record per phrase: the rows of one `(dicom_id, label_text)` are the boxes of that phrase (box `x, y, w, h`
+    in pixels of the original `image_width` x `image_height` JPEG). Every phrase goes to `test` (a zero-shot
+    benchmark); the table's own `split` (v1.1.0) is kept as `ms_cxr_split`.
+    """
+    data_dir = Path(args.data_dir)
+    find_required_file(data_dir, ["files"], "MIMIC-CXR-JPG (the folder holding files/p10/...)")
+    table = read_csv_table(Path(args.ms_cxr_file), MS_CXR_COLUMNS)
+    category_names = sorted({name.strip() for name in table["category_name"]})
+    phrases = {}
+    for line_number, row in enumerate(iter_rows(table), start=2):  # line 1 is the header
+        key = (row["dicom_id"].strip(), row["label_text"].strip())
+        try:
+            x, y, width, height = (float(row[name]) for name in ("x", "y", "w", "h"))
+            size = (int(float(row["image_width"])), int(float(row["image_height"])))
+        except ValueError:
+            values = [row[name] for name in ("x", "y", "w", "h", "image_width", "image_height")]
+            skip_log.add("malformed_box", key[0], "test", f"line {line_number}: {values}")
+            continue
+        phrase = phrases.setdefault(
+            key,
+            {
+                "dicom_id": key[0],
+                "phrase": key[1],
+                "category_name": row["category_name"].strip(),
+                "ms_cxr_split": row.get("split", "").strip(),
+                "annotated_size": size,
+                "path": row["path"].strip(),
+                "annotations": [],
+            },
+        )
+        # The line number is a stable, unique box id.
+        box = {"id": line_number, "category": category_names.index(row["category_name"].strip())}
+        phrase["annotations"].append({**box, "box": [x, y, x + width, y + height]})
+
+    records = []
+    for index, phrase in enumerate(phrases.values()):
+        # `path` is `files/p10/p10xxxxxx/s5xxxxxxx/<dicom_id>.jpg`, relative to the MIMIC-CXR-JPG folder.
+        parts = PurePosixPath(phrase.pop("path")).parts
+        study = next((part[1:] for part in parts if re.fullmatch(r"s\d+", part)), "")
+        patient = next((part[1:] for part in parts if re.fullmatch(r"p\d{8}", part)), "")
+        records.append(
+            {
+                **phrase,
+                # One row per phrase: an image with two phrases is two rows, so the row id names the phrase.
+                "image_id": f"{phrase['dicom_id']}/{index:04d}",
+                "study_id": study,
+                "patient_id": patient,
+                "image_path": str(data_dir.joinpath(*parts)),
+            }
+        )
+    return {"test": records}, category_names
+
+
+def build_ms_cxr_example(record: dict, options, skip_log: SkipLog) -> dict:
+    """Read the image, check it has the size the boxes refer to, then scale and clip the boxes to the resized image."""
+    image, original_size = read_image_or_skip(record["image_path"], options.image_size)
+    if tuple(original_size) != tuple(record["annotated_size"]):
+        raise SkipExample(
+            "image_size_mismatch",
+            f"{record['image_path']} is {original_size[0]}x{original_size[1]}, the boxes refer to "
+            f"{record['annotated_size'][0]}x{record['annotated_size'][1]}",
+        )
+    objects = build_objects(
+        record["annotations"], original_size, image.size, record["image_id"], record["split"], skip_log
+    )
+    if not objects["bbox"]:
+        raise SkipExample("no_valid_box", "every box of this phrase lies outside the image or is degenerate")
+    example = {key: record[key] for key in ("phrase", "image_id", "dicom_id", "study_id", "patient_id")}
+    return {
+        "image": encode_image(image, options.image_format),
+        "mask": encode_mask(boxes_to_mask(objects["bbox"], image.size)),
+        "objects": objects,
+        "category": record["category_name"],
+        "ms_cxr_split": record["ms_cxr_split"],
+        **example,
+        "label_fraction_rank": record["label_fraction_rank"],
+    }
+
+
+def prepare_ms_cxr(args: MsCxrArguments) -> DatasetDict:
+    """
+    Prepare MS-CXR phrase grounding (one row per phrase: its image, boxes and their union mask on the resized
+    image) as a `test` split, and write its hold-out list of MIMIC-CXR dicom_ids for `--exclude_images` of the
+    `mimic_cxr` preparation.
+    """
+    check_output_dir(args)
+    skip_log = SkipLog()
+    records, category_names = build_ms_cxr_records(args, skip_log)
+    features = Features(
+        {
+            "image": ImageFeature(mode="L"),
+            "mask": ImageFeature(mode="L"),
+            "objects": objects_feature(category_names),
+            "category": ClassLabel(names=category_names),
+            "ms_cxr_split": Value("string"),
+            "phrase": Value("string"),
+            "image_id": Value("string"),
+            "dicom_id": Value("string"),
+            "study_id": Value("string"),
+            "patient_id": Value("string"),
+            "label_fraction_rank": Value("int64"),
+        }
+    )
+    dataset_dict = write_dataset_dict(
+        "ms_cxr",
+        records,
+        build_ms_cxr_example,
+        features,
+        args,
+        skip_log,
+        metadata={
+            "task": "phrase grounding (benchmark)",
+            "benchmark": "MS-CXR",
+            "class_names": category_names,
+            "category_names": category_names,
+            "split_rule": "test only: every phrase of the MS-CXR table (its own split, v1.1.0, kept as ms_cxr_split)",
+            "label_policy": "one row per (dicom_id, label_text) phrase; objects = its boxes (x, y, w, h in the "
+            "original image's pixels) clipped and scaled to the resized image, COCO [x_min, y_min, w, h]; mask = "
+            "union of the boxes; an image whose size differs from the table's image_width x image_height is "
+            "skipped (image_size_mismatch)",
+            "hold_out_list": EXCLUDED_IMAGES_FILE,
+        },
+    )
+    write_excluded_image_ids(
+        args.output_dir,
+        (record["dicom_id"] for record in records["test"]),
+        f"MS-CXR ({Path(args.ms_cxr_file).name}): MIMIC-CXR dicom_ids",
+    )
+    return dataset_dict
+
+
+# ---------------------------------------------------------------------------
 # Datasets by name
 # ---------------------------------------------------------------------------
 
@@ -1709,4 +2072,6 @@ DATASETS = {
     "siim_pneumothorax": (SiimPneumothoraxArguments, prepare_siim_pneumothorax, "SIIM-ACR Pneumothorax (masks)"),
     "covidx": (CovidxArguments, prepare_covidx, "COVIDx (single-label classification)"),
     "object_cxr": (ObjectCxrArguments, prepare_object_cxr, "Object-CXR foreign objects (detection)"),
+    "chexpert_5x200": (Chexpert5x200Arguments, prepare_chexpert_5x200, "CheXpert 5x200 benchmark (zero-shot)"),
+    "ms_cxr": (MsCxrArguments, prepare_ms_cxr, "MS-CXR phrase grounding benchmark on MIMIC-CXR-JPG"),
 }

@@ -81,6 +81,22 @@ CHEXPERT_CLASS_PROMPTS = {
 }  # fmt: skip
 
 
+# RSNA Pneumonia's one class (`Lung Opacity`, Target 1) scored as pneumonia against normal, the binary zero-shot task
+# MedCLIP and MGCA report on RSNA: the positive prompts describe pneumonia, the negative ones a normal radiograph.
+RSNA_PNEUMONIA_PROMPTS = {
+    "Lung Opacity": {
+        "positive": ["pneumonia.", "right lower lobe pneumonia.", "airspace opacity consistent with pneumonia.",
+                     "multifocal pneumonia.", "patchy consolidation concerning for pneumonia."],
+        "negative": ["no acute cardiopulmonary process.", "the lungs are clear.", "normal chest radiograph.",
+                     "no focal consolidation to suggest pneumonia."],
+    },
+}  # fmt: skip
+
+# Prompt sets that belong to one prepared dataset (its `sista_dataset.json` "dataset"), chosen before the sets by
+# class name.
+DATASET_CLASS_PROMPTS = {"rsna_pneumonia": RSNA_PNEUMONIA_PROMPTS}
+
+
 def find_class_prompts(class_name: str, prompt_sets: dict[str, dict]) -> dict | None:
     """The prompts of `class_name` in `prompt_sets`, matched without regard to case, `_` or spaces; else `None`."""
 
@@ -91,4 +107,4 @@ def find_class_prompts(class_name: str, prompt_sets: dict[str, dict]) -> dict | 
     return by_key.get(key(class_name))
 
 
-__all__ = ["CHEXPERT_CLASS_PROMPTS", "find_class_prompts"]
+__all__ = ["CHEXPERT_CLASS_PROMPTS", "DATASET_CLASS_PROMPTS", "RSNA_PNEUMONIA_PROMPTS", "find_class_prompts"]

@@ -127,3 +127,43 @@ def retrieval_metrics(
         }
         for view, positives in views.items()
     }
+
+
+def category_precision_at_k(
+    similarity: np.ndarray, query_categories: np.ndarray, gallery_categories: np.ndarray, ks: list[int]
+) -> dict:
+    """
+    Category precision@K of GLoRIA's image-to-text retrieval on CheXpert 5x200: each query (image) ranks the gallery
+    (texts) by decreasing similarity, and precision@K is the fraction of its top K whose category is the query's,
+    averaged over the queries, overall and per query category. Ties count against the query (among equal
+    similarities, texts of other categories rank first), as in [`first_hit_ranks`]. A K above the gallery size has
+    no precision (`None`). `chance` is the precision of a random ranking: the share of the query's category in the
+    gallery.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    query_categories, gallery_categories = np.asarray(query_categories), np.asarray(gallery_categories)
+    if similarity.shape != (len(query_categories), len(gallery_categories)) or similarity.size == 0:
+        raise ValueError(
+            f"`similarity` must have shape (num_queries, num_texts) = ({len(query_categories)}, "
+            f"{len(gallery_categories)}) and not be empty, got {similarity.shape}."
+        )
+    if not np.isfinite(similarity).all():
+        raise ValueError("`similarity` holds NaN or infinite values.")
+    hits = query_categories[:, None] == gallery_categories[None, :]
+    # lexsort sorts by the last key first: decreasing similarity, then non-hits before hits on ties
+    order = np.stack([np.lexsort((hits[row], -similarity[row])) for row in range(len(similarity))])
+    ranked_hits = np.take_along_axis(hits, order, axis=1)
+    categories = sorted(set(query_categories.tolist()))
+
+    def summarise(rows: np.ndarray) -> dict:
+        precision = {
+            f"P@{k}": float(ranked_hits[rows, :k].mean()) if k <= hits.shape[1] else None for k in ks
+        }
+        precision["chance"] = float(hits[rows].mean())
+        precision["num_queries"] = int(rows.sum())
+        return precision
+
+    return {
+        "overall": summarise(np.ones(len(query_categories), dtype=bool)),
+        "per_category": {str(name): summarise(query_categories == name) for name in categories},
+    }
