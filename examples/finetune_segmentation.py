@@ -10,7 +10,9 @@ Dice on the test split.
 
 The dataset's `mask` column is a binary lesion mask image (0 background, non-zero lesion; SynthCXR and SIIM-ACR
 store 0/255). Masks follow the images through resizing and augmentation. Results go to
-`{output_dir}/segmentation_results.{json,md}`: `dice` over all test pixels and `mean_image_dice`.
+`{output_dir}/segmentation_results.{json,md}`: `dice` over all test pixels and `mean_image_dice`; on a dataset with
+per-finding masks (SynthCXR's `objects.mask`), also the Dice of each lesion type and of small and large lesions,
+per image (`sista_examples.evaluation.lesion_dice`).
 """
 
 import logging
@@ -18,10 +20,17 @@ import sys
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import sista_examples.evaluation.downstream as utils
 from modeling_sista import SistaForSemanticSegmentation
+from sista_examples.evaluation.lesion_dice import (
+    has_lesion_masks,
+    image_lesion_dice,
+    lesion_type_masks,
+    summarize_lesion_dice,
+)
 from sista_examples.evaluation.results import arguments_dict, write_results
 from sista_examples.hub.release import hub_push_request, push_after_training
 from sista_examples.training.trainer import CheckpointTrainer
@@ -80,7 +89,27 @@ def main(args: list[str] | None = None):
         masks = torch.stack([example["labels"] for example in examples])
         if augment:
             pixel_values, masks, _ = augmentation.augment_batch(pixel_values, masks=masks)
-        return {"pixel_values": pixel_values, "labels": masks}
+        batch = {"pixel_values": pixel_values, "labels": masks}
+        if "lesion_masks" in examples[0]:
+            batch["lesion_masks"] = [example["lesion_masks"] for example in examples]
+        return batch
+
+    with_lesion_types = has_lesion_masks(test_dataset)
+    if not with_lesion_types:
+        logger.info("The test split has no per-finding masks (`objects.mask`, `findings`): no Dice per lesion type.")
+
+    def test_transform(batch):
+        """`transform`, plus each lesion type's mask in the model's frame: `{type: (height, width) 0/1}` per row."""
+        processed = transform(batch)
+        if with_lesion_types:
+            processed["lesion_masks"] = []
+            for image, objects, findings in zip(batch["image"], batch["objects"], batch["findings"]):
+                by_type = lesion_type_masks(objects, findings, image.size[1], image.size[0])
+                resized = utils.process_masks(
+                    image_processor, [Image.fromarray(mask.astype(np.uint8) * 255) for mask in by_type.values()]
+                ) if by_type else []
+                processed["lesion_masks"].append(dict(zip(by_type, resized)))
+        return processed
 
     def binarize(logits, labels):  # what the Trainer keeps of each validation batch: the predicted mask
         logits = logits[0] if isinstance(logits, tuple) else logits
@@ -110,6 +139,7 @@ def main(args: list[str] | None = None):
         return None
     image_processor.save_pretrained(training_args.output_dir)
     metric = utils.load_metric("dice")
+    lesion_dice = []  # one {lesion type: Dice} per test image
 
     def step(model, batch):
         predicted = (model(pixel_values=batch["pixel_values"]).logits[:, 0] > 0).to(torch.int16).cpu()
@@ -118,16 +148,22 @@ def main(args: list[str] | None = None):
             predictions=[mask.flatten().numpy() for mask in predicted],
             references=[mask.flatten().numpy() for mask in references],
         )
+        for prediction, by_type in zip(predicted, batch.get("lesion_masks", [])):
+            lesion_dice.append(image_lesion_dice(
+                prediction.numpy(), {name: mask.numpy().astype(bool) for name, mask in by_type.items()}
+            ))
         return int(references.sum())
 
     foreground = utils.predict(
         trainer.model,
-        test_dataset.with_transform(transform),
+        test_dataset.with_transform(test_transform),
         lambda examples: collate(examples, False),
         training_args.per_device_eval_batch_size,
         step,
     )
     metrics = metric.compute()
+    if with_lesion_types:
+        metrics.update(summarize_lesion_dice(lesion_dice))
     results = {
         "task": TASK,
         **utils.run_description(
@@ -144,6 +180,8 @@ def main(args: list[str] | None = None):
         "Dice": metrics["dice"],
         "mean image Dice": metrics["mean_image_dice"],
     }
+    if with_lesion_types:
+        headline.update({"Dice small lesions": metrics["dice_small"], "Dice large lesions": metrics["dice_large"]})
     results["arguments"] = arguments_dict(model_args, data_args)
     write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
