@@ -17,6 +17,7 @@ per image (`sista_examples.evaluation.lesion_dice`).
 
 import logging
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +42,17 @@ logger = logging.getLogger(__name__)
 TASK = "segmentation"
 
 
+@dataclass
+class SegmentationArguments:
+    segmentation_decoder: str | None = field(
+        default=None,
+        metadata={"help": "Decoder of the head: 'unet' over the tower's stages (ResNet, ConvNeXt, Swin), 'setr_pup' on "
+                          "the last patch grid, or 'auto' (the U-Net where the tower has stages); default: the "
+                          "checkpoint's config ('auto' unless it says otherwise).",
+                  "choices": ["auto", "setr_pup", "unet"]},
+    )
+
+
 def check_masks(dataset, split_name: str) -> None:
     """Every row has a mask image of its image's size (checked before training, not at step 100)."""
     # one row at a time: the whole column of a real dataset does not fit in memory
@@ -55,8 +67,8 @@ def check_masks(dataset, split_name: str) -> None:
 
 
 def main(args: list[str] | None = None):
-    parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args)
+    parser = HfArgumentParser((utils.ModelArguments, utils.DataArguments, SegmentationArguments, TrainingArguments))
+    model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses(args)
     setup_logging(training_args)
     utils.check_arguments(model_args, data_args, training_args)
     hub_push = hub_push_request(training_args)
@@ -70,9 +82,13 @@ def main(args: list[str] | None = None):
     check_masks(test_dataset, data_args.test_split)
 
     set_seed(training_args.seed)  # the head's initial weights follow --seed, whatever ran before in the process
+    decoder = {} if task_args.segmentation_decoder is None else {"segmentation_decoder": task_args.segmentation_decoder}
     model = utils.load_head(
-        SistaForSemanticSegmentation, model_args, num_labels=1, id2label={0: "lesion"}, label2id={"lesion": 0}
+        SistaForSemanticSegmentation, model_args, num_labels=1, id2label={0: "lesion"}, label2id={"lesion": 0},
+        **decoder,
     )
+    logger.info(f"Segmentation decoder: {model.decoder_type} (config `segmentation_decoder`="
+                f"{model.config.segmentation_decoder!r}).")
     image_processor = utils.load_image_processor(model_args, model.config)
     image_height, image_width = utils.image_processor_size(image_processor)
 
@@ -171,10 +187,12 @@ def main(args: list[str] | None = None):
         ),
         "metrics": {**metrics, "test_foreground_fraction": float(np.sum(foreground)) / (
             len(test_dataset) * image_height * image_width)},
+        "decoder": model.decoder_type,
     }
     headline = {
         "label fraction": data_args.label_fraction,
         "encoder": "frozen" if model_args.freeze_encoder else "fine-tuned",
+        "decoder": model.decoder_type,
         "train samples": len(train_dataset),
         "test samples": len(test_dataset),
         "Dice": metrics["dice"],
@@ -182,7 +200,7 @@ def main(args: list[str] | None = None):
     }
     if with_lesion_types:
         headline.update({"Dice small lesions": metrics["dice_small"], "Dice large lesions": metrics["dice_large"]})
-    results["arguments"] = arguments_dict(model_args, data_args)
+    results["arguments"] = arguments_dict(model_args, data_args, task_args)
     write_results(training_args.output_dir, TASK, results, utils.headline_markdown(TASK, headline))
     push_after_training(hub_push, training_args.output_dir, model_args.model_name_or_path)
     return results
