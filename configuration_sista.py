@@ -16,6 +16,11 @@ VISION_POOLING_MODES = (*POOLING_MODES, "pooler")
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 # what a token of STA is contrasted against: SPARC's other tokens of its report, or its own grouping on other images
 STA_NEGATIVES = ("tokens", "images", "tokens+images")
+# the segmentation decoder: a U-Net over the stages of a hierarchical tower (GLoRIA's and MGCA's frozen-encoder
+# protocol), SETR's progressive upsampling of the last patch grid, or the U-Net wherever the tower has stages
+SEGMENTATION_DECODERS = ("auto", "setr_pup", "unet")
+# vision backbones whose hidden states are feature maps at several strides, each halving the last
+STAGED_VISION_BACKBONES = ("resnet", "convnext", "swin")
 
 # Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
 # sub-configs or use `SistaModel.from_vision_text_pretrained`.
@@ -103,6 +108,12 @@ class SistaConfig(PretrainedConfig):
         decoder_hidden_size (`int`, *optional*, defaults to 256):
             Channels of the convolutional decoder of [`SistaForSemanticSegmentation`] and of the dense head of
             [`SistaForObjectDetection`].
+        segmentation_decoder (`str`, *optional*, defaults to `"auto"`):
+            Decoder of [`SistaForSemanticSegmentation`]: `"unet"`, a U-Net that upsamples the last feature map and
+            concatenates the backbone's feature map of every finer stride on the way (GLoRIA's and MGCA's protocol;
+            needs a tower with stages: ResNet, ConvNeXt, Swin); `"setr_pup"`, SETR's progressive upsampling of the
+            last patch grid alone (the decoder of plain ViTs, whose layers all share one grid); `"auto"`, the U-Net
+            where the tower has stages and SETR-PUP otherwise.
         segmentation_dice_weight (`float`, *optional*, defaults to 1.0):
             Weight of the soft Dice loss in the segmentation loss.
         segmentation_ce_weight (`float`, *optional*, defaults to 1.0):
@@ -162,6 +173,7 @@ class SistaConfig(PretrainedConfig):
     freeze_encoder: bool = False
     classifier_dropout: float = 0.0
     decoder_hidden_size: int = 256
+    segmentation_decoder: str = "auto"
     segmentation_dice_weight: float = 1.0
     segmentation_ce_weight: float = 1.0
     semantic_loss_ignore_index: int = -100
@@ -233,6 +245,17 @@ class SistaConfig(PretrainedConfig):
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.segmentation_decoder not in SEGMENTATION_DECODERS:
+            raise ValueError(
+                f"`segmentation_decoder` must be one of {SEGMENTATION_DECODERS}, got {self.segmentation_decoder!r}."
+            )
+        vision_type = getattr(self.vision_config, "model_type", None)
+        if self.segmentation_decoder == "unet" and vision_type not in STAGED_VISION_BACKBONES:
+            raise ValueError(
+                f"`segmentation_decoder='unet'` reads the feature maps of a tower's stages, but the vision backbone "
+                f"{vision_type!r} has none SISTA knows (U-Net towers: {STAGED_VISION_BACKBONES}); use 'setr_pup' or "
+                "'auto'."
+            )
         if self.segmentation_dice_weight == 0 and self.segmentation_ce_weight == 0:
             raise ValueError(
                 "`segmentation_dice_weight` and `segmentation_ce_weight` are both 0: there is no segmentation loss."

@@ -30,10 +30,10 @@ if torch.distributed.is_available():
     from torch.distributed import _functional_collectives as functional_collectives
 
 try:
-    from .configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, SistaConfig
+    from .configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STAGED_VISION_BACKBONES, SistaConfig
     from .processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 except ImportError:  # a flat checkout imported without a package
-    from configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, SistaConfig
+    from configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STAGED_VISION_BACKBONES, SistaConfig
     from processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 
 
@@ -1705,10 +1705,128 @@ class SistaSegmentationDecoder(nn.Module):
         return logits
 
 
+def vision_stage_layout(vision_config) -> list[tuple[int, int]] | None:
+    r"""
+    `(stride, channels)` of each feature map a hierarchical vision tower returns with `output_hidden_states=True`, in
+    its order (Swin's `reshaped_hidden_states`): the stem, then every stage. `None` for a tower without stages (a
+    plain ViT) or one whose layout SISTA does not know.
+
+    ResNet: the stem at stride 4 (`embedding_size` channels), stage `i` at `4 · s · 2^i` (`s` = 2 with
+    `downsample_in_first_stage`) with `hidden_sizes[i]`. ConvNeXt: the stem at `patch_size` with `hidden_sizes[0]`,
+    stage `i` at `patch_size · 2^i`. Swin: the stem at `patch_size` with `embed_dim`, stage `i` after its patch merging
+    (`embed_dim · 2^(i+1)` at `patch_size · 2^(i+1)`; the last stage merges nothing), or before it with
+    `output_hidden_states_before_downsampling`.
+    """
+    model_type = getattr(vision_config, "model_type", None)
+    if model_type not in STAGED_VISION_BACKBONES:
+        return None
+    if model_type == "resnet":
+        first = 2 if vision_config.downsample_in_first_stage else 1
+        return [(4, vision_config.embedding_size)] + [
+            (4 * first * 2**index, width) for index, width in enumerate(vision_config.hidden_sizes)
+        ]
+    if model_type == "convnext":
+        patch = vision_config.patch_size
+        return [(patch, vision_config.hidden_sizes[0])] + [
+            (patch * 2**index, width) for index, width in enumerate(vision_config.hidden_sizes)
+        ]
+    patch, width, num_stages = vision_config.patch_size, vision_config.embed_dim, len(vision_config.depths)
+    before = getattr(vision_config, "output_hidden_states_before_downsampling", False)
+    return [(patch, width)] + [
+        (patch * 2**level, width * 2**level)
+        for level in (range(num_stages) if before else [min(i + 1, num_stages - 1) for i in range(num_stages)])
+    ]
+
+
+def unet_skip_layout(vision_config) -> list[tuple[int, int]]:
+    r"""
+    The skip connections of [`SistaUNetDecoder`]: for every stride finer than the tower's last one, `(stride,
+    channels)` of the deepest feature map at that stride (the last one the tower returns there), coarse to fine.
+    """
+    layout = vision_stage_layout(vision_config)
+    if layout is None:
+        raise ValueError(
+            f"The vision backbone {getattr(vision_config, 'model_type', None)!r} has no stages SISTA knows: the U-Net "
+            f"decoder needs one of {STAGED_VISION_BACKBONES}."
+        )
+    deepest = dict(layout)  # a later map at the same stride replaces an earlier one
+    last_stride = layout[-1][0]
+    return sorted(((stride, width) for stride, width in deepest.items() if stride < last_stride), reverse=True)
+
+
+def select_skip_maps(vision_outputs: ModelOutput, num_skips: int, vision_config) -> list[torch.Tensor]:
+    r"""
+    The feature maps of [`unet_skip_layout`] from a backbone's output (run with `output_hidden_states=True`): the
+    deepest map of every resolution finer than the last one, coarse to fine.
+    """
+    hidden_states = vision_outputs.get("reshaped_hidden_states") or vision_outputs.get("hidden_states")
+    maps = [state for state in hidden_states or () if state.dim() == 4]
+    if not maps:
+        raise ValueError(
+            f"The vision backbone {vision_config.model_type!r} returned no feature maps in its hidden states: the "
+            "U-Net decoder needs them (`output_hidden_states=True`)."
+        )
+    deepest = {tuple(state.shape[-2:]): state for state in maps}  # later maps replace earlier ones of equal size
+    last = tuple(maps[-1].shape[-2:])
+    finer = sorted((size for size in deepest if size[0] * size[1] > last[0] * last[1]), key=lambda size: size[0] * size[1])
+    if len(finer) != num_skips:
+        raise ValueError(
+            f"The vision backbone {vision_config.model_type!r} returned feature maps of sizes {sorted(deepest)}: "
+            f"{len(finer)} finer than its last map {last}, but its config gives {num_skips} (see `unet_skip_layout`)."
+        )
+    return [deepest[size] for size in finer]
+
+
+class SistaUNetDecoder(nn.Module):
+    r"""
+    U-Net decoder over a hierarchical tower's stages, as in segmentation_models_pytorch's `Unet` (GLoRIA's and MGCA's
+    frozen-encoder segmentation protocol): from the last feature map, each block upsamples 2× (to the size of the
+    next finer map), concatenates that stage's map and applies two 3×3 conv + GroupNorm + ReLU; blocks without a skip
+    continue to stride 1; then a 1×1 classifier and a last resize to the exact input size. Block `i` has
+    `max(decoder_hidden_size / 2^i, 16)` channels.
+    """
+
+    def __init__(self, in_channels: int, skip_layout: list[tuple[int, int]], hidden_size: int, num_labels: int):
+        super().__init__()
+        finest_stride = skip_layout[-1][0] if skip_layout else 2
+        num_blocks = len(skip_layout) + max(math.ceil(math.log2(finest_stride)), 0)
+        self.skip_channels = [width for _, width in skip_layout]
+        self.blocks = nn.ModuleList()
+        channels = in_channels
+        for index in range(num_blocks):
+            skip = self.skip_channels[index] if index < len(self.skip_channels) else 0
+            width = max(hidden_size // 2**index, 16)
+            self.blocks.append(nn.Sequential(_conv_norm_relu(channels + skip, width), _conv_norm_relu(width, width)))
+            channels = width
+        self.classifier = SistaMaskPredictor(channels, num_labels, kernel_size=1)
+
+    def forward(self, patch_grid: torch.Tensor, skips: list[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
+        hidden = patch_grid
+        for index, block in enumerate(self.blocks):
+            if index < len(skips):
+                hidden = F.interpolate(hidden, size=skips[index].shape[-2:], mode="nearest")
+                hidden = torch.cat([hidden, skips[index]], dim=1)
+            else:
+                hidden = F.interpolate(hidden, scale_factor=2, mode="nearest")
+            hidden = block(hidden)
+        logits = self.classifier(hidden)
+        if logits.shape[-2:] != tuple(output_size):
+            logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+        return logits
+
+
+def segmentation_decoder_type(config: SistaConfig) -> str:
+    """`"unet"` or `"setr_pup"`: `config.segmentation_decoder` with `"auto"` resolved by the vision tower."""
+    if config.segmentation_decoder != "auto":
+        return config.segmentation_decoder
+    return "unet" if vision_stage_layout(config.vision_config) is not None else "setr_pup"
+
+
 class SistaForSemanticSegmentation(SistaVisionHeadModel):
     r"""
-    SISTA's vision encoder with a light progressive-upsampling decoder on the patch grid ([`SistaSegmentationDecoder`])
-    giving mask logits at the input resolution. `num_labels=1` is binary segmentation (BCE + Dice on the sigmoid,
+    SISTA's vision encoder with a decoder giving mask logits at the input resolution: a U-Net over the stages of a
+    hierarchical tower ([`SistaUNetDecoder`]) or a light progressive-upsampling decoder on the patch grid
+    ([`SistaSegmentationDecoder`]), per `config.segmentation_decoder`. `num_labels=1` is binary segmentation (BCE + Dice on the sigmoid,
     `labels` in {0, 1}); `num_labels>1` is multi-class (CE + Dice on the softmax, `labels` class indices). Pixels
     labelled `config.semantic_loss_ignore_index` are ignored.
 
@@ -1724,13 +1842,37 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
 
     def __init__(self, config: SistaConfig):
         super().__init__(config)
-        self.decoder = SistaSegmentationDecoder(
-            self.vision_feature_size,
-            config.decoder_hidden_size,
-            config.num_labels,
-            vision_output_stride(config.vision_config),
-        )
+        self.decoder_type = segmentation_decoder_type(config)
+        if self.decoder_type == "unet":
+            self.decoder = SistaUNetDecoder(
+                self.vision_feature_size,
+                unet_skip_layout(config.vision_config),
+                config.decoder_hidden_size,
+                config.num_labels,
+            )
+        else:
+            self.decoder = SistaSegmentationDecoder(
+                self.vision_feature_size,
+                config.decoder_hidden_size,
+                config.num_labels,
+                vision_output_stride(config.vision_config),
+            )
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        stale = [key for key in loading_info["unexpected_keys"] if key.startswith("decoder.")]
+        if stale:
+            raise ValueError(
+                f"{pretrained_model_name_or_path!s} holds decoder weights of another layout (e.g. {stale[:2]}) than "
+                f"the {model.decoder_type!r} decoder its config builds: a head saved with the other "
+                "`segmentation_decoder` (pass segmentation_decoder='setr_pup' or 'unet' to load it)."
+            )
+        return (model, loading_info) if output_loading_info else model
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -1778,10 +1920,18 @@ class SistaForSemanticSegmentation(SistaVisionHeadModel):
             resolution (transformers' SegFormer returns a quarter; here no resize is needed before the metric).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        vision_outputs, _, patch_grid = self.encode(
-            pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
-        )
-        logits = self.decoder(patch_grid, tuple(pixel_values.shape[-2:]))
+        output_size = tuple(pixel_values.shape[-2:]) if pixel_values is not None else None
+        if self.decoder_type == "unet":
+            vision_outputs, _, patch_grid = self.encode(pixel_values, output_attentions, True, interpolate_pos_encoding)
+            skips = select_skip_maps(vision_outputs, len(self.decoder.skip_channels), self.config.vision_config)
+            logits = self.decoder(patch_grid, skips, output_size)
+            if not (output_hidden_states or self.config.output_hidden_states):
+                vision_outputs["hidden_states"] = None  # asked for by the decoder, not by the caller
+        else:
+            vision_outputs, _, patch_grid = self.encode(
+                pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding
+            )
+            logits = self.decoder(patch_grid, output_size)
         loss = None
         if labels is not None:
             self._check_labels(labels, logits)

@@ -30,11 +30,17 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
     python research/reproduce.py --quick               # 1 seed, tiny budgets, a subset of tasks (minutes)
     python research/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
     python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
+    python research/reproduce.py --estimate_cost --work_dir outputs/reproduce_quick   # the full study's wall time
+
+`--estimate_cost` times the study's own commands on this machine, each at two sizes so that start-up cancels
+(pre-training and head steps, test images, SynthCXR generation), reads the label-free tasks and the linear probe
+from the `--quick` run found in `--work_dir`, and projects the wall time of the study the other arguments describe.
 """
 
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -61,7 +67,7 @@ ALL_TASKS = FINETUNE_TASKS + EVAL_TASKS
 # (task, headline metric key inside the run record, label shown in tables)
 HEADLINE_METRICS = {
     "classification": [("auroc", "linear-probe AUROC")],
-    "segmentation": [("dice", "Dice")],
+    "segmentation": [("dice", "Dice"), ("dice_small", "Dice, small lesions"), ("dice_large", "Dice, large lesions")],
     "detection": [("map_40_75", "mAP@[.40:.75]")],
     "zero_shot": [("macro_auroc", "zero-shot AUROC")],
     "retrieval": [
@@ -83,6 +89,12 @@ REFERENCES = {
 }
 
 
+# the heads' step budgets per label fraction: at 1% (100 studies, about 100 boxes) a few dozen epochs, at 100% a cap
+# in steps (see REPRODUCE.md for what they cost)
+FULL_SEGMENTATION_STEPS = "0.01:200,1:800"
+FULL_DETECTION_STEPS = "0.01:200,1:800"
+
+
 @dataclass
 class ReproduceArguments:
     """
@@ -95,17 +107,21 @@ class ReproduceArguments:
             Dataset, checkpoints and every run's results JSON (the resumable state of the study).
         objectives (`str`, *optional*, defaults to `"clip,sia,sta,sista"`):
             Comma-separated pre-training objectives.
-        seeds (`str`, *optional*, defaults to `"0,1,2"`):
-            Comma-separated seeds (pre-training and fine-tuning seed).
+        seeds (`str`, *optional*, defaults to `"0,1,2,3,4"`):
+            Comma-separated seeds (pre-training and fine-tuning seed). Five give the paired Student t interval 4
+            degrees of freedom (t = 2.78; three give 2, t = 4.30).
         tasks (`str`, *optional*):
             Comma-separated tasks among classification, segmentation, detection, zero_shot, retrieval, grounding
             (default: all; `--quick`: classification, zero_shot, retrieval, grounding).
         label_fractions (`str`, *optional*):
             Comma-separated label fractions (default 0.01,0.1,1.0; `--quick`: 0.1,1.0).
+        num_train (`int`, *optional*):
+            The labelled pool (default 10,000: its 1% is 100 studies); the 1%, 10% and 100% subsets are nested.
         segmentation_steps, detection_steps (`str`, *optional*):
             `fraction:max_steps` pairs: the label fractions of the head's runs (among `label_fractions`) and the step
             budget of each; the validation split is evaluated at every quarter of it and the head of the best step
-            (segmentation: Dice; detection: loss) is scored.
+            (segmentation: Dice; detection: loss) is scored. The budget caps the steps, not the pool: a 100% head
+            draws its batches from all 10,000 studies but sees `max_steps × finetune_batch_size` of them.
         quick (`bool`, *optional*, defaults to `False`):
             One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
         aggregate_only (`bool`, *optional*, defaults to `False`):
@@ -118,17 +134,24 @@ class ReproduceArguments:
     output_dir: str = field(default="docs/results", metadata={"help": "Aggregated JSON, table and plots."})
     work_dir: str = field(default="outputs/reproduce", metadata={"help": "Dataset, checkpoints and per-run JSON."})
     objectives: str = field(default="clip,sia,sta,sista", metadata={"help": "Comma-separated objectives."})
-    seeds: str = field(default="0,1,2", metadata={"help": "Comma-separated seeds."})
+    seeds: str = field(default="0,1,2,3,4", metadata={"help": "Comma-separated seeds."})
     tasks: str | None = field(default=None, metadata={"help": f"Comma-separated subset of {','.join(ALL_TASKS)}."})
     label_fractions: str | None = field(default=None, metadata={"help": "Comma-separated label fractions."})
     quick: bool = field(default=False, metadata={"help": "1 seed, tiny budgets, subset of tasks (minutes)."})
     aggregate_only: bool = field(default=False, metadata={"help": "Only rebuild table and plots from work_dir."})
+    estimate_cost: bool = field(
+        default=False,
+        metadata={"help": "Time the study's steps on this machine against the --quick run in work_dir and project the "
+                          "wall time of the study these arguments describe (written to output_dir/reproduce_cost.json)."},
+    )
     # data (shared by every run)
     image_size: int = field(
         default=128, metadata={"help": "SynthCXR image side (pixels); 128 gives the `small` preset an 8 x 8 grid."}
     )
     num_pretrain: int | None = field(default=None, metadata={"help": "Pre-training studies (default 2000)."})
-    num_train: int | None = field(default=None, metadata={"help": "Labelled training studies (default 1000)."})
+    num_train: int | None = field(
+        default=None, metadata={"help": "Labelled training pool (default 10000: 1% is 100 studies)."}
+    )
     num_validation: int | None = field(default=None, metadata={"help": "Validation studies (default 200)."})
     num_test: int | None = field(default=None, metadata={"help": "Test studies (default 300)."})
     report_encoder: str = field(
@@ -150,15 +173,21 @@ class ReproduceArguments:
     )
     # downstream budgets (identical for every objective)
     segmentation_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the segmentation head (default 0.01:60,1:150)."}
+        default=None, metadata={"help": f"fraction:max_steps of the segmentation head (default {FULL_SEGMENTATION_STEPS})."}
     )
     detection_steps: str | None = field(
-        default=None, metadata={"help": "fraction:max_steps of the detection head (default 0.01:50,1:300)."}
+        default=None, metadata={"help": f"fraction:max_steps of the detection head (default {FULL_DETECTION_STEPS})."}
     )
     finetune_batch_size: int = field(default=32, metadata={"help": "Fine-tuning batch size."})
     segmentation_learning_rate: float = field(default=3e-3, metadata={"help": "Segmentation head learning rate."})
     detection_learning_rate: float = field(default=1e-3, metadata={"help": "Detection head learning rate."})
     decoder_hidden_size: int = field(default=64, metadata={"help": "Segmentation decoder / detection head width."})
+    segmentation_decoder: str = field(
+        default="auto",
+        metadata={"help": "finetune_segmentation.py --segmentation_decoder: 'auto' (U-Net over the stages of the "
+                          "ResNet, SETR-PUP for a plain ViT), 'unet' or 'setr_pup'.",
+                  "choices": ["auto", "setr_pup", "unet"]},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate only the first N test rows."})
     threads: int = field(
         default=1,
@@ -170,20 +199,20 @@ class ReproduceArguments:
     def __post_init__(self):
         quick_defaults = {
             "num_pretrain": (2000, 400),
-            "num_train": (1000, 200),
+            "num_train": (10000, 200),
             "num_validation": (200, 100),
             "num_test": (300, 100),
             "pretrain_epochs": (6.0, 1.0),
-            "segmentation_steps": ("0.01:60,1:150", "0.1:8,1:12"),
-            "detection_steps": ("0.01:50,1:300", "0.1:8,1:12"),
+            "segmentation_steps": (FULL_SEGMENTATION_STEPS, "0.1:8,1:12"),
+            "detection_steps": (FULL_DETECTION_STEPS, "0.1:8,1:12"),
         }
         for name, (full, quick) in quick_defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, quick if self.quick else full)
-        if self.quick and self.seeds == "0,1,2":
+        if self.quick and self.seeds == "0,1,2,3,4":
             self.seeds = "0"
         if self.tasks is None:
-            self.tasks = "classification,zero_shot,retrieval,grounding" if self.quick else ",".join(ALL_TASKS)
+            self.tasks = ",".join(ALL_TASKS)
         if self.label_fractions is None:
             self.label_fractions = "0.1,1.0" if self.quick else "0.01,0.1,1.0"
         self.objective_list = parse_list(self.objectives, str, "objectives")
@@ -351,6 +380,8 @@ def finetune_arguments(args, task: str, model_dir: Path, output_dir: Path, fract
         "--disable_tqdm", "true",
         "--decoder_hidden_size", str(args.decoder_hidden_size),
     ]
+    if task == "segmentation":
+        cli += ["--segmentation_decoder", args.segmentation_decoder]
     if args.max_eval_samples:
         cli += ["--max_test_samples", str(args.max_eval_samples)]
     return cli
@@ -412,8 +443,11 @@ def headline_from_results(task: str, results: dict) -> dict:
     """The numbers the study compares, read from a script's results dict."""
     if task in ("segmentation", "detection"):
         metrics = results["metrics"]
-        keys = {"segmentation": ("dice", "mean_image_dice"), "detection": ("map_40_75", "map", "map_50")}[task]
-        return {key: metrics.get(key) for key in keys}
+        if task == "detection":
+            return {key: metrics.get(key) for key in ("map_40_75", "map", "map_50")}
+        # Dice over all pixels, per image, and per (image, lesion type) pair by type and by size
+        return {key: value for key, value in metrics.items()
+                if key in ("dice", "mean_image_dice") or key.startswith(("dice_", "num_"))}
     if task == "zero_shot":
         return {"macro_auroc": results["macro_auroc"]}
     if task == "retrieval":
@@ -514,6 +548,8 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
             record["metrics"] = headline_from_results(task, results)
             if task in FINETUNE_TASKS:
                 record["step_selection"] = best_step(output_dir)
+            if task == "segmentation":
+                record["decoder"] = results.get("decoder")
         except Exception as error:  # a failing script is reported in the study, with its exact error
             record["error"] = f"{type(error).__name__}: {error}"
             record["traceback"] = traceback.format_exc()
@@ -636,8 +672,28 @@ def markdown_table(summary: dict, objectives: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sign_flip_p_value(differences: list[float]) -> float | None:
+    """
+    Exact two-sided p-value of the paired sign-flip permutation test of a zero mean difference (scipy's
+    `permutation_test` over all 2^n sign patterns): no normality assumed, but its smallest value is 2 / 2^n (0.0625
+    at 5 seeds, 0.031 at 6), so below 6 seeds it cannot reach 0.05. None for one value.
+    """
+    from scipy import stats
+
+    if len(differences) < 2:
+        return None
+    result = stats.permutation_test(
+        (np.asarray(differences, dtype=float),), lambda values, axis: np.mean(values, axis=axis),
+        permutation_type="samples", vectorized=True, n_resamples=np.inf, alternative="two-sided",
+    )
+    return float(result.pvalue)
+
+
 def difference_entry(differences: list[float]) -> dict:
-    """Mean, sample std and the 95% interval of the mean (Student t, n - 1 degrees of freedom; None for one value)."""
+    """
+    Mean, sample std, the 95% interval of the mean (Student t, n - 1 degrees of freedom; None for one value) and the
+    exact sign-flip p-value (`sign_flip_p_value`).
+    """
     from scipy import stats
 
     mean, std = mean_std(differences)
@@ -645,7 +701,8 @@ def difference_entry(differences: list[float]) -> dict:
     if std is not None:
         half = float(stats.t.ppf(0.975, len(differences) - 1)) * std / np.sqrt(len(differences))
         interval = [mean - half, mean + half]
-    return {"mean": mean, "std": std, "ci95": interval, "n": len(differences), "differences": differences}
+    return {"mean": mean, "std": std, "ci95": interval, "n": len(differences), "differences": differences,
+            "sign_flip_p": sign_flip_p_value(differences)}
 
 
 def paired_difference(summary: dict, task: str, metric: str, fraction: str, objective: str, baseline: str):
@@ -688,7 +745,7 @@ def difference_table(summary: dict, objectives: list[str], baseline: str = "clip
 
 
 DOWNSTREAM = [("classification", "auroc", "linear-probe AUROC"), ("segmentation", "dice", "Dice"),
-              ("detection", "map_40_75", "mAP@[.40:.75]")]
+              ("segmentation", "dice_small", "Dice, small lesions"), ("detection", "map_40_75", "mAP@[.40:.75]")]
 
 
 def claim_verdicts(summary: dict) -> list[dict]:
@@ -748,15 +805,18 @@ def claim_verdicts(summary: dict) -> list[dict]:
 
 
 def claims_markdown(claims: list[dict]) -> str:
-    lines = ["| claim | comparison | task | labels | value [95% interval] | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| claim | comparison | task | labels | value [95% interval] | sign-flip p | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for claim in claims:
         value = claim["difference"]
         if "ci95" in value:
             text = format_difference(value)
         else:
             text = f"{value['mean']:.3f} (lowest seed {value['lowest_seed']:.3f})"
+        p_value = value.get("sign_flip_p")
+        p_text = "—" if p_value is None else f"{p_value:.3f}"
         lines.append(f"| {claim['claim']} | {claim['comparison']} | {claim['task']} ({claim['metric']}) | "
-                     f"{claim['labels']} | {text} | {claim['verdict']} |")
+                     f"{claim['labels']} | {text} | {p_text} | {claim['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -887,8 +947,9 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
         table += difference_table(summary, objectives)
     claims = claim_verdicts(summary)
     if claims:
-        table += ("\n## The paper's claims on SynthCXR\n\nA comparison holds when its 95% interval lies above 0; "
-                  "grounding is checked on the lowest seed.\n\n") + claims_markdown(claims)
+        table += ("\n## The paper's claims on SynthCXR\n\nA comparison holds when its 95% interval (paired Student t over "
+                  "seeds) lies above 0; the exact sign-flip p beside it assumes no normality (its smallest value is "
+                  "2 / 2^seeds); grounding is checked on the lowest seed.\n\n") + claims_markdown(claims)
     seeds = sorted({r["seed"] for r in records})
     pretrain_walls = [r["wall_time_s"] for r in records if r["task"] == "pretrain"]
     selection = step_selection_text(records)
@@ -925,6 +986,118 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# What the study costs on this machine
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def timed(function, *arguments) -> float:
+    start = time.time()
+    function(*arguments)
+    return time.time() - start
+
+
+def estimate_cost(args: ReproduceArguments, command: str) -> dict:
+    """
+    Seconds per pre-training step, per head step and per test image of each head (each the difference of two runs of
+    the study's own command that differ only in that count, so loading and start-up cancel), SynthCXR studies per
+    second, and the linear probe and label-free tasks of the `--quick` run in `work_dir` scaled to the study's sizes;
+    then the projected wall time of the study `args` describe, `parallel` workers at a time. One thread per worker.
+    """
+    import tempfile
+
+    import torch
+    from datasets import load_from_disk
+
+    torch.set_num_threads(args.threads)
+    quick_records = [record for record in collect_records(args.work_dir) if "metrics" in record or record["task"] == "pretrain"]
+    checkpoints = sorted(path.parent for path in Path(args.work_dir).glob("runs/*/pretrain/model.safetensors"))
+    if not checkpoints or not quick_records:
+        raise ValueError(f"--estimate_cost needs a finished `--quick` run in --work_dir {args.work_dir} (a pre-trained "
+                         f"checkpoint and its records); found {len(checkpoints)} checkpoint(s), {len(quick_records)} "
+                         "record(s). Run `python research/reproduce.py --quick --work_dir ...` first.")
+    model_dir = checkpoints[0]
+    quick_data = load_from_disk(os.fspath(dataset_dir(args)))
+    quick_sizes = {split: len(quick_data[split]) for split in quick_data}
+    measured: dict = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        from sista_examples.data.synthcxr import generate_synthcxr
+
+        studies = 1000
+        seconds = timed(lambda: generate_synthcxr(num_pretrain=0, num_train=studies, num_validation=0, num_test=0,
+                                                  image_size=args.image_size, seed=args.data_seed + 1,
+                                                  num_proc=min(2, os.cpu_count() or 1), cache_dir=os.fspath(scratch)))
+        measured["generation_studies_per_s"] = studies / seconds
+
+        def pretrain_runtime(steps: int) -> float:
+            cli = pretrain_arguments(args, "sista", 0, scratch / f"pretrain-{steps}") + ["--max_steps", str(steps)]
+            history = example_script("pretrain").main(cli).state.log_history
+            return next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
+
+        measured["pretrain_s_per_step"] = (pretrain_runtime(12) - pretrain_runtime(2)) / 10
+        for task in ("segmentation", "detection"):
+            module = example_script(f"finetune_{task}")
+
+            def head_wall(steps: int, test_samples: int) -> float:
+                cli = finetune_arguments(args, task, model_dir, scratch / f"{task}-{steps}-{test_samples}", 1.0, 0)
+                cli = cli[:cli.index("--validation_split")] + [
+                    "--max_steps", str(steps), "--save_strategy", "no", "--max_test_samples", str(test_samples),
+                    "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+                ] + (["--segmentation_decoder", args.segmentation_decoder] if task == "segmentation" else [])
+                return timed(module.main, cli)
+
+            base = head_wall(2, 2)
+            measured[f"{task}_s_per_step"] = (head_wall(12, 2) - base) / 10
+            test_images = min(100, quick_sizes["test"])
+            measured[f"{task}_s_per_test_image"] = (head_wall(2, test_images) - base) / (test_images - 2)
+
+    # tasks whose cost grows with the images they read, from the quick run: the probe reads every split, the
+    # label-free tasks the test split
+    quick_images = quick_sizes["train"] + quick_sizes["validation"] + quick_sizes["test"]
+    probe = [sum(r["wall_time_s"] for r in quick_records if r["task"] == "classification" and r["objective"] == o)
+             for o in {r["objective"] for r in quick_records if r["task"] == "classification"}]
+    measured["linear_probe_s_per_image"] = float(np.mean(probe)) / quick_images if probe else None
+    label_free = {task: float(np.mean([r["wall_time_s"] for r in quick_records if r["task"] == task]))
+                  for task in EVAL_TASKS if any(r["task"] == task for r in quick_records)}
+    measured["label_free_s_per_test_image"] = {task: wall / quick_sizes["test"] for task, wall in label_free.items()}
+
+    # the study these arguments describe
+    pretrain_steps = math.ceil(args.num_pretrain / args.pretrain_batch_size) * args.pretrain_epochs
+    per_run = {"pretrain": pretrain_steps * measured["pretrain_s_per_step"]}
+    for task in ("segmentation", "detection"):
+        if task in args.task_list:
+            steps = sum(args.step_budgets[task].values())
+            evaluated = len(args.step_budgets[task]) * (4 * args.num_validation + args.num_test)
+            per_run[task] = steps * measured[f"{task}_s_per_step"] + evaluated * measured[f"{task}_s_per_test_image"]
+    if "classification" in args.task_list and measured["linear_probe_s_per_image"]:
+        per_run["classification"] = (measured["linear_probe_s_per_image"]
+                                     * (args.num_train + args.num_validation + args.num_test))
+    for task, rate in measured["label_free_s_per_test_image"].items():
+        if task in args.task_list:
+            per_run[task] = rate * args.num_test
+    runs = len(args.objective_list) * len(args.seed_list)
+    generation = (args.num_pretrain + args.num_train + args.num_validation + args.num_test) / measured[
+        "generation_studies_per_s"]
+    total = generation + math.ceil(runs / max(args.parallel, 1)) * sum(per_run.values())
+    payload = {"command": command, "measured_on": versions(), "measured": measured,
+               "study": {"runs": runs, "parallel": args.parallel, "pretrain_steps_per_run": pretrain_steps,
+                         "step_budgets": {task: {f"{k:g}": v for k, v in budgets.items()}
+                                          for task, budgets in args.step_budgets.items()},
+                         "num_train": args.num_train, "num_test": args.num_test},
+               "projected_s_per_run": per_run, "projected_generation_s": generation, "projected_wall_time_s": total}
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "reproduce_cost.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    lines = [f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}"
+             for name, value in measured.items()]
+    lines += [f"per (objective, seed) run, s: " + ", ".join(f"{task} {value:.0f}" for task, value in per_run.items()),
+              f"projected wall time: {total / 3600:.1f} h ({runs} runs, {args.parallel} at a time, generation "
+              f"{generation:.0f} s)"]
+    print("\n".join(lines), flush=True)
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -944,6 +1117,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     command = shlex.join(["python", "research/reproduce.py", *argv])
     if args.aggregate_only:
         return aggregate(args, command)
+    if args.estimate_cost:
+        return estimate_cost(args, command)
     start = time.time()
     prepare_dataset(args)
     # seed-major order: a study stopped early still has every objective at the seeds it finished

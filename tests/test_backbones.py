@@ -282,9 +282,18 @@ def test_heads_read_the_backbones_pooled_feature_and_grid(name):
         masks = torch.randint(0, 2, (2, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(0))
         segmentation = segmenter(pixel_values, labels=masks)
         assert segmentation.logits.shape == (2, 2, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(segmentation.loss)
-        torch.testing.assert_close(segmentation.logits, segmenter.decoder(patch_grid, (IMAGE_SIZE, IMAGE_SIZE)))
-        # one 2x stage per halving of the backbone's stride, so the decoder reaches the input size by itself
-        assert 2 ** len(segmenter.decoder.stages) * grid_height == IMAGE_SIZE
+        if name in UNET_SKIPS:  # the default decoder of a tower with stages is the U-Net
+            assert segmenter.decoder_type == "unet"
+            skips = unet_reference_skips(name, segmenter.vision_model, pixel_values)
+            expected = segmenter.decoder(patch_grid, skips, (IMAGE_SIZE, IMAGE_SIZE))
+            blocks = segmenter.decoder.blocks
+        else:
+            assert segmenter.decoder_type == "setr_pup"
+            expected = segmenter.decoder(patch_grid, (IMAGE_SIZE, IMAGE_SIZE))
+            blocks = segmenter.decoder.stages
+        torch.testing.assert_close(segmentation.logits, expected)
+        # one 2x block per halving of the backbone's stride, so the decoder reaches the input size by itself
+        assert 2 ** len(blocks) * grid_height == IMAGE_SIZE
 
         reference = backbone_reference(name, detector.vision_model, pixel_values)
         patch_grid = reference["patches"].transpose(1, 2).reshape(2, -1, grid_height, grid_width)
@@ -293,6 +302,85 @@ def test_heads_read_the_backbones_pooled_feature_and_grid(name):
         assert detection.heatmap_logits.shape == (2, 2, grid_height * factor, grid_width * factor)
         torch.testing.assert_close(detection.heatmap_logits, detector.detection_head(patch_grid)[0])
         assert torch.isfinite(detection.loss)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Segmentation: the U-Net over the stages of ResNet, ConvNeXt and Swin
+# --------------------------------------------------------------------------------------------------------------------
+
+# the hidden states each U-Net family's skips are, coarse to fine, as the families document their outputs: ResNet's and
+# ConvNeXt's stage 1 (its stride-4 map replaces the stem's of the same size), Swin's merged stage 1 and its stem
+UNET_SKIPS = {"resnet": ("hidden_states", [1]), "convnext": ("hidden_states", [1]), "swin": ("reshaped_hidden_states", [1, 0])}
+
+
+def unet_reference_skips(name: str, vision_model, pixel_values) -> list[torch.Tensor]:
+    field, indices = UNET_SKIPS[name]
+    states = vision_model(pixel_values=pixel_values, output_hidden_states=True)[field]
+    return [states[index] for index in indices]
+
+
+@pytest.mark.parametrize("name", UNET_SKIPS)
+def test_unet_decoder_reads_every_stage(name):
+    segmenter = family_model(name, SistaForSemanticSegmentation, num_labels=1)
+    pixel_values = images()
+    with torch.no_grad():
+        reference = backbone_reference(name, segmenter.vision_model, pixel_values)
+        patch_grid = reference["patches"].transpose(1, 2).reshape(2, -1, *reference["grid"])
+        skips = unet_reference_skips(name, segmenter.vision_model, pixel_values)
+        assert [skip.shape[1] for skip in skips] == segmenter.decoder.skip_channels
+        logits = segmenter(pixel_values).logits
+        torch.testing.assert_close(logits, segmenter.decoder(patch_grid, skips, (IMAGE_SIZE, IMAGE_SIZE)))
+        # each stage's map, the finest included, moves the logits: the decoder reads it, not only the last grid
+        for index in range(len(skips)):
+            changed = [skip + (2.0 if position == index else 0.0) * torch.randn_like(skip)
+                       for position, skip in enumerate(skips)]
+            moved = segmenter.decoder(patch_grid, changed, (IMAGE_SIZE, IMAGE_SIZE))
+            assert (moved - logits).abs().max() > 1e-3, f"skip {index} of {name} does not reach the logits"
+
+
+@pytest.mark.parametrize("name", ["resnet", "swin", "vit"])
+def test_segmentation_decoder_round_trips_through_save_and_load(tmp_path, name):
+    segmenter = family_model(name, SistaForSemanticSegmentation, num_labels=1)
+    with torch.no_grad():  # a decoder no fresh initialisation could reproduce
+        for parameter in segmenter.decoder.parameters():
+            parameter.add_(0.1)
+    segmenter.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["segmentation_decoder"] == "auto"
+    loaded = SistaForSemanticSegmentation.from_pretrained(tmp_path).eval()
+    assert loaded.decoder_type == segmenter.decoder_type == ("setr_pup" if name == "vit" else "unet")
+    pixel_values = images()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values).logits, segmenter(pixel_values).logits)
+
+
+def test_loading_a_head_with_the_other_decoder_is_refused(tmp_path):
+    # 128 channels give both decoders a 32-channel classifier: only the names of the decoder's weights differ
+    family_model(
+        "resnet", SistaForSemanticSegmentation, num_labels=1, segmentation_decoder="setr_pup", decoder_hidden_size=128
+    ).save_pretrained(tmp_path)
+    assert SistaForSemanticSegmentation.from_pretrained(tmp_path).decoder_type == "setr_pup"
+    with pytest.raises(ValueError, match="segmentation_decoder"):
+        SistaForSemanticSegmentation.from_pretrained(tmp_path, segmentation_decoder="unet")
+
+
+@pytest.mark.parametrize("name", UNET_SKIPS)
+def test_frozen_encoder_gets_no_gradient_under_the_unet(name):
+    segmenter = family_model(name, SistaForSemanticSegmentation, num_labels=1, freeze_encoder=True).train()
+    masks = torch.randint(0, 2, (2, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(0))
+    segmenter(images(), labels=masks).loss.backward()
+    assert all(parameter.grad is None for parameter in segmenter.vision_model.parameters())
+    assert all(parameter.grad is not None and parameter.grad.abs().sum() > 0
+               for parameter in segmenter.decoder.parameters())
+
+
+def test_segmentation_decoder_field_is_checked_and_resolved():
+    with pytest.raises(ValueError, match="segmentation_decoder"):
+        family_config("resnet", segmentation_decoder="fpn")
+    with pytest.raises(ValueError, match=r"segmentation_decoder='unet'.*'vit'"):
+        family_config("vit", segmentation_decoder="unet")
+    assert family_model("convnext", SistaForSemanticSegmentation, segmentation_decoder="setr_pup").decoder_type == (
+        "setr_pup"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

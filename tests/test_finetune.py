@@ -58,6 +58,12 @@ def test_classification_end_to_end_writes_results(dataset_dir, tmp_path):
 def test_segmentation_end_to_end_writes_results(dataset_dir, tmp_path):
     results = run(finetune_segmentation, dataset_dir, tmp_path, *TINY_SCRATCH)
     assert 0 <= results["metrics"]["dice"] <= 1 and results["metrics"]["num_images"] == 8
+    # one Dice per (test image, segmented lesion type), counted from the split's findings
+    findings = load_from_disk(str(dataset_dir))["test"]["findings"]
+    pairs = sum(len({finding["name"] for finding in row} - {"cardiomegaly"}) for row in findings)
+    assert results["metrics"]["num_small"] + results["metrics"]["num_large"] == pairs
+    assert all(results["metrics"][f"dice_{group}"] is None or 0 <= results["metrics"][f"dice_{group}"] <= 1
+               for group in ("small", "large"))
     assert (tmp_path / "segmentation_results.md").is_file() and (tmp_path / "segmentation_results.json").is_file()
 
 

@@ -74,6 +74,22 @@ def test_paired_difference_matches_a_hand_t_interval():
     assert reproduce.paired_difference(summary, "classification", "auroc", "0.01", "sta", "clip") is None
 
 
+def test_sign_flip_p_value_counts_sign_patterns_by_hand():
+    # 3 differences, 8 sign patterns; |sum| >= |0.1 - 0.04 + 0.04| = 0.1 for sums 0.18, 0.1, 0.1 and their negatives
+    assert reproduce.sign_flip_p_value([0.1, -0.04, 0.04]) == pytest.approx(6 / 8)
+    # all of one sign: only that pattern and its mirror reach the observed mean
+    assert reproduce.sign_flip_p_value([0.1, 0.04, 0.04, 0.02, 0.03]) == pytest.approx(2 / 32)
+    assert reproduce.sign_flip_p_value([0.1]) is None
+    assert reproduce.difference_entry([0.1, 0.04, 0.04, 0.02, 0.03])["sign_flip_p"] == pytest.approx(2 / 32)
+
+
+def test_segmentation_headline_keeps_dice_per_lesion_size():
+    results = {"metrics": {"dice": 0.5, "mean_image_dice": 0.6, "dice_small": 0.3, "num_small": 12,
+                           "dice_nodule": 0.2, "num_images": 9, "test_foreground_fraction": 0.1}}
+    assert reproduce.headline_from_results("segmentation", results) == {
+        "dice": 0.5, "mean_image_dice": 0.6, "dice_small": 0.3, "num_small": 12, "dice_nodule": 0.2, "num_images": 9}
+
+
 def test_claim_verdicts_follow_the_interval():
     records = []
     for seed, (clip, sista) in enumerate([(0.50, 0.60), (0.52, 0.61), (0.55, 0.66)]):  # sista always ~+0.1
@@ -146,12 +162,16 @@ def test_quick_argument_parsing():
     quick = reproduce.parse_arguments(["--quick"])
     assert quick.quick and quick.seed_list == [0]
     assert quick.fraction_list == [0.1, 1.0]
-    assert quick.task_list == ["classification", "zero_shot", "retrieval", "grounding"]
+    assert len(quick.task_list) == 6  # every task, on tiny budgets
     assert quick.num_pretrain < 1000 and max(quick.step_budgets["segmentation"].values()) <= 20
     full = reproduce.parse_arguments([])
-    assert full.seed_list == [0, 1, 2] and full.objective_list == ["clip", "sia", "sta", "sista"]
+    assert full.seed_list == [0, 1, 2, 3, 4] and full.objective_list == ["clip", "sia", "sta", "sista"]
     assert full.fraction_list == [0.01, 0.1, 1.0] and len(full.task_list) == 6
-    assert full.step_budgets == {"segmentation": {0.01: 60, 1.0: 150}, "detection": {0.01: 50, 1.0: 300}}
+    assert full.num_train * 0.01 >= 100  # 1% of the labelled pool is at least 100 studies
+    assert full.step_budgets == {task: reproduce.parse_budgets(text, task, full.fraction_list) for task, text in
+                                 (("segmentation", reproduce.FULL_SEGMENTATION_STEPS),
+                                  ("detection", reproduce.FULL_DETECTION_STEPS))}
+    assert full.segmentation_decoder == "auto"
     custom = reproduce.parse_arguments(["--quick", "--seeds", "3,4", "--objectives", "clip,sista", "--output_dir", "x"])
     assert custom.seed_list == [3, 4] and custom.objective_list == ["clip", "sista"] and custom.output_dir == "x"
 

@@ -432,12 +432,13 @@ def augmentation_of(data_args: FinetuningDataArguments) -> XRayAugmentation:
 
 
 def train_and_predict(model, training_args, image_processor, transform, collate, train_dataset, validation_dataset,
-                      test_dataset, step, augment: bool, **trainer_kwargs):
+                      test_dataset, step, augment: bool, test_transform=None, **trainer_kwargs):
     """
     The run every fine-tuning script shares: `CheckpointTrainer` trains `model` on `train_dataset` (augmented by
     `collate(examples, augment)`, evaluating `validation_dataset` when there is one), saves it with `image_processor`,
     and on the main process runs `step(model, batch)` over the whole `test_dataset` (`predict`), returning its
-    results; `None` on the other processes. `transform` turns a batch of rows into model inputs.
+    results; `None` on the other processes. `transform` turns a batch of rows into model inputs; `test_transform`, when
+    given, does so for the test split (which may carry more than the model's inputs).
     """
     trainer = CheckpointTrainer(
         model=model,
@@ -455,7 +456,7 @@ def train_and_predict(model, training_args, image_processor, transform, collate,
     image_processor.save_pretrained(training_args.output_dir)
     return predict(
         trainer.model,
-        test_dataset.with_transform(transform),
+        test_dataset.with_transform(test_transform or transform),
         lambda examples: collate(examples, False),
         training_args.per_device_eval_batch_size,
         step,
