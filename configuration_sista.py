@@ -75,8 +75,8 @@ class SistaConfig(PretrainedConfig):
             Two different reports whose report-similarity is at least this value count as false negatives of each
             other; a cosine similarity in [-1, 1]. The right value belongs to the report embeddings: 0.99 means "the
             same label vector" for the default label-vector embeddings (`examples/report_embeddings.py` stores each
-            encoder's threshold with its embeddings, and `examples/pretrain.py` uses it). A value above 1 (how older
-            configs switched false-negative removal off) loads as `sia_mode="off"`.
+            encoder's threshold with its embeddings, and `examples/pretrain.py` uses it). A value above 1 is an error:
+            `sia_mode="off"` switches false-negative removal off.
         sia_mode (`str`, *optional*, defaults to `"eliminate"`):
             What SIA does with false negatives: `"eliminate"` removes them from the softmax denominator; `"soft"`
             treats them as extra positives of a soft target distribution; `"off"` flags none, so SIA is the CLIP loss
@@ -208,13 +208,12 @@ class SistaConfig(PretrainedConfig):
             raise ValueError("`sia_weight` and `sta_weight` are both 0: at least one objective must be on.")
         if self.sia_threshold < -1:
             raise ValueError(f"`sia_threshold` must be >= -1 (a cosine similarity), got {self.sia_threshold}.")
-        # a cosine never exceeds 1: such a threshold flags no pair, which is what sia_mode="off" says explicitly
-        if self.sia_threshold > 1 and self.sia_mode != "off":
-            logger.warning_once(
-                f"`sia_threshold`={self.sia_threshold} > 1 flags no false negative: loaded as sia_mode='off' "
-                "(set sia_mode='off' to turn false-negative removal off)."
+        if self.sia_threshold > 1:
+            raise ValueError(
+                f"`sia_threshold` must be <= 1 (a cosine similarity), got {self.sia_threshold}. A threshold above 1 "
+                "was the old way to switch false-negative removal off: set `sia_mode=\"off\"` instead (and a "
+                "threshold in [-1, 1])."
             )
-            self.sia_mode = "off"
         if self.sta_sparsity_threshold is not None and not 0 <= self.sta_sparsity_threshold <= 1:
             raise ValueError(
                 f"`sta_sparsity_threshold` must lie in [0, 1] (it thresholds min-max normalised similarities), "

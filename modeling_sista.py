@@ -951,13 +951,6 @@ class SistaModel(SistaPreTrainedModel):
         )
         self.post_init()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # state dicts saved before the logit scale had shape (1,) hold a 0-dim scalar (`load_state_dict`, resume)
-        key = f"{prefix}logit_scale"
-        if key in state_dict and state_dict[key].dim() == 0:
-            state_dict[key] = state_dict[key].reshape(1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def get_input_embeddings(self) -> nn.Module:
         """The text backbone's token embeddings (accelerate's FSDP2 preparation shards them as a unit of their own)."""
         return self.text_model.get_input_embeddings()
@@ -1285,7 +1278,8 @@ class ReshapeToParameter(ConversionOps):
         return self
 
 
-# checkpoints saved before the logit scale had shape (1,) hold a 0-dim scalar (`from_pretrained`)
+# checkpoints saved before the logit scale had shape (1,) hold a 0-dim scalar: the one conversion, on the path every
+# SISTA checkpoint loads through (`from_pretrained`, which the Trainers' resume and best-model reload use too)
 register_checkpoint_conversion_mapping(
     SistaModel.__name__,
     [WeightConverter("logit_scale", "logit_scale", operations=[ReshapeToParameter()])],

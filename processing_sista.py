@@ -1,17 +1,6 @@
-# Copyright 2026 The SISTA Authors.
-#
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#
-#     http://www.apache.org/licenses/LICENSE-2.0
-#
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
-"""Report cleaning, chest X-ray image processing and the SISTA processor."""
+# Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
+"""SISTA's processing: report cleaning, the chest X-ray image processor and `SistaProcessor`, which pairs it with a
+tokenizer (what `AutoProcessor` loads beside a SISTA checkpoint)."""
 
 import math
 import os

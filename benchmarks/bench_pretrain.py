@@ -30,7 +30,8 @@ from sista_examples.data.synthcxr import generate_synthcxr
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
-from sista_examples.training.pretraining import ModelArguments, build_model
+from sista_examples.training.pretraining import PretrainingModelArguments, build_model
+from sista_examples.training.run_config import resolve_run_config
 from sista_examples.training.tokenizer import train_report_tokenizer
 
 
@@ -61,7 +62,8 @@ def train_step_seconds(model: SistaModel, batch: dict, steps: int, warmup: int =
 
 def demo_model_and_batch(dataset, batch_size: int, objective: str = "sista"):
     tokenizer = train_report_tokenizer(dataset["report"], vocab_size=3000)
-    model = build_model(ModelArguments(model_preset="small", objective=objective), tokenizer)
+    run_config, _ = resolve_run_config(PretrainingModelArguments(model_preset="small", objective=objective))
+    model = build_model(run_config, tokenizer)
     image_processor = SistaImageProcessor(size=128)
     rows = PretrainingDataset(dataset, image_processor).__getitems__(list(range(batch_size)))
     batch = SistaDataCollator(tokenizer, max_length=128)(rows)

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from sista_examples.evaluation.results import source_provenance
+
 
 ROOT = Path(__file__).resolve().parents[1]
 IU_XRAY_REPORTS = ROOT.parent / "shared" / "data" / "iu_xray_reports_dev.tgz"
@@ -147,10 +149,6 @@ def run_benchmark(name: str, quick: bool, raw_dir: Path, timeout: int) -> dict:
     }
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
 def readme_table(results: dict) -> str:
     """The README-ready summary: one row per quantity, each measured in this run."""
     rows = []
@@ -199,12 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"Comma-separated subset of {list(BENCHMARKS)}.")
     parser.add_argument("--output_dir", default="docs/results/benchmarks", help="Where JSON, table and raw go.")
     parser.add_argument("--timeout", type=int, default=3600, help="Seconds per benchmark script.")
+    parser.add_argument("--allow_dirty", action="store_true",
+                        help="Record from a checkout with uncommitted changes (listed in the record); refused otherwise.")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"--only must name benchmarks among {list(BENCHMARKS)}, got {unknown}")
 
+    # a dirty checkout stops here, before any benchmark runs: the record would name a commit without this code
+    provenance = source_provenance(ROOT, args.allow_dirty)
     output_dir = Path(args.output_dir)
     if not output_dir.is_absolute():
         output_dir = ROOT / output_dir
@@ -226,14 +228,18 @@ def main(argv: list[str] | None = None) -> dict:
         "quick": args.quick,
         "command": " ".join(["python", "benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])]),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                     **provenance},
         "results": results,
         "table_markdown": table,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (output_dir / f"benchmarks_results{suffix}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    header = f"Measured with `{payload['command']}` (torch {torch.__version__}, {os.cpu_count()} CPUs).\n\n"
+    commit = (provenance["git_commit"] or "unknown")[:12] + (" with uncommitted changes" if provenance["git_dirty_files"]
+                                                              else "")
+    header = (f"Measured with `{payload['command']}` at commit {commit} (torch {torch.__version__}, "
+              f"{os.cpu_count()} CPUs).\n\n")
     (output_dir / f"benchmarks_table{suffix}.md").write_text(header + table)
     print(table)
     return payload

@@ -35,27 +35,22 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_sista import text_max_positions
 from processing_sista import SistaImageProcessor, SistaProcessor
-from sista_examples.data.synthcxr import load_or_generate_dataset
 from sista_examples.hub.release import hub_push_request, push_after_training
 from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
-    PRETRAINING_SPLITS,
     PretrainingDataArguments,
     PretrainingModelArguments,
     build_model,
     build_tokenizer,
     check_output_dir_writable,
-    resolve_splits,
     prepare_report_embeddings,
     retrieval_sanity,
     save_loss_curve,
     select_split,
-    starting_config,
-    training_image_size,
-    uses_report_embeds,
 )
+from sista_examples.training.run_config import resolve_run_config
 from sista_examples.training.trainer import (
     SistaTrainer,
     SistaTrainingArguments,
@@ -101,53 +96,40 @@ def main(args: list[str] | None = None):
     hub_push = hub_push_request(training_args)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
-    start_config = None
-    if model_args.model_name_or_path is not None:
-        start_config = starting_config(model_args)
-    image_size = training_image_size(model_args, start_config)
-
-    raw_dataset = load_or_generate_dataset(
-        data_args.dataset_path, data_args, image_size, training_args, num_proc=data_args.preprocessing_num_workers,
-        single_split=data_args.train_split or PRETRAINING_SPLITS[-1],
-    )
+    # every setting resolved once (command line, dataset, checkpoint, defaults) and frozen; nothing below changes it
+    run_config, raw_dataset = resolve_run_config(model_args, data_args, training_args)
     path = data_args.dataset_path
-    train_split, eval_split = resolve_splits(raw_dataset, data_args, training_args.do_eval)
-    data_args.train_split, data_args.eval_split = train_split, eval_split  # run_arguments.json records the used ones
-    train_dataset = select_split(raw_dataset, train_split, data_args.max_train_samples, path)
+    train_dataset = select_split(raw_dataset, run_config.train_split, data_args.max_train_samples, path)
     eval_dataset = None
-    if eval_split is not None:
-        eval_dataset = select_split(raw_dataset, eval_split, data_args.max_eval_samples, path)
+    if run_config.eval_split is not None:
+        eval_dataset = select_split(raw_dataset, run_config.eval_split, data_args.max_eval_samples, path)
     report_embeddings = None
-    if uses_report_embeds(model_args, start_config):
-        raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, data_args, model_args, training_args)
-        # the threshold that belongs to these embeddings; both recorded in run_arguments.json as used
-        model_args.sia_threshold = report_embeddings["sia_threshold"]
-        data_args.report_encoder = report_embeddings["encoder"]
-        if start_config is not None:
-            start_config.sia_threshold = model_args.sia_threshold
+    if run_config.uses_report_embeds:
+        raw_dataset, report_embeddings = prepare_report_embeddings(raw_dataset, run_config, data_args, training_args)
         # the same rows again, now with the embeddings computed on every split
-        train_dataset = select_split(raw_dataset, train_split, data_args.max_train_samples, path)
+        train_dataset = select_split(raw_dataset, run_config.train_split, data_args.max_train_samples, path)
         if eval_dataset is not None:
-            eval_dataset = select_split(raw_dataset, eval_split, data_args.max_eval_samples, path)
+            eval_dataset = select_split(raw_dataset, run_config.eval_split, data_args.max_eval_samples, path)
 
     tokenizer = build_tokenizer(model_args, train_dataset, checkpoint, training_args)
-    num_truncated = count_truncated_reports(tokenizer, train_dataset["report"], model_args.max_length)
+    num_truncated = count_truncated_reports(tokenizer, train_dataset["report"], run_config.max_length)
     logger.info(
-        f"{num_truncated} of {len(train_dataset)} training reports exceed --max_length {model_args.max_length} tokens "
+        f"{num_truncated} of {len(train_dataset)} training reports exceed --max_length {run_config.max_length} tokens "
         "and are truncated (the findings are cut; an impression is kept whole)."
     )
     set_seed(training_args.seed)  # same initial weights whatever the steps above drew
-    model = build_model(model_args, tokenizer, start_config, image_size)
+    model = build_model(run_config, tokenizer)
     if checkpoint is not None:
         check_checkpoint_matches(model, checkpoint)
     logger.info(
-        f"SISTA ({model_args.objective}): {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"SISTA ({run_config.objective}): {model.num_parameters() / 1e6:.1f}M parameters, "
         f"sia_threshold={model.config.sia_threshold}, sta_weight={model.config.sta_weight}"
     )
 
     # the training image size lives here: saved with the processor, read back by every later script
     image_processor = SistaImageProcessor(
-        size={"height": image_size, "width": image_size}, num_channels=model.config.vision_config.num_channels
+        size={"height": run_config.image_size, "width": run_config.image_size},
+        num_channels=model.config.vision_config.num_channels,
     )
     # the saved tokenizer then truncates to the text tower's length by itself
     processor = SistaProcessor(
@@ -180,7 +162,7 @@ def main(args: list[str] | None = None):
         eval_dataset = PretrainingDataset(eval_dataset, image_processor, report_embeds_column=report_embeds_column)
     collator = SistaDataCollator(
         tokenizer,
-        max_length=model_args.max_length,
+        max_length=run_config.max_length,
         pad_to_multiple_of=model_args.pad_to_multiple_of,
         text_config=model.config.text_config,
     )
@@ -212,8 +194,14 @@ def main(args: list[str] | None = None):
 
     if trainer.is_world_process_zero():
         output_dir = Path(training_args.output_dir).resolve()
-        # the script's own arguments beside the Trainer's training_args.bin (read by sista_examples.hub.model_card)
-        run_arguments = {"model": asdict(model_args), "data": asdict(data_args), "report_embeddings": report_embeddings}
+        # the run configuration with each value's source, and the script's arguments as parsed, beside the Trainer's
+        # training_args.bin (read by sista_examples.hub.model_card)
+        run_arguments = {
+            "run": run_config.to_record(),
+            "model": asdict(model_args),
+            "data": asdict(data_args),
+            "report_embeddings": report_embeddings,
+        }
         (output_dir / "run_arguments.json").write_text(json.dumps(run_arguments, indent=2, default=str) + "\n")
         curve = output_dir / "loss_curve.png"
         save_loss_curve(trainer.state.log_history, curve)

@@ -98,10 +98,13 @@ class AnalyzeArguments:
     )
     output_json: Optional[str] = field(
         default=None,
-        metadata={"help": "Default: report_similarity.json in dataset_dir, or docs/results/ for SynthCXR."},
+        metadata={"help": "Default: report_similarity.json in dataset_dir, or in outputs/report_similarity/ for a "
+                          "SynthCXR generated here."},
     )
     output_png: Optional[str] = field(
-        default=None, metadata={"help": "Default: report_similarity.png in dataset_dir, or docs/images/ for SynthCXR."}
+        default=None,
+        metadata={"help": "Default: report_similarity.png in dataset_dir, or in outputs/report_similarity/ for a "
+                          "SynthCXR generated here."},
     )
 
 
@@ -178,8 +181,9 @@ def _analyze_main(args):
             num_pretrain=arguments.num_studies, num_train=0, num_validation=0, num_test=0, image_size=32
         )["pretrain"]
         split = "pretrain"
-        output_json = arguments.output_json or "docs/results/report_similarity.json"
-        output_png = arguments.output_png or "docs/images/report_similarity.png"
+        # outside docs/: results there come from a stated command (docs/data_synthcxr.md names its outputs)
+        output_json = arguments.output_json or "outputs/report_similarity/report_similarity.json"
+        output_png = arguments.output_png or "outputs/report_similarity/report_similarity.png"
     reports = dataset["report"]
     if LABELS_COLUMN in dataset.column_names:
         labels, class_names = np.asarray(dataset[LABELS_COLUMN], float), metadata.get("class_names")

@@ -2,7 +2,8 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """False negatives that SIA flags on SynthCXR, at the default threshold of examples/pretrain.py.
 
-Reads the `report_embeds` column the pre-training runs used (the study's shared dataset, TF-IDF by default), then:
+Reads the `report_embeds` column the pre-training runs used (the study's shared dataset) and the encoder and threshold
+stored with it in its `sista_dataset.json`, then:
 
 1. **in-batch view**: draws shuffled batches of `--batch_size` studies (as the Trainer's random sampler does) and
    counts, among the off-diagonal pairs `(i, j)` of each batch, the fraction flagged (`<e_i, e_j> >= threshold`),
@@ -12,7 +13,7 @@ Reads the `report_embeds` column the pre-training runs used (the study's shared 
    (or not) the default.
 
     python research/fn_analysis.py --dataset_dir outputs/reproduce/synthcxr --batch_size 32
-Writes docs/results/fn_analysis.json and docs/results/fn_analysis.png.
+Writes outputs/fn_analysis/fn_analysis.json and outputs/fn_analysis/fn_analysis.png (`--output_json`, `--output_png`).
 """
 
 import json
@@ -28,14 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("fn_analysis")
 
 
-def default_sia_threshold(dataset_dir: str) -> float:
-    """The threshold examples/pretrain.py uses on `dataset_dir`: the one stored with its report embeddings, else the
-    calibrated default of TF-IDF, the study's encoder (read, not copied)."""
-    from sista_examples.data.metadata import read_dataset_metadata
-    from sista_examples.data.report_embeddings import default_threshold
+def report_embeddings_record(dataset_dir: str, threshold: float | None) -> tuple[str, float]:
+    """
+    `(encoder, threshold)`: those stored with the dataset's report embeddings, which examples/pretrain.py uses on
+    `dataset_dir` (read, not copied), the threshold replaced by `threshold` when given. Without a stored record a
+    threshold must be given, as pre-training would stop too.
+    """
+    from sista_examples.data.metadata import METADATA_FILE, read_dataset_metadata
 
-    stored = (read_dataset_metadata(dataset_dir) or {}).get("report_embeddings")
-    return stored["sia_threshold"] if stored else default_threshold("tfidf")
+    stored = (read_dataset_metadata(dataset_dir) or {}).get("report_embeddings") or {}
+    if threshold is None and not stored:
+        raise ValueError(
+            f"{dataset_dir} records no encoder and threshold for its report_embeds ({METADATA_FILE}): pass "
+            f"--threshold, or embed it with `python examples/report_embeddings.py --dataset_dir {dataset_dir}`."
+        )
+    return stored.get("encoder", "unrecorded"), stored["sia_threshold"] if threshold is None else threshold
 
 
 @dataclass
@@ -50,8 +58,8 @@ class FalseNegativeArguments:
         default=None, metadata={"help": "Default: the threshold stored with the dataset's report embeddings."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the batch draws."})
-    output_json: str = field(default="docs/results/fn_analysis.json", metadata={"help": "Results JSON."})
-    output_png: str = field(default="docs/results/fn_analysis.png", metadata={"help": "Curve plot."})
+    output_json: str = field(default="outputs/fn_analysis/fn_analysis.json", metadata={"help": "Results JSON."})
+    output_png: str = field(default="outputs/fn_analysis/fn_analysis.png", metadata={"help": "Curve plot."})
 
 
 def label_ids_of(labels: np.ndarray) -> np.ndarray:
@@ -93,7 +101,7 @@ def in_batch_flags(
     }
 
 
-def plot_curve(curve: dict, threshold: float, suggested: float | None, output_png: str) -> None:
+def plot_curve(curve: dict, threshold: float, suggested: float | None, output_png: str, encoder: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +118,7 @@ def plot_curve(curve: dict, threshold: float, suggested: float | None, output_pn
     axis.set_ylim(0, 1.02)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="center left")
-    axis.set_title("SynthCXR pre-training reports, TF-IDF report_embeds")
+    axis.set_title(f"SynthCXR pre-training reports, report_embeds of the {encoder} encoder")
     figure.tight_layout()
     Path(output_png).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output_png, dpi=100)
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     (args,) = HfArgumentParser(FalseNegativeArguments).parse_args_into_dataclasses(args=argv)
-    threshold = default_sia_threshold(args.dataset_dir) if args.threshold is None else args.threshold
+    encoder, threshold = report_embeddings_record(args.dataset_dir, args.threshold)
     dataset = load_from_disk(args.dataset_dir)[args.split]
     missing = {"report_embeds", "labels"} - set(dataset.column_names)
     if missing:
@@ -146,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_studies": len(dataset),
         "num_distinct_label_vectors": int(label_ids.max() + 1),
         "num_distinct_reports": len(set(dataset["report"])),
+        "report_encoder": encoder,
         "sia_threshold_default": threshold,
         "in_batch": batch_view,
         "all_pairs_at_default": {
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output_json).write_text(json.dumps(results, indent=2) + "\n")
-    plot_curve(curve, threshold, suggested, args.output_png)
+    plot_curve(curve, threshold, suggested, args.output_png, encoder)
     logger.info("In-batch (B=%d) at %.2f: %s", args.batch_size, threshold, json.dumps(batch_view))
     logger.info("All pairs at default: %s; suggested %s; best F1 at %s", results["all_pairs_at_default"], suggested,
                 results["best_f1_threshold"])

@@ -126,6 +126,9 @@ class ReproduceArguments:
             One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
         aggregate_only (`bool`, *optional*, defaults to `False`):
             Run nothing; rebuild the JSON, table and plots from the runs found in `work_dir`.
+        allow_dirty (`bool`, *optional*, defaults to `False`):
+            Run and record from a checkout with uncommitted changes (listed in the record); refused otherwise, since
+            the recorded commit would not hold the code that made the numbers.
         pretrain_extra_args (`str`, *optional*):
             Extra `pretrain.py` arguments as one shell-quoted string, appended after the study's own (so a repeated
             option wins), e.g. `"--no_augment --warmup_steps 50"` or two pre-trained backbones.
@@ -143,6 +146,9 @@ class ReproduceArguments:
         default=False,
         metadata={"help": "Time the study's steps on this machine against the --quick run in work_dir and project the "
                           "wall time of the study these arguments describe (written to output_dir/reproduce_cost.json)."},
+    )
+    allow_dirty: bool = field(
+        default=False, metadata={"help": "Record from a checkout with uncommitted changes (listed in the record)."}
     )
     # data (shared by every run)
     image_size: int = field(
@@ -889,8 +895,10 @@ def plot_no_label_tasks(summary: dict, objectives: list[str], output_path: str |
     return save_figure(figure, output_path)
 
 
-def versions() -> dict:
+def versions(allow_dirty: bool = False) -> dict:
     import importlib.metadata as metadata
+
+    from sista_examples.evaluation.results import source_provenance
 
     found = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count()}
     for package in ("torch", "transformers", "datasets", "accelerate", "evaluate", "scikit-learn", "numpy",
@@ -899,16 +907,7 @@ def versions() -> dict:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             found[package] = None
-    try:
-        found["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        found["git_dirty_files"] = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        found["git_commit"] = None
-    return found
+    return {**found, **source_provenance(ROOT, allow_dirty)}
 
 
 def step_selection_text(records: list[dict]) -> str:
@@ -968,7 +967,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     payload = {
         "command": command,
         "protocol": {key: value for key, value in asdict(args).items() if key != "worker_run"},
-        "versions": versions(),
+        "versions": versions(args.allow_dirty),
         "wall_time_s": wall_time_s,
         "pretrain_wall_time_s_total": float(sum(pretrain_walls)),
         "downstream_wall_time_s_total": float(sum(r.get("wall_time_s", 0.0) for r in records if r["task"] != "pretrain")),
@@ -1115,6 +1114,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     command = shlex.join(["python", "research/reproduce.py", *argv])
+    versions(args.allow_dirty)  # a dirty checkout stops the study now, not after hours of runs
     if args.aggregate_only:
         return aggregate(args, command)
     if args.estimate_cost:

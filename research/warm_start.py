@@ -56,6 +56,8 @@ def parse(argv=None):
     parser.add_argument("--work_dir", default="outputs/warm_start", help="reproduce.py's work_dir (links).")
     parser.add_argument("--output_dir", default="docs/results/warm_start")
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--allow_dirty", action="store_true",
+                        help="Passed to reproduce.py: record from a checkout with uncommitted changes.")
     return parser.parse_args(argv)
 
 
@@ -156,7 +158,8 @@ def main(argv=None):
                 link.symlink_to((diag_dir / tag / "runs" / f"{objective}-seed{seed}").resolve(), target_is_directory=True)
     run([python, "research/reproduce.py", "--objectives", ",".join(objectives), "--seeds", options.seeds,
          "--tasks", options.tasks, "--label_fractions", options.label_fractions, "--parallel", str(options.parallel),
-         "--work_dir", os.fspath(work_dir), "--output_dir", options.output_dir, "--pretrain_extra_args", extra],
+         "--work_dir", os.fspath(work_dir), "--output_dir", options.output_dir, "--pretrain_extra_args", extra,
+         *(["--allow_dirty"] if options.allow_dirty else [])],
         diag_dir / "reproduce.log")
 
 

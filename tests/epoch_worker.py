@@ -65,7 +65,7 @@ def main(output_dir: str) -> None:
     dataset = RecordingDataset(raw, image_processor, XRayAugmentation(), seed=0, record_path=record_path)
     set_seed(0)  # as examples/pretrain.py does before building the model
     trainer = SistaTrainer(
-        model=SistaModel(tiny_sista_config(sia_threshold=2.0, sta_weight=0.0)),
+        model=SistaModel(tiny_sista_config(sia_mode="off", sta_weight=0.0)),
         args=args,
         train_dataset=dataset,
         data_collator=SistaDataCollator(tokenizer, max_length=8),

@@ -23,6 +23,7 @@ from sista_examples.training.augmentation import XRayAugmentation
 from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset, decode_at_reduced_scale, normalize_pixel_values
 from sista_examples.training.pretraining import PretrainingModelArguments, build_model, drop_empty_reports
+from sista_examples.training.run_config import resolve_run_config
 from sista_examples.training.trainer import SistaTrainer, SistaTrainingArguments, check_checkpoint_matches
 
 
@@ -281,7 +282,7 @@ def tiny_trainer(tmp_path, **arguments) -> SistaTrainer:
         max_steps=1, save_strategy="no", disable_tqdm=True, **arguments,
     )  # fmt: skip
     return SistaTrainer(
-        model=SistaModel(tiny_sista_config(sia_threshold=2.0)),
+        model=SistaModel(tiny_sista_config(sia_mode="off")),
         args=args,
         train_dataset=PretrainingDataset(dataset_of(images), image_processor),
         data_collator=SistaDataCollator(tokenizer, max_length=8),
@@ -377,9 +378,12 @@ def test_projection_dim_of_pretrained_backbones_comes_from_their_widths(tmp_path
         "vision_model_name_or_path": str(tmp_path / "vision"),
         "text_model_name_or_path": str(tmp_path / "text"),
     }
-    model = build_model(PretrainingModelArguments(**arguments), build_tiny_tokenizer())
+    run_config, _ = resolve_run_config(PretrainingModelArguments(**arguments))
+    assert run_config.sources["projection_dim"] == "checkpoint"
+    model = build_model(run_config, build_tiny_tokenizer())
     assert model.config.projection_dim == 32  # the narrower of 32 and 48, not the small preset's 128
-    chosen = build_model(PretrainingModelArguments(projection_dim=24, **arguments), build_tiny_tokenizer())
+    chosen_config, _ = resolve_run_config(PretrainingModelArguments(projection_dim=24, **arguments))
+    chosen = build_model(chosen_config, build_tiny_tokenizer())
     assert chosen.config.projection_dim == 24
 
 

@@ -53,6 +53,13 @@ def test_config_rejects_invalid_values_naming_the_field(field, value):
         SistaConfig(**{field: value})
 
 
+def test_a_threshold_above_one_is_an_error_that_names_sia_mode_off():
+    """The old form of "false-negative removal off" no longer switches the mode silently."""
+    with pytest.raises(ValueError, match=r"`sia_threshold` must be <= 1 .* set `sia_mode=\"off\"` instead"):
+        SistaConfig(sia_threshold=1.01)
+    assert SistaConfig(sia_mode="off", sia_threshold=1.0).sia_mode == "off"
+
+
 def test_config_rejects_both_objectives_off():
     with pytest.raises(ValueError, match="sia_weight"):
         SistaConfig(sia_weight=0.0, sta_weight=0.0)
@@ -110,7 +117,7 @@ def test_forward_composes_the_loss_functions():
 
 
 def test_clip_configuration_equals_transformers_clip_loss():
-    model = tiny_model(sia_threshold=1.01, sta_weight=0.0)
+    model = tiny_model(sia_mode="off", sta_weight=0.0)
     batch = tiny_batch()
     batch.pop("report_embeds")
     outputs = model(**batch, return_loss=True)

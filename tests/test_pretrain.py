@@ -1,6 +1,7 @@
 """Tests of `examples/pretrain.py` and `sista_examples.training`: data pipeline, launch modes, gradient cache,
 resume, bad input. Tiny configs (hidden 32, 32-pixel SynthCXR), a few optimizer steps each."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -28,9 +29,9 @@ from sista_examples.training.gradient_cache import gradient_cache_backward
 from sista_examples.training.pretraining import (
     PretrainingDataArguments,
     PretrainingModelArguments,
-    objective_config,
     resolve_splits,
 )
+from sista_examples.training.run_config import resolve_run_config
 from sista_examples.training.trainer import prepare_output_dir
 from sista_examples.training.tokenizer import train_report_tokenizer
 
@@ -176,7 +177,8 @@ def test_splits_are_found_not_assumed(caplog):
     mimic = DatasetDict({"train": rows, "validation": rows, "test": rows})
     no_validation = DatasetDict({"train": rows})
     with caplog.at_level("INFO"):
-        synthcxr_args, mimic_args = PretrainingDataArguments(dataset_path="s"), PretrainingDataArguments(dataset_path="m")
+        synthcxr_args = PretrainingDataArguments(dataset_path="s")
+        mimic_args = PretrainingDataArguments(dataset_path="m")
         assert resolve_splits(synthcxr, synthcxr_args, do_eval=True) == ("pretrain", "validation")
         assert resolve_splits(mimic, mimic_args, do_eval=True) == ("train", "validation")
     assert "Pre-training on split 'train' of m (found); evaluating on 'validation'." in caplog.text
@@ -245,16 +247,19 @@ def test_report_tokenizer_is_deterministic(tmp_path):
     [("clip", "off", 0.0), ("sia", "eliminate", 0.0), ("sta", "off", 1.0), ("sista", "eliminate", 1.0)],
 )
 def test_objectives(objective, sia_mode, sta_weight):
-    config = objective_config(PretrainingModelArguments(objective=objective, sia_threshold=0.7))
-    assert (config["sia_mode"], config["sta_weight"], config["sia_weight"]) == (sia_mode, sta_weight, 1.0)
-    assert config["sia_threshold"] == 0.7
+    given, _ = resolve_run_config(PretrainingModelArguments(objective=objective, sia_threshold=0.7))
+    fields = given.sista_config_fields()
+    assert (fields["sia_mode"], fields["sta_weight"], fields["sia_weight"]) == (sia_mode, sta_weight, 1.0)
+    assert fields["sia_threshold"] == 0.7 and given.sources["sia_threshold"] == "given"
     # without --sia_threshold the config's default applies: the one of the default (label-vector) report encoders
-    assert "sia_threshold" not in objective_config(PretrainingModelArguments(objective=objective))
+    default, _ = resolve_run_config(PretrainingModelArguments(objective=objective))
+    assert default.sia_threshold == SistaConfig().sia_threshold and default.sources["sia_threshold"] == "default"
     assert SistaConfig().sia_threshold == default_threshold("labeler") == default_threshold("labels")
-    # --sta_negatives reaches the config only when given (a checkpoint's own setting is kept otherwise)
-    assert "sta_negatives" not in objective_config(PretrainingModelArguments(objective=objective))
-    images = PretrainingModelArguments(objective=objective, sta_negatives="images")
-    assert objective_config(images)["sta_negatives"] == "images"
+    assert default.sta_negatives == SistaConfig().sta_negatives and default.sources["sta_negatives"] == "default"
+    images, _ = resolve_run_config(PretrainingModelArguments(objective=objective, sta_negatives="images"))
+    assert images.sta_negatives == "images" and images.sources["sta_negatives"] == "given"
+    with pytest.raises(dataclasses.FrozenInstanceError):  # resolved once: nothing after the resolution changes it
+        images.sia_threshold = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -536,11 +541,11 @@ def test_tfidf_report_embeds_added_when_missing(tiny_dataset_path, tmp_path):
     separate_step.main(["--dataset_dir", str(tmp_path / "no_embeds"), "--output_dir", str(tmp_path / "embedded"),
                         "--encoder", "tfidf"])  # fmt: skip
     stored = load_from_disk(str(tmp_path / "embedded"))
-    in_run, _ = prepare_report_embeddings(
-        dataset, PretrainingDataArguments(dataset_path=str(tmp_path / "no_embeds"), report_encoder="tfidf"),
-        PretrainingModelArguments(),
-        pretrain.SistaTrainingArguments(output_dir=str(tmp_path / "p"), seed=1, report_to="none"),
-    )
+    data_args = PretrainingDataArguments(dataset_path=str(tmp_path / "no_embeds"), report_encoder="tfidf")
+    training_args = pretrain.SistaTrainingArguments(output_dir=str(tmp_path / "p"), seed=1, report_to="none")
+    run_config, _ = resolve_run_config(PretrainingModelArguments(), data_args, training_args)
+    assert run_config.report_embeddings["compute"] and run_config.sources["report_encoder"] == "given"
+    in_run, _ = prepare_report_embeddings(dataset, run_config, data_args, training_args)
     for split in dataset:
         np.testing.assert_allclose(in_run[split]["report_embeds"], stored[split]["report_embeds"], atol=1e-6)
 
@@ -558,6 +563,13 @@ def test_pretrain_uses_the_threshold_stored_with_the_embeddings(tiny_dataset_pat
     with caplog.at_level("INFO"):
         pretrain.main(common + ["--output_dir", str(tmp_path / "stored")])
     assert json.loads((tmp_path / "stored" / "config.json").read_text())["sia_threshold"] == 0.87
+    recorded = json.loads((tmp_path / "stored" / "run_arguments.json").read_text())
+    assert recorded["run"]["sia_threshold"] == {"value": 0.87, "source": "dataset"}
+    assert recorded["run"]["report_encoder"] == {"value": "labels", "source": "dataset"}
+    assert recorded["run"]["train_split"] == {"value": "pretrain", "source": "dataset"}
+    assert recorded["run"]["image_size"]["source"] == "default"
+    # the parsed arguments are recorded as parsed: nothing was written back into them
+    assert recorded["model"]["sia_threshold"] is None and recorded["data"]["train_split"] is None
     assert (
         f"SIA report embeddings: encoder labels ({source}/sista_dataset.json); sia_threshold=0.87 from "
         f"{source}/sista_dataset.json (--sia_threshold of examples/report_embeddings.py)." in caplog.text
@@ -566,4 +578,6 @@ def test_pretrain_uses_the_threshold_stored_with_the_embeddings(tiny_dataset_pat
     with caplog.at_level("INFO"):  # an explicit --sia_threshold wins, and says so
         pretrain.main(common + ["--output_dir", str(tmp_path / "given"), "--sia_threshold", "0.5"])
     assert json.loads((tmp_path / "given" / "config.json").read_text())["sia_threshold"] == 0.5
+    recorded = json.loads((tmp_path / "given" / "run_arguments.json").read_text())["run"]
+    assert recorded["sia_threshold"] == {"value": 0.5, "source": "given"}
     assert "sia_threshold=0.5 from --sia_threshold." in caplog.text

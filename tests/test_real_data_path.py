@@ -283,7 +283,8 @@ def test_real_data_path_as_documented(workdir):
     summary = re.search(r"SISTA pre-training finished \(3 steps; (.*)\)\.", output)
     assert summary and "loss" in summary.group(1) and "eval_loss" in summary.group(1), output[-2000:]
     assert (run / "loss_curve.png").stat().st_size > 0
-    assert json.loads((run / "run_arguments.json").read_text())["data"]["train_split"] == "train"
+    recorded = json.loads((run / "run_arguments.json").read_text())["run"]
+    assert recorded["train_split"] == {"value": "train", "source": "dataset"}
     with pytest.raises(AssertionError, match="--overwrite_output_dir"):
         run_documented("pretrain", root)
 

@@ -149,7 +149,10 @@ def test_aggregate_reads_records_and_writes_outputs(tmp_path):
         path = tmp_path / "work" / "runs" / f"{record['objective']}-seed{record['seed']}" / "records" / f"{index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
-    args = reproduce.parse_arguments(["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out")])
+    # --allow_dirty: the test runs in any checkout (the refusal itself is tested below)
+    args = reproduce.parse_arguments(
+        ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out"), "--allow_dirty"]
+    )
     payload = reproduce.aggregate(args, "python research/reproduce.py")
     assert payload["num_records"] == len(records)
     assert (tmp_path / "out" / "reproduce_table.md").is_file()
@@ -229,7 +232,9 @@ def test_run_all_report_similarity_parser_and_skip(tmp_path):
     # without the reports, the benchmark is skipped with a message in the table, not failed
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(run_all.REQUIRED_INPUTS, "report_similarity", tmp_path / "absent.tgz")
-        payload = run_all.main(["--quick", "--only", "report_similarity", "--output_dir", str(tmp_path / "out")])
+        payload = run_all.main(
+            ["--quick", "--only", "report_similarity", "--output_dir", str(tmp_path / "out"), "--allow_dirty"]
+        )
     assert "skipped: needs" in payload["table_markdown"] and "absent.tgz" in payload["table_markdown"]
 
 
@@ -267,3 +272,34 @@ def test_recipe_table_applies_the_learning_check(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| resnet")]
     assert [row.split("|")[-2].strip() for row in rows] == ["yes", "no", "no"]
     assert rows[0] == "| resnet (8 × 8) | clip | 0 | 0.120 | 6.0 × | 0.500 | — | yes |"
+
+
+def test_records_refuse_a_dirty_checkout_unless_told(tmp_path):
+    """The study's and the benchmarks' records name the commit that made them, so a dirty tree is refused."""
+    import subprocess
+
+    from sista_examples.evaluation.results import source_provenance
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+    clean = source_provenance(tmp_path)
+    assert clean == {"git_commit": git("rev-parse", "HEAD").strip(), "git_dirty_files": []}
+    (tmp_path / "code.py").write_text("x = 2\n")
+    with pytest.raises(RuntimeError, match=r"1 uncommitted change\(s\) \(M code.py\).*--allow_dirty"):
+        source_provenance(tmp_path)
+    assert source_provenance(tmp_path, allow_dirty=True)["git_dirty_files"] == [" M code.py"]
+    # both writers stop before running anything on a dirty checkout
+    run_all = load_script("benchmarks/run_all.py")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_all, "ROOT", tmp_path)
+        with pytest.raises(RuntimeError, match="--allow_dirty"):
+            run_all.main(["--quick", "--only", "report_similarity", "--output_dir", str(tmp_path / "out")])
+        patch.setattr(reproduce, "ROOT", tmp_path)
+        with pytest.raises(RuntimeError, match="--allow_dirty"):
+            reproduce.main(["--aggregate_only", "--work_dir", str(tmp_path / "w"), "--output_dir", str(tmp_path / "o")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()

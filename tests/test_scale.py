@@ -47,12 +47,6 @@ def test_a_checkpoint_with_a_scalar_logit_scale_loads_unchanged(tmp_path):
         expected, got = model(**batch, return_loss=True), loaded(**batch, return_loss=True)
     assert torch.equal(expected.loss, got.loss) and torch.equal(expected.logits_per_image, got.logits_per_image)
 
-    # `load_state_dict` (e.g. resuming a Trainer checkpoint) takes the scalar too
-    legacy_state_dict = {**model.state_dict(), "logit_scale": torch.tensor(0.5)}
-    fresh = tiny_model()
-    fresh.load_state_dict(legacy_state_dict)
-    assert fresh.logit_scale.shape == (1,) and fresh.logit_scale.item() == 0.5
-
 
 def test_logits_scale_like_a_scalar_and_keep_the_embeddings_dtype():
     model = tiny_model()

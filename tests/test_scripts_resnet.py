@@ -31,6 +31,7 @@ from sista_examples.training.pretraining import (
     PretrainingModelArguments,
     build_model,
 )
+from sista_examples.training.run_config import resolve_run_config
 from sista_examples.training.trainer import SistaTrainingArguments, differing_size_fields
 
 
@@ -90,7 +91,7 @@ def evaluation_arguments(resnet_run, dataset_dir, output_dir) -> list[str]:
 
 def test_small_preset_is_the_resnet_recipe_with_an_8x8_grid():
     tokenizer = build_tiny_tokenizer()
-    model = build_model(PretrainingModelArguments(model_preset="small"), tokenizer).eval()
+    model = build_model(resolve_run_config(PretrainingModelArguments(model_preset="small"))[0], tokenizer).eval()
     vision = model.config.vision_config
     assert isinstance(vision, ResNetConfig) and vision.hidden_sizes == [48, 96, 192]
     assert model.config.vision_pooling == "mean" and model.config.text_config.hidden_size == 192
@@ -99,7 +100,7 @@ def test_small_preset_is_the_resnet_recipe_with_an_8x8_grid():
         outputs = model(**inputs, pixel_values=torch.randn(1, 3, 128, 128))
     assert tuple(outputs.patch_grid_size) == (8, 8)
     # the ViT of the same width stays available under its own name
-    vit = build_model(PretrainingModelArguments(model_preset="small-vit"), tokenizer)
+    vit = build_model(resolve_run_config(PretrainingModelArguments(model_preset="small-vit"))[0], tokenizer)
     assert isinstance(vit.config.vision_config, ViTConfig) and vit.config.vision_config.image_size == 128
     assert set(MODEL_PRESETS) == {"tiny", "tiny-resnet", "small", "small-vit", "base"}
 
@@ -109,7 +110,9 @@ def test_pooler_is_a_vision_pooling_choice_and_the_preset_pooling_can_be_overrid
     model_args, _, _ = parser.parse_args_into_dataclasses(
         ["--model_preset", "tiny-resnet", "--vision_pooling", "pooler", "--output_dir", "unused"]
     )
-    model = build_model(model_args, build_tiny_tokenizer())
+    run_config, _ = resolve_run_config(model_args)
+    assert run_config.sources["vision_pooling"] == "given" and run_config.sources["image_size"] == "default"
+    model = build_model(run_config, build_tiny_tokenizer())
     assert model.config.vision_pooling == "pooler"
     with pytest.raises(SystemExit):  # argparse refuses a pooling that is not a choice
         parser.parse_args_into_dataclasses(["--vision_pooling", "max", "--output_dir", "unused"])
@@ -133,6 +136,11 @@ def test_continuing_from_a_resnet_checkpoint_keeps_its_size_and_refuses_another(
         pretrain.main(common + ["--image_size", "64"])
     pretrain.main(common)
     assert read_training_image_size(tmp_path / "continued") == IMAGE_SIZE
+    # the run configuration records where each setting came from: the checkpoint's size and pooling, not the preset's
+    run = json.loads((tmp_path / "continued" / "run_arguments.json").read_text())["run"]
+    assert run["image_size"] == {"value": IMAGE_SIZE, "source": "checkpoint"}
+    assert run["vision_pooling"] == {"value": "mean", "source": "checkpoint"}
+    assert run["model_name_or_path"]["source"] == "given"
 
 
 def test_checkpoint_size_check_compares_every_size_field_of_any_family():

@@ -137,7 +137,7 @@ def test_model_uses_config_negatives_and_round_trips(tmp_path):
     vision = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 12], depths=[1, 1], layer_type="basic")
     text = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
     config = SistaConfig.from_vision_text_configs(
-        vision, text, projection_dim=8, vision_pooling="mean", sia_threshold=2.0, sta_negatives="images",
+        vision, text, projection_dim=8, vision_pooling="mean", sia_mode="off", sta_negatives="images",
         sta_ignore_token_ids=[0, 1],
     )
     torch.manual_seed(0)

@@ -37,7 +37,6 @@ from sista_examples.training.tokenizer import train_report_tokenizer
 logger = logging.getLogger(__name__)
 
 TEXT_SIZES = {"hidden_size": 192, "num_hidden_layers": 4, "num_attention_heads": 3, "intermediate_size": 768}
-NO_FALSE_NEGATIVES = 2.0
 TFIDF_SIA_THRESHOLD = 0.44
 
 
@@ -70,7 +69,8 @@ def build_model(args, tokenizer) -> SistaModel:
     fields = {
         "projection_dim": 128,
         "vision_pooling": "mean",
-        "sia_threshold": TFIDF_SIA_THRESHOLD if uses_sia else NO_FALSE_NEGATIVES,
+        "sia_threshold": TFIDF_SIA_THRESHOLD,
+        "sia_mode": "eliminate" if uses_sia else "off",
         "sta_weight": 1.0 if uses_sta else 0.0,
         "sta_ignore_token_ids": sorted(set(tokenizer.all_special_ids)),
         **json.loads(args.config_overrides),
@@ -86,7 +86,7 @@ def build_model(args, tokenizer) -> SistaModel:
 
 def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
     augmentation = XRayAugmentation() if args.augment else None
-    columns = "report_embeds" if model.config.sia_threshold <= 1 else None
+    columns = "report_embeds" if model.config.sia_mode != "off" else None
     train_dataset = PretrainingDataset(
         dataset, image_processor, augmentation, seed=args.seed, report_embeds_column=columns
     )

@@ -61,3 +61,31 @@ def arguments_dict(*dataclasses) -> dict:
     for arguments in dataclasses:
         merged.update({key: value for key, value in asdict(arguments).items() if _is_json(value)})
     return merged
+
+
+def source_provenance(root: str | os.PathLike, allow_dirty: bool = False) -> dict:
+    """
+    The commit a study or benchmark record is made from: `{"git_commit", "git_dirty_files"}` of the checkout at
+    `root`. A tree with uncommitted changes is refused (a `RuntimeError` listing them) unless `allow_dirty`, since
+    the record would name a commit that does not hold the code that made it; with `allow_dirty` the changed files
+    are recorded. Outside a git checkout both are `None`.
+    """
+    import subprocess
+
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain").splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        logger.warning("%s is not a git checkout: the record names no commit.", root)
+        return {"git_commit": None, "git_dirty_files": None}
+    if dirty and not allow_dirty:
+        listed = "; ".join(line.strip() for line in dirty[:5]) + ("; ..." if len(dirty) > 5 else "")
+        raise RuntimeError(
+            f"The checkout {root} has {len(dirty)} uncommitted change(s) ({listed}): a record made now would name "
+            f"commit {commit[:12]} without the code that made it. Commit or stash them, or pass --allow_dirty (the "
+            "record then lists the changed files)."
+        )
+    return {"git_commit": commit, "git_dirty_files": dirty}

@@ -544,11 +544,15 @@ def load_training_arguments(run_dir: Path) -> dict[str, Any]:
     arguments = read_json(run_dir / "training_args.json") or read_pickled_arguments(run_dir / "training_args.bin")
     # the script's own (model, data) arguments, when the run wrote them: `{"data": {...}, ...}` or flat
     script_arguments = read_json(run_dir / RUN_ARGUMENTS_FILE) or {}
+    # pre-training's resolved run configuration, `{"run": {name: {"value", "source"}}}`: the values used, which win
+    # over the parsed arguments (left None where the dataset or checkpoint supplied them)
+    resolved = script_arguments.pop("run", None) or {}
     for key, value in script_arguments.items():
         if isinstance(value, Mapping):
             arguments.update(value)
         else:
             arguments[key] = value
+    arguments.update({name: entry["value"] for name, entry in resolved.items() if isinstance(entry, Mapping)})
     return arguments
 
 

@@ -1,8 +1,9 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-The pieces of `examples/pretrain.py`: its arguments, the dataset (SynthCXR generated when absent), the report
-tokenizer, the model (from presets, two backbones or a whole SISTA checkpoint, with the chosen objective), report
-embeddings for SIA with the threshold that belongs to them, the loss curve and the end-of-run retrieval check.
+The pieces of `examples/pretrain.py`: its arguments, the splits, the report tokenizer, the model (from presets, two
+backbones or a whole SISTA checkpoint, with the chosen objective), report embeddings for SIA with the threshold that
+belongs to them, the loss curve and the end-of-run retrieval check. The run's settings are resolved once, by
+`run_config.resolve_run_config`.
 """
 
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer, BertConfig, ResNetConfig, ViTConfig
+from transformers import AutoTokenizer, BertConfig, ResNetConfig, ViTConfig
 
 from configuration_sista import SistaConfig
 from modeling_sista import SistaModel
@@ -23,7 +24,6 @@ from processing_sista import report_has_content
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
 from ..data.synthcxr import SynthCXRGenerationArguments
-from ..checkpoints import read_sista_config, read_training_image_size
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
 from ..utils import check_output_dir_writable  # noqa: F401  (pretrain.py's check, shared with every script)
 from .dataset import normalize_pixel_values
@@ -276,141 +276,48 @@ def build_tokenizer(model_args: PretrainingModelArguments, train_dataset, checkp
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def objective_config(model_args: PretrainingModelArguments) -> dict:
-    """SistaConfig fields of the ablation chosen with --objective, and the pooling where given (else SistaConfig's
-    default "cls", or a --model_name_or_path checkpoint's own)."""
-    uses_sia = model_args.objective in ("sia", "sista")
-    uses_sta = model_args.objective in ("sta", "sista")
-    vision_pooling = model_args.vision_pooling
-    from_preset = model_args.model_name_or_path is None and model_args.vision_model_name_or_path is None
-    if vision_pooling is None and from_preset:
-        vision_pooling = MODEL_PRESETS[model_args.model_preset]["vision_pooling"]
-    pooling = {"vision_pooling": vision_pooling, "text_pooling": model_args.text_pooling}
-    threshold = {} if model_args.sia_threshold is None else {"sia_threshold": model_args.sia_threshold}
-    negatives = {} if model_args.sta_negatives is None else {"sta_negatives": model_args.sta_negatives}
-    return {
-        "sia_weight": 1.0,
-        **threshold,
-        "sia_mode": model_args.sia_mode if uses_sia else "off",
-        "sta_weight": model_args.sta_weight if uses_sta else 0.0,
-        "sta_temperature": model_args.sta_temperature,
-        **negatives,
-        **{key: value for key, value in pooling.items() if value is not None},
-    }
-
-
-def starting_config(model_args: PretrainingModelArguments) -> SistaConfig:
-    """
-    The config of a --model_name_or_path checkpoint with this run's objective fields applied, after the checks that
-    it is one this run can start from. Rebuilt through SistaConfig's constructor, so those fields are validated like
-    a new config's.
-    """
-    if model_args.vision_model_name_or_path is not None or model_args.text_model_name_or_path is not None:
-        raise ValueError(
-            "--model_name_or_path (a whole SISTA checkpoint) excludes --vision_model_name_or_path and "
-            f"--text_model_name_or_path (two backbones); got {model_args.model_name_or_path!r} with "
-            f"{model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
-        )
-    config_dict = read_sista_config(model_args.model_name_or_path)
-    checkpoint_size = read_training_image_size(model_args.model_name_or_path)
-    if model_args.image_size is not None and checkpoint_size is not None and model_args.image_size != checkpoint_size:
-        raise ValueError(
-            f"--image_size {model_args.image_size} differs from the {checkpoint_size} px of --model_name_or_path "
-            f"{model_args.model_name_or_path!r}; leave --image_size out to use the checkpoint's."
-        )
-    return SistaConfig.from_dict({**config_dict, **objective_config(model_args)})
-
-
-def training_image_size(model_args: PretrainingModelArguments, start_config: SistaConfig | None = None) -> int:
-    """
-    The image side to train at, saved with the image processor (the one place later scripts read it from):
-    --image_size, else the --model_name_or_path checkpoint's, else the --vision_model_name_or_path backbone's
-    `image_size` where its config has one, else the preset's.
-    """
-    if model_args.image_size is not None:
-        if model_args.image_size < 1:
-            raise ValueError(f"--image_size must be a positive number of pixels, got {model_args.image_size}.")
-        return model_args.image_size
-    if model_args.model_name_or_path is not None:
-        size = read_training_image_size(model_args.model_name_or_path)
-        if size is None and start_config is not None:
-            size = getattr(start_config.vision_config, "image_size", None)
-        if size is not None:
-            return int(size)
-    if model_args.vision_model_name_or_path is not None:
-        size = getattr(AutoConfig.from_pretrained(model_args.vision_model_name_or_path), "image_size", None)
-        if isinstance(size, int):
-            return size
-    return MODEL_PRESETS[model_args.model_preset]["image_size"]
-
-
-def preset_configs(model_args: PretrainingModelArguments, vocab_size: int, pad_token_id: int | None, image_size: int):
-    """The vision and text configs of --model_preset at `image_size` (ViT position embeddings depend on it)."""
-    preset = MODEL_PRESETS[model_args.model_preset]
-    dropout = {"hidden_dropout_prob": model_args.dropout, "attention_probs_dropout_prob": model_args.dropout}
+def preset_configs(run_config, vocab_size: int, pad_token_id: int | None):
+    """The vision and text configs of the run's preset at its image size (ViT position embeddings depend on it)."""
+    preset = MODEL_PRESETS[run_config.model_preset]
+    dropout = {"hidden_dropout_prob": run_config.dropout, "attention_probs_dropout_prob": run_config.dropout}
     if preset["vision_backbone"] == "resnet":
         vision_config = ResNetConfig(**preset["vision"])
     else:
-        vision_config = ViTConfig(**preset["vision"], **dropout, image_size=image_size)
+        vision_config = ViTConfig(**preset["vision"], **dropout, image_size=run_config.image_size)
     text_config = BertConfig(
         **preset["text"],
         **dropout,
         vocab_size=vocab_size,
-        max_position_embeddings=max(model_args.max_length, 64),
+        max_position_embeddings=max(run_config.max_length, 64),
         pad_token_id=pad_token_id,
     )
     return vision_config, text_config
 
 
-def build_model(
-    model_args: PretrainingModelArguments,
-    tokenizer,
-    start_config: SistaConfig | None = None,
-    image_size: int | None = None,
-) -> SistaModel:
+def build_model(run_config, tokenizer) -> SistaModel:
     """
-    The model to pre-train; `start_config` is `starting_config(model_args)` when the caller already read it, and
-    `image_size` is `training_image_size(model_args)` (read here when not given).
+    The model to pre-train, as the run configuration (`run_config.resolve_run_config`) says: a whole SISTA checkpoint
+    with this run's objective fields, two pre-trained backbones, or the preset from scratch.
     """
-    sista_kwargs = objective_config(model_args)
+    sista_kwargs = run_config.sista_config_fields()
     sista_kwargs["sta_ignore_token_ids"] = sorted(set(tokenizer.all_special_ids))
-    if model_args.model_name_or_path is not None:
-        config = start_config if start_config is not None else starting_config(model_args)
-        config.sta_ignore_token_ids = sista_kwargs["sta_ignore_token_ids"]
-        return SistaModel.from_pretrained(model_args.model_name_or_path, config=config)
-    if (model_args.vision_model_name_or_path is None) != (model_args.text_model_name_or_path is None):
-        raise ValueError(
-            "--vision_model_name_or_path and --text_model_name_or_path go together (two pre-trained backbones); "
-            f"got {model_args.vision_model_name_or_path!r} and {model_args.text_model_name_or_path!r}."
-        )
-    preset = MODEL_PRESETS[model_args.model_preset]
-    projection_dim = model_args.projection_dim or preset["projection_dim"]
-    if model_args.vision_model_name_or_path is not None:
-        if model_args.projection_dim is None:
-            projection_dim = min(
-                backbone_width(AutoConfig.from_pretrained(path))
-                for path in (model_args.vision_model_name_or_path, model_args.text_model_name_or_path)
-            )
-            logger.info(f"projection_dim {projection_dim}: the narrower backbone's width (--projection_dim to set it).")
+    if run_config.model_name_or_path is not None:
+        # rebuilt through SistaConfig's constructor, so this run's fields are validated like a new config's
+        config = SistaConfig.from_dict({**run_config.checkpoint_config, **sista_kwargs})
+        return SistaModel.from_pretrained(run_config.model_name_or_path, config=config)
+    if run_config.vision_model_name_or_path is not None:
         return SistaModel.from_vision_text_pretrained(
-            model_args.vision_model_name_or_path,
-            model_args.text_model_name_or_path,
+            run_config.vision_model_name_or_path,
+            run_config.text_model_name_or_path,
             tokenizer=tokenizer,
-            projection_dim=projection_dim,
+            projection_dim=run_config.projection_dim,
             **sista_kwargs,
         )
-    image_size = image_size or training_image_size(model_args)
-    vision_config, text_config = preset_configs(model_args, len(tokenizer), tokenizer.pad_token_id, image_size)
+    vision_config, text_config = preset_configs(run_config, len(tokenizer), tokenizer.pad_token_id)
     config = SistaConfig.from_vision_text_configs(
-        vision_config, text_config, projection_dim=projection_dim, **sista_kwargs
+        vision_config, text_config, projection_dim=run_config.projection_dim, **sista_kwargs
     )
     return SistaModel(config)
-
-
-def uses_report_embeds(model_args: PretrainingModelArguments, start_config: SistaConfig | None = None) -> bool:
-    """Whether this run's SIA reads a `report_embeds` column (objectives sia and sista with that similarity source)."""
-    source = start_config.sia_similarity_source if start_config is not None else "report_embeds"
-    return model_args.objective in ("sia", "sista") and source == "report_embeds"
 
 
 def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encoder: str | None,
@@ -419,7 +326,8 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
     Which report embeddings and SIA threshold this run uses, and where each comes from: the `report_embeds` column
     and the threshold stored with it in `sista_dataset.json`, unless `--report_encoder` asks for another encoder (then
     computed here) or `--sia_threshold` for another threshold. Without a column, the embeddings are computed with
-    `--report_encoder` (default auto) and the threshold defaults to that encoder's calibrated one.
+    `--report_encoder` (default auto) and the threshold defaults to that encoder's calibrated one. `encoder_source`
+    and `sia_threshold_source` say which of the run configuration's sources (given, dataset, default) each came from.
     """
     stored = (read_dataset_metadata(dataset_path) or {}).get(REPORT_EMBEDDINGS_KEY)
     has_column = all(REPORT_EMBEDS_COLUMN in split.column_names for split in dataset.values())
@@ -435,33 +343,38 @@ def report_embeddings_plan(dataset: DatasetDict, dataset_path: str, report_encod
                 f"examples/report_embeddings.py --dataset_dir {dataset_path} --overwrite_column true`."
             )
         return {"encoder": "unrecorded", "compute": False, "sia_threshold": float(sia_threshold),
-                "embeddings_from": f"{dataset_path} ({REPORT_EMBEDS_COLUMN})", "threshold_from": "--sia_threshold"}
+                "embeddings_from": f"{dataset_path} ({REPORT_EMBEDS_COLUMN})", "threshold_from": "--sia_threshold",
+                "encoder_source": "dataset", "sia_threshold_source": "given"}
     if has_column and stored is not None and report_encoder in (None, stored["encoder"]):
-        plan = {**stored, "compute": False, "embeddings_from": f"{dataset_path}/{METADATA_FILE}"}
+        plan = {**stored, "compute": False, "embeddings_from": f"{dataset_path}/{METADATA_FILE}",
+                "encoder_source": "dataset" if report_encoder is None else "given", "sia_threshold_source": "dataset"}
         where = f"{dataset_path}/{METADATA_FILE} ({stored.get('threshold_source', 'stored')})"
     else:
         encoder = report_encoder or resolve_encoder(dataset, "auto")
         plan = {"encoder": encoder, "compute": True, "embeddings_from": "computed by this run on every split",
-                "sia_threshold": default_threshold(encoder)}  # fmt: skip
+                "sia_threshold": default_threshold(encoder), "sia_threshold_source": "default",
+                "encoder_source": "default" if report_encoder is None else "given"}  # fmt: skip
         where = f"the calibrated default of the {encoder!r} encoder"
         if sia_threshold is None and plan["sia_threshold"] is None:
             raise ValueError(f"--sia_threshold is required for --report_encoder {encoder!r}, which has no calibrated "
                              "default (choose one with `python examples/report_embeddings.py analyze`).")
     if sia_threshold is not None:
         plan["sia_threshold"], where = float(sia_threshold), "--sia_threshold"
+        plan["sia_threshold_source"] = "given"
     plan["threshold_from"] = where
     return plan
 
 
-def prepare_report_embeddings(dataset: DatasetDict, data_args: PretrainingDataArguments,
-                              model_args: PretrainingModelArguments, training_args) -> tuple[DatasetDict, dict]:
+def prepare_report_embeddings(dataset: DatasetDict, run_config, data_args: PretrainingDataArguments,
+                              training_args) -> tuple[DatasetDict, dict]:
     """
-    The report embeddings SIA needs on every split of `dataset` and the record of what they are (encoder, threshold
-    and where both came from; logged, and saved in run_arguments.json). Embeddings the dataset lacks are computed by
-    the same step, with the same defaults, as `examples/report_embeddings.py` (`embed_dataset`: TF-IDF fitted on every
-    split, projection seed 0 whatever the training seed), cached by `datasets`.
+    The report embeddings SIA needs on every split of `dataset`, as `run_config.report_embeddings` plans them, and the
+    record of what they are (encoder, threshold and where both came from; logged, and saved in run_arguments.json).
+    Embeddings the dataset lacks are computed by the same step, with the same defaults, as
+    `examples/report_embeddings.py` (`embed_dataset`: TF-IDF fitted on every split, projection seed 0 whatever the
+    training seed), cached by `datasets`.
     """
-    plan = report_embeddings_plan(dataset, data_args.dataset_path, data_args.report_encoder, model_args.sia_threshold)
+    plan = dict(run_config.report_embeddings)  # the plan the run configuration resolved
     if plan.pop("compute"):
         dataset, record = embed_dataset_once(dataset, plan, data_args, training_args)
         plan = {**record, **plan}
