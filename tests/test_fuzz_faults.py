@@ -645,28 +645,26 @@ def test_the_length_check_counts_robertas_position_offset(pad_token_id):
 
 
 def test_evaluation_keeps_the_last_incomplete_batch(tmp_path):
-    from torch.utils.data import Dataset as TorchDataset
-
-    class Rows(TorchDataset):
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, index):
-            return {"x": torch.tensor([float(index)])}
-
-    args = SistaTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, per_device_train_batch_size=2,
-                                  report_to="none", use_cpu=True)  # fmt: skip
-    trainer = trainer_module.SistaTrainer.__new__(trainer_module.SistaTrainer)
-    trainer.args = args
-    trainer.data_collator = lambda rows: {"x": torch.stack([row["x"] for row in rows])}
-    from accelerate import Accelerator
-
-    trainer.accelerator = Accelerator(cpu=True)
-    trainer._get_collator_with_removed_columns = lambda collator, description=None: collator
-    batches = list(trainer._get_dataloader(Rows(), "evaluation", 8))
-    assert [len(batch["x"]) for batch in batches] == [3]
-    assert list(trainer._get_dataloader(Rows(), "training", 2, is_training=True)) and args.dataloader_drop_last
-    assert [len(batch["x"]) for batch in trainer._get_dataloader(Rows(), "training", 2, is_training=True)] == [2]
+    # 3 validation rows and an evaluation batch of 8: training drops incomplete batches, evaluation must not
+    torch.manual_seed(0)
+    model = SistaModel(tiny_sista_config(sia_threshold=2.0))
+    tokenizer = build_tiny_tokenizer()
+    rows = [{"pixel_values": torch.randn(3, 32, 32), "report": report}
+            for report in ("small left effusion.", "no pneumothorax.", "the lungs are clear.")]  # fmt: skip
+    collator = SistaDataCollator(tokenizer, max_length=16, text_config=model.config.text_config)
+    args = SistaTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to="none",
+                                  use_cpu=True, disable_tqdm=True)  # fmt: skip
+    assert args.dataloader_drop_last  # training keeps its equal global batches
+    processor = SistaProcessor(SistaImageProcessor(size=32), tokenizer, model_max_length=64)
+    trainer = trainer_module.SistaTrainer(
+        model=model, args=args, eval_dataset=rows, data_collator=collator, processing_class=processor
+    )
+    metrics = trainer.evaluate()
+    # oracle: the model's loss on the one batch of all three rows
+    with torch.no_grad():
+        expected = model.eval()(**collator(rows)).loss.item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert args.dataloader_drop_last  # restored for training
 
 
 @pytest.mark.parametrize(

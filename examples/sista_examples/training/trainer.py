@@ -117,7 +117,8 @@ class SistaTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Keep the loader workers between epochs (default: whenever there are workers)."},
     )
-    bf16: bool | None = field(
+    # annotated `bool` so that a bare `--bf16` still parses; None (not given) is resolved in __post_init__
+    bf16: bool = field(
         default=None,
         metadata={"help": "bf16 autocast; the losses stay fp32. Default: on a GPU that supports bf16 (compute "
                           "capability 8.0 or newer, e.g. A100, H100); fp16 on an older GPU (T4, V100); off on CPU."},
