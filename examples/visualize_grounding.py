@@ -69,6 +69,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from processing_sista import apply_exif_orientation, report_has_content
 from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
@@ -388,7 +389,7 @@ def evaluate_pointing_game(
         batch = dataset.select(range(start, stop))
         examples = [batch[index] for index in range(len(batch))]
         batch_texts = texts[start:stop]
-        usable = [index for index, text in enumerate(batch_texts) if text.strip()]
+        usable = [index for index, text in enumerate(batch_texts) if report_has_content(text)]
         if len(usable) < len(examples):
             skipped["empty report"] += len(examples) - len(usable)
         if not usable:
@@ -563,8 +564,9 @@ def pointing_game_lines(summary: dict) -> list[str]:
 def draw_single(model, processor, eval_args, grounding_args) -> dict:
     image = Image.open(grounding_args.image_path)
     image.load()
+    image = apply_exif_orientation(image)  # as the processor reads a file
     text = report_texts([grounding_args.report], eval_args.clean_reports)[0]
-    if not text.strip():
+    if not report_has_content(text):
         raise ValueError(f"`report` has no usable text after cleaning: {grounding_args.report!r}.")
     (word_maps,), grid = grounding_maps(
         model, processor, [image], [text], eval_args.max_length, grounding_args.subword_reduce

@@ -17,7 +17,9 @@ import pydicom
 import pytest
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Image as ImageFeature
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import AutoModel, AutoProcessor, BertConfig, ResNetConfig, RobertaConfig, ViTConfig
 
 from conftest import build_tiny_tokenizer, load_script, tiny_sista_config
@@ -33,6 +35,7 @@ from sista_examples.evaluation.checkpoints import load_sista
 from sista_examples.evaluation.common import embed_texts, report_sections
 from sista_examples.training import trainer as trainer_module
 from sista_examples.training.collator import SistaDataCollator, fit_report
+from sista_examples.training.dataset import open_encoded_image
 from sista_examples.training.pretraining import drop_empty_reports
 from sista_examples.training.trainer import SistaTrainingArguments, incomplete_checkpoint_reason, resolve_checkpoint
 from test_fuzz_prepare import prepare_and_read, run_preparer
@@ -66,13 +69,13 @@ STORED_AS = {
 }
 
 
-def write_oriented_jpeg(path: Path, orientation: int) -> Image.Image:
+def write_oriented_jpeg(path: Path, orientation: int, image_format: str = "JPEG") -> Image.Image:
     intended = intended_image()
-    stored = intended if STORED_AS[orientation] is None else intended.transpose(STORED_AS[orientation])
+    stored = intended if STORED_AS.get(orientation) is None else intended.transpose(STORED_AS[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
-    stored.save(path, format="JPEG", quality=95, exif=exif)
+    stored.save(path, format=image_format, exif=exif, **({"quality": 95} if image_format == "JPEG" else {}))
     return intended
 
 
@@ -90,6 +93,22 @@ def test_read_image_applies_the_exif_orientation(tmp_path, orientation):
     assert correlation(image, intended.resize(image.size, Image.Resampling.BICUBIC)) > 0.97
 
 
+@pytest.mark.parametrize("orientation", [6, 3])
+def test_a_png_with_an_exif_orientation_is_turned_too(tmp_path, orientation):
+    intended = write_oriented_jpeg(tmp_path / "xray.png", orientation, image_format="PNG")
+    image, original_size = prepare.read_image(tmp_path / "xray.png", image_size=32)
+    assert original_size == intended.size
+    assert correlation(image, intended.resize(image.size, Image.Resampling.BICUBIC)) > 0.97
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_an_orientation_outside_the_eight_is_read_as_stored(tmp_path, orientation):
+    intended = write_oriented_jpeg(tmp_path / "xray.jpg", orientation)
+    image, original_size = prepare.read_image(tmp_path / "xray.jpg", image_size=32)
+    assert original_size == intended.size
+    assert correlation(image, intended.resize(image.size, Image.Resampling.BICUBIC)) > 0.97
+
+
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_the_preparer_and_the_processor_read_a_file_alike(tmp_path, orientation):
     path = tmp_path / "xray.jpg"
@@ -99,6 +118,16 @@ def test_the_preparer_and_the_processor_read_a_file_alike(tmp_path, orientation)
     from_file = processor(str(path), return_tensors="np")["pixel_values"][0, 0]
     assert from_file.shape == (prepared.size[1], prepared.size[0])
     assert correlation(from_file, prepared) > 0.98
+
+
+def test_pretraining_reads_an_exif_turned_image_of_a_users_dataset_upright(tmp_path):
+    # a dataset not made by the preparers may store camera JPEGs with their EXIF tag
+    intended = write_oriented_jpeg(tmp_path / "xray.jpg", orientation=6)
+    image = open_encoded_image({"bytes": (tmp_path / "xray.jpg").read_bytes(), "path": None})
+    assert image.size == intended.size
+    assert correlation(image.convert("L"), intended) > 0.97
+    decoded = Dataset.from_dict({"image": [str(tmp_path / "xray.jpg")]}).cast_column("image", ImageFeature())[0]
+    assert correlation(decoded["image"].convert("L"), image.convert("L")) > 0.999  # as `datasets` decodes it
 
 
 def test_covidx_keeps_an_exif_turned_jpeg_upright(tmp_path):
@@ -177,7 +206,8 @@ def test_mimic_skips_reports_without_content_and_undecodable_ones_with_a_count(t
     details = {row["image_id"]: row["detail"] for row in read_skipped(tmp_path / "out")}
     offset = len(b"FINDINGS: Derrame pleural peque")
     assert f"s50000002.txt: not UTF-8 (byte 0xf1 at offset {offset})" in details["d2"]
-    texts = {row["image_id"]: row["report"] for split in load_from_disk(str(tmp_path / "out")).values() for row in split}
+    prepared = load_from_disk(str(tmp_path / "out"))
+    texts = {row["image_id"]: row["report"] for split in prepared.values() for row in split}
     assert texts["d3"] == "Lungs are clear."
     assert all("\ufffd" not in text for text in texts.values())
 
@@ -187,7 +217,8 @@ def test_read_report_file_decodes_strictly(tmp_path):
     path.write_bytes("peque\u00f1o".encode("latin-1"))
     with pytest.raises(prepare.SkipExample) as skip:
         prepare.read_report_file(path)
-    assert skip.value.reason == "undecodable_report" and str(path) in skip.value.detail and "offset 5" in skip.value.detail
+    assert skip.value.reason == "undecodable_report"
+    assert f"{path}: not UTF-8 (byte 0xf1 at offset {len(b'peque')})" in skip.value.detail
     path.write_bytes("peque\u00f1o".encode("utf-8"))
     assert prepare.read_report_file(path) == "peque\u00f1o"
 
@@ -330,7 +361,7 @@ def fake_checkpoint(folder: Path, step: int, state: str | None = "whole", weight
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     if weights:
-        (path / "model.safetensors").write_bytes(b"weights")
+        save_file({"weight": torch.ones(64)}, path / "model.safetensors")
     contents = {"whole": json.dumps({"global_step": step}), "empty": "", "cut": json.dumps({"global_step": step})[:7],
                 "list": "[]", "binary": "\x00\x00"}  # fmt: skip
     if state is not None:
@@ -353,6 +384,15 @@ def test_resume_last_passes_over_a_checkpoint_without_weights(tmp_path):
     fake_checkpoint(tmp_path, 10)
     fake_checkpoint(tmp_path, 20, weights=False)
     assert resolve_checkpoint("true", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_resume_last_passes_over_a_checkpoint_with_cut_weights(tmp_path):
+    whole = fake_checkpoint(tmp_path, 10)
+    cut = fake_checkpoint(tmp_path, 20)
+    data = (whole / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert resolve_checkpoint("last", str(tmp_path)) == str(whole)
+    assert "is not a complete safetensors file" in incomplete_checkpoint_reason(cut)
 
 
 def test_resume_without_any_complete_checkpoint_names_each_one(tmp_path):
@@ -536,6 +576,14 @@ def test_every_script_checks_its_output_dir_before_working(script, tmp_path):
             main([*SCRIPTS_WITH_OUTPUT[script], "--output_dir", str(folder), "--dataset_dir", str(tmp_path / "none")])
 
 
+def test_preparation_checks_the_folder_it_stages_its_output_in(tmp_path):
+    prepare_function, args, ids, _ = run_preparer("covidx", tmp_path / "data", tmp_path / "out", ("ok",))
+    blocked = unwritable_folders(tmp_path)[0]
+    args.output_dir = str(blocked / "covidx")
+    with pytest.raises(ValueError, match=rf"--output_dir {blocked / 'covidx'}: its parent folder {blocked} is not"):
+        prepare_function(args)
+
+
 def test_report_embeddings_checks_the_folder_it_writes(tmp_path):
     Dataset.from_dict({"report": ["No effusion."]}).save_to_disk(str(tmp_path / "data"))
     blocked = unwritable_folders(tmp_path)[0]
@@ -597,28 +645,26 @@ def test_the_length_check_counts_robertas_position_offset(pad_token_id):
 
 
 def test_evaluation_keeps_the_last_incomplete_batch(tmp_path):
-    from torch.utils.data import Dataset as TorchDataset
-
-    class Rows(TorchDataset):
-        def __len__(self):
-            return 3
-
-        def __getitem__(self, index):
-            return {"x": torch.tensor([float(index)])}
-
-    args = SistaTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, per_device_train_batch_size=2,
-                                  report_to="none", use_cpu=True)  # fmt: skip
-    trainer = trainer_module.SistaTrainer.__new__(trainer_module.SistaTrainer)
-    trainer.args = args
-    trainer.data_collator = lambda rows: {"x": torch.stack([row["x"] for row in rows])}
-    from accelerate import Accelerator
-
-    trainer.accelerator = Accelerator(cpu=True)
-    trainer._get_collator_with_removed_columns = lambda collator, description=None: collator
-    batches = list(trainer._get_dataloader(Rows(), "evaluation", 8))
-    assert [len(batch["x"]) for batch in batches] == [3]
-    assert list(trainer._get_dataloader(Rows(), "training", 2, is_training=True)) and args.dataloader_drop_last
-    assert [len(batch["x"]) for batch in trainer._get_dataloader(Rows(), "training", 2, is_training=True)] == [2]
+    # 3 validation rows and an evaluation batch of 8: training drops incomplete batches, evaluation must not
+    torch.manual_seed(0)
+    model = SistaModel(tiny_sista_config(sia_threshold=2.0))
+    tokenizer = build_tiny_tokenizer()
+    rows = [{"pixel_values": torch.randn(3, 32, 32), "report": report}
+            for report in ("small left effusion.", "no pneumothorax.", "the lungs are clear.")]  # fmt: skip
+    collator = SistaDataCollator(tokenizer, max_length=16, text_config=model.config.text_config)
+    args = SistaTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to="none",
+                                  use_cpu=True, disable_tqdm=True)  # fmt: skip
+    assert args.dataloader_drop_last  # training keeps its equal global batches
+    processor = SistaProcessor(SistaImageProcessor(size=32), tokenizer, model_max_length=64)
+    trainer = trainer_module.SistaTrainer(
+        model=model, args=args, eval_dataset=rows, data_collator=collator, processing_class=processor
+    )
+    metrics = trainer.evaluate()
+    # oracle: the model's loss on the one batch of all three rows
+    with torch.no_grad():
+        expected = model.eval()(**collator(rows)).loss.item()
+    assert metrics["eval_loss"] == pytest.approx(expected, rel=1e-5)
+    assert args.dataloader_drop_last  # restored for training
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from processing_sista import apply_exif_orientation, clean_report
 
+from ..utils import check_output_dir_writable
 from .label_fractions import label_fraction_ranks, seeded_order_key
 from .metadata import METADATA_FILE, read_dataset_metadata, write_dataset_metadata
 from .report_labeler import OBSERVATIONS as CHEXPERT_OBSERVATIONS  # MIMIC-CXR's chexpert csv column order
@@ -245,8 +246,10 @@ def iter_rows(table: pd.DataFrame) -> Iterator[dict]:
 
 
 def check_output_dir(args: PrepareArguments) -> None:
-    """Refuse to write into a non-empty folder unless it holds a previous SISTA output to replace."""
+    """Refuse to write into a non-empty folder unless it holds a previous SISTA output to replace, or into a folder
+    whose parent (where the output is staged) cannot be written."""
     output_dir = Path(args.output_dir)
+    check_output_dir_writable(str(output_dir.parent), argument=f"--output_dir {output_dir}: its parent folder")
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return
     if not args.overwrite_output_dir:
@@ -294,7 +297,9 @@ def read_dicom_pixels(path: str | Path) -> np.ndarray:
     dicom = pydicom.dcmread(path)
     modality = str(dicom.get("Modality", "") or "").strip().upper()
     if modality and modality not in RADIOGRAPH_MODALITIES:
-        raise OtherModalityError(f"Modality {modality!r} is not a radiograph's (expected one of {RADIOGRAPH_MODALITIES})")
+        raise OtherModalityError(
+            f"Modality {modality!r} is not a radiograph's (expected one of {RADIOGRAPH_MODALITIES})"
+        )
     try:
         pixels = dicom.pixel_array
     except AttributeError as error:  # pydicom's way of saying the pixel data or its description is missing

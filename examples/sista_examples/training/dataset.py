@@ -10,7 +10,9 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
+
+from processing_sista import apply_exif_orientation
 
 from .augmentation import XRayAugmentation
 from .collator import SECTION_COLUMNS
@@ -138,12 +140,20 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
 
 def open_encoded_image(encoded: dict) -> Image.Image:
-    """A `datasets.Image` cell stored undecoded (`{"bytes", "path"}`) opened lazily: only its header is read."""
+    """A `datasets.Image` cell stored undecoded (`{"bytes", "path"}`) opened lazily: only its header is read. An
+    image whose EXIF orientation turns it is decoded and turned (`apply_exif_orientation`, the processor's reading
+    rule, as `datasets` decodes it)."""
     if encoded.get("bytes") is not None:
-        return Image.open(io.BytesIO(encoded["bytes"]))
-    if encoded.get("path"):
-        return Image.open(encoded["path"])
-    raise ValueError(f"`image` must hold `bytes` or a `path`, got {sorted(key for key, v in encoded.items() if v)}.")
+        image = Image.open(io.BytesIO(encoded["bytes"]))
+    elif encoded.get("path"):
+        image = Image.open(encoded["path"])
+    else:
+        raise ValueError(
+            f"`image` must hold `bytes` or a `path`, got {sorted(key for key, v in encoded.items() if v)}."
+        )
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
+        image = apply_exif_orientation(image)
+    return image
 
 
 def _image_size(image) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
+from safetensors import SafetensorError, safe_open
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -82,7 +83,8 @@ class SistaTrainingArguments(TrainingArguments):
     * `overwrite_output_dir`, the transformers convention that transformers 5 dropped: see [`prepare_output_dir`];
     * `logging_nan_inf_filter=False`: Trainer's filter reads every step's loss on the host;
     * `data_seed=seed`: every process shuffles alike (the processes' global RNGs differ, see `SistaTrainer`);
-    * with a GPU: `bf16=True` where the GPU supports it, else `fp16=True` ([`default_mixed_precision`]), loader workers (`default_dataloader_workers`), persistent workers, pinned memory and
+    * with a GPU: `bf16=True` where the GPU supports it, else `fp16=True` ([`default_mixed_precision`]), loader
+      workers (`default_dataloader_workers`), persistent workers, pinned memory and
       non-blocking host-to-device copies (accelerate's `non_blocking`); on CPU none of these.
     """
 
@@ -115,7 +117,8 @@ class SistaTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Keep the loader workers between epochs (default: whenever there are workers)."},
     )
-    bf16: bool | None = field(
+    # annotated `bool` so that a bare `--bf16` still parses; None (not given) is resolved in __post_init__
+    bf16: bool = field(
         default=None,
         metadata={"help": "bf16 autocast; the losses stay fp32. Default: on a GPU that supports bf16 (compute "
                           "capability 8.0 or newer, e.g. A100, H100); fp16 on an older GPU (T4, V100); off on CPU."},
@@ -460,8 +463,8 @@ def incomplete_checkpoint_reason(checkpoint_dir: str | os.PathLike) -> str | Non
     """
     Why `checkpoint_dir` cannot be resumed from, or `None` for a complete checkpoint. Trainer writes
     `trainer_state.json` last (after the weights, optimizer, scheduler and RNG states), so a run killed while saving
-    leaves it missing, empty or cut; a complete checkpoint has it as a JSON object with `global_step`, and its weights
-    (`model.safetensors`, or FSDP's sharded folder).
+    leaves it missing, empty or cut; a complete checkpoint has it as a JSON object with `global_step`, and whole weights
+    (`model.safetensors` with a consistent header, or FSDP's sharded folder).
     """
     path = Path(checkpoint_dir)
     state_file = path / TRAINER_STATE_NAME
@@ -478,6 +481,12 @@ def incomplete_checkpoint_reason(checkpoint_dir: str | os.PathLike) -> str | Non
     )
     if not has_weights:
         return f"{path} holds no model weights (model.safetensors, or FSDP's {FSDP_SHARDED_CHECKPOINT_PREFIX}_* folder)"
+    for weights_file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights_file), framework="pt"):
+                pass
+        except SafetensorError as error:
+            return f"{weights_file} is not a complete safetensors file ({error})"
     return None
 
 
@@ -493,7 +502,8 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> s
         argument = f"--resume_from_checkpoint {resume_from_checkpoint}"
         folders = []
         if os.path.isdir(output_dir):
-            numbered = (re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name) for path in Path(output_dir).iterdir())
+            pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+            numbered = (pattern.fullmatch(path.name) for path in Path(output_dir).iterdir())
             folders = sorted(
                 (int(match.group(1)), Path(output_dir) / match.group(0)) for match in numbered if match is not None
             )
