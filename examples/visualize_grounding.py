@@ -80,9 +80,7 @@ from sista_examples.evaluation.common import (
 )
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
-    TextPrior,
     WordMaps,
-    build_text_prior,
     contrast_to_noise_ratio_or_zero,
     display_image,
     finding_targets,
@@ -94,7 +92,7 @@ from sista_examples.evaluation.grounding import (
     random_point_baseline,
     shuffled_image_order,
     shuffled_image_scores,
-    synthcxr_keyed_masks,
+    synthcxr_text_prior,
     text_prior_scores,
     upsample_maps,
     word_maps_from_encoding,
@@ -214,16 +212,6 @@ def load_text_prior_split(eval_args, grounding_args, source: dict):
     if grounding_args.max_text_prior_samples is not None:
         dataset = dataset.select(range(min(grounding_args.max_text_prior_samples, len(dataset))))
     return dataset, None
-
-
-def text_prior_from_split(dataset, image_processor, grid: tuple[int, int]) -> TextPrior:
-    """The text prior of `dataset`'s findings, their masks brought into the model's frame first."""
-    keyed_masks = (
-        (key, mask_to_model_frame(image_processor, mask))
-        for example in tqdm(dataset.select_columns(["image", "findings", "objects"]), desc="Text prior")
-        for key, mask in synthcxr_keyed_masks(example)
-    )
-    return build_text_prior(keyed_masks, grid)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -477,7 +465,7 @@ def evaluate_pointing_game(
     elif not all("key" in record for record in records):
         references_skipped["text_prior"] = "the targets name no (finding, side, zone) (not SynthCXR's findings)"
     else:
-        prior = text_prior_from_split(text_prior_split, image_processor, grid)
+        prior = synthcxr_text_prior(text_prior_split, image_processor, grid)
         for record, mask in zip(records, masks):
             record.update(text_prior_scores(prior, record["key"], mask))
     if overview_studies:

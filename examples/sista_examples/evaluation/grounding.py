@@ -536,6 +536,17 @@ def mask_to_model_frame(image_processor, mask: np.ndarray) -> np.ndarray:
     return processed >= 0.5
 
 
+def synthcxr_text_prior(dataset, image_processor, grid: tuple[int, int]) -> TextPrior:
+    """The text prior of a SynthCXR split (`image`, `findings`, `objects`): each finding's mask brought into the
+    model's frame as its image would be (`mask_to_model_frame`), then `build_text_prior`."""
+    keyed_masks = (
+        (key, mask_to_model_frame(image_processor, mask))
+        for example in dataset.select_columns(["image", "findings", "objects"])
+        for key, mask in synthcxr_keyed_masks(example)
+    )
+    return build_text_prior(keyed_masks, grid)
+
+
 def display_image(image_processor, image) -> np.ndarray:
     """The image as the model sees it (resized, padded), in [0, 1], for drawing."""
     return image_processor(image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
@@ -575,6 +586,7 @@ __all__ = [
     "shuffled_image_scores",
     "synthcxr_finding_masks",
     "synthcxr_keyed_masks",
+    "synthcxr_text_prior",
     "text_prior_scores",
     "upsample_maps",
     "word_maps_from_encoding",
