@@ -120,7 +120,8 @@ def test_grounding_headline_carries_the_controls_and_the_small_findings():
     records = [{"objective": objective, "seed": 0, "task": "grounding", "label_fraction": None,
                 "metrics": reproduce.headline_from_results("grounding", results)} for objective in ("clip", "sista")]
     lines = reproduce.markdown_table(reproduce.summarize(records), ["clip", "sista"]).splitlines()
-    control_row = "| grounding | pointing game, another study's image | — | 0.100 (n=1) | 0.100 (n=1) | random 0.020 |"
+    control_row = ("| grounding | pointing game, another study's image | — | 0.100 (n=1) | 0.100 (n=1) | "
+                   "random 0.020 |")
     assert control_row in lines
     assert "| grounding | pointing CNR | — | 0.800 (n=1) | 0.800 (n=1) | text prior cnr 1.500 |" in lines
     assert ("| grounding | pointing game, small/ambiguous findings | — | 0.100 (n=1) | 0.100 (n=1) | "
