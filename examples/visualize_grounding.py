@@ -389,18 +389,20 @@ def evaluate_pointing_game(
             eval_args.max_length,
             grounding_args.subword_reduce,
         )
+        shuffled_word_maps, partner_ids = [None] * len(usable), [None] * len(usable)
         if shuffled_order is not None:
+            partner_indices = [int(shuffled_order[start + index]) for index in usable]
+            partners = dataset.select(partner_indices)
+            partner_ids = partners["study_id"] if "study_id" in partners.column_names else partner_indices
             shuffled_word_maps, _ = grounding_maps(
                 model,
                 processor,
-                [dataset[int(shuffled_order[start + index])]["image"] for index in usable],
+                [partners[position]["image"] for position in range(len(partners))],
                 [batch_texts[index] for index in usable],
                 eval_args.max_length,
                 grounding_args.subword_reduce,
             )
-        else:
-            shuffled_word_maps = [None] * len(usable)
-        for index, maps, shuffled_maps in zip(usable, word_maps, shuffled_word_maps):
+        for index, maps, shuffled_maps, partner_id in zip(usable, word_maps, shuffled_word_maps, partner_ids):
             example = examples[index]
             targets = (
                 finding_targets(example, maps, skipped) if use_findings else whole_text_target(example, maps, skipped)
@@ -430,9 +432,7 @@ def evaluate_pointing_game(
                     record["key"] = list(target["key"])
                 if shuffled_maps is not None:
                     record.update(shuffled_image_scores(shuffled_maps, target["word_indices"], grid, mask))
-                    record["shuffled_with_study"] = str(
-                        dataset[int(shuffled_order[start + index])].get("study_id", int(shuffled_order[start + index]))
-                    )
+                    record["shuffled_with_study"] = str(partner_id)
                 records.append(record)
                 masks.append(mask)
                 overview_findings.append({**records[-1], "heatmap": heatmap, "mask": mask})
