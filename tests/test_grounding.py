@@ -195,6 +195,8 @@ def test_contrast_to_noise_ratio_matches_a_hand_computation():
     assert grounding.contrast_to_noise_ratio(heatmap, mask) == pytest.approx(naive_cnr(heatmap, mask))
     # |.| makes it symmetric, and an affine rescaling of the map (BioViL's [0, 1] scaling, a sign flip) changes nothing
     assert grounding.contrast_to_noise_ratio(heatmap, ~mask) == pytest.approx(np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, ~mask, absolute=False) == pytest.approx(-np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, mask, absolute=False) == pytest.approx(np.sqrt(5.0))
     assert grounding.contrast_to_noise_ratio(7 - 3 * heatmap, mask) == pytest.approx(np.sqrt(5.0))
     minimum, maximum = heatmap.min(), heatmap.max()
     rescaled = (heatmap - minimum) / (maximum - minimum)

@@ -188,7 +188,7 @@ def oracle_pointing_hit(mask: np.ndarray, grid: tuple[int, int]) -> bool:
     return pointing_game_hit(upsample_maps(grid_map, grid, mask.shape)[0], mask)[0]
 
 
-def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
+def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray, absolute: bool = True) -> float:
     """
     BioViL's contrast-to-noise ratio of a map between the inside `A` and the outside `Ā` of a region:
 
@@ -208,14 +208,17 @@ def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
     inside vs outside a lesion *mask*, where MS-CXR scores the inside of a phrase's boxes (pass the union of the boxes
     as `mask`); no smoothing of its own; a flat map (every pixel within `PEAK_RELATIVE_TOLERANCE` of the maximum,
     the pointing game's flat-map rule, so float noise is not read as contrast), undefined (0 / 0) in the formula,
-    scores 0, and a map constant on each side but different between them scores `inf`.
+    scores 0, and a map constant on each side but different between them scores `inf`. With the absolute value a map
+    lower inside the lesion than outside scores as high as one higher there; `absolute=False` keeps the sign.
 
     Args:
         heatmap (`np.ndarray` of shape `(height, width)`): the map, at the mask's resolution (`upsample_maps`).
         mask (`np.ndarray` of shape `(height, width)`): the region, boolean; it must leave pixels on both sides.
+        absolute (`bool`, *optional*, defaults to `True`): BioViL's `|mean(A) - mean(Ā)|`; `False` gives the signed
+            ratio (negative when the map is lower inside).
 
     Returns:
-        `float`: the CNR (>= 0).
+        `float`: the CNR (>= 0 when `absolute`).
     """
     heatmap, mask = np.asarray(heatmap, dtype=np.float64), np.asarray(mask, dtype=bool)
     if heatmap.shape != mask.shape:
@@ -228,9 +231,10 @@ def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
     if float(heatmap.min()) >= maximum - PEAK_RELATIVE_TOLERANCE * abs(maximum):
         return 0.0
     inside, outside = heatmap[mask], heatmap[~mask]
-    contrast = abs(float(inside.mean()) - float(outside.mean()))
+    contrast = float(inside.mean()) - float(outside.mean())
+    contrast = abs(contrast) if absolute else contrast
     noise = float(np.sqrt(inside.var() + outside.var()))
-    return contrast / noise if noise > 0.0 else float("inf")
+    return contrast / noise if noise > 0.0 else float(np.copysign(np.inf, contrast))
 
 
 def contrast_to_noise_ratio_or_zero(heatmap: np.ndarray, mask: np.ndarray) -> float:
