@@ -7,7 +7,7 @@ the test split: paired image→report R@1/R@10 beside chance, mean pairwise imag
 several word maps beside the random-point, fixed-point, text-prior and oracle references, the same words mapped on
 another study's image (the shuffled-image control) and BioViL's CNR of each, overall, per finding group and per
 finding, all scored by `sista_examples.evaluation.grounding` (the pointing game of `examples/visualize_grounding.py`).
-The text prior comes from `--text_prior_split` (default `train`) of the data folder.
+The text prior comes from `--text_prior_splits` (default `pretrain,train`) of the data folder.
 
     python research/grounding/testbed.py --data_dir data/synthcxr128 --backbone resnet --objective sista \
         --steps 300 --output_dir outputs/grounding/resnet_sista
@@ -360,7 +360,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_test", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval_only", action="store_true", help="Evaluate output_dir/model again, no training.")
-    parser.add_argument("--text_prior_split", default="train", help="Split whose finding masks make the text prior.")
+    parser.add_argument("--text_prior_splits", default="pretrain,train",
+                        help="Comma-separated splits whose finding masks make the text prior.")
     parser.add_argument("--shuffle_seed", type=int, default=0, help="Seed of the shuffled-image control's pairing.")
     return parser.parse_args(argv)
 
@@ -398,10 +399,12 @@ def main(argv=None):
     order = grounding.shuffled_image_order(len(test), args.shuffle_seed)
     shuffled = encode_test(model, processor, test, images=test.select_columns(["image"]).select(order)["image"])
     text_prior, references_skipped = None, {}
-    if args.text_prior_split in splits and {"findings", "objects"} <= set(splits[args.text_prior_split].column_names):
-        text_prior = grounding.synthcxr_text_prior(splits[args.text_prior_split], image_processor, encoded["grid"])
+    prior_splits, not_used = grounding.text_prior_splits(splits, args.text_prior_splits.split(","), "test")
+    if prior_splits:
+        text_prior = grounding.synthcxr_text_prior(list(prior_splits.values()), image_processor, encoded["grid"])
     else:
-        references_skipped["text_prior"] = f"{args.data_dir} has no {args.text_prior_split!r} split with finding masks"
+        references_skipped["text_prior"] = f"no usable training split in {args.data_dir}: {not_used}"
+    results["text_prior_splits"] = {name: len(split) for name, split in prior_splits.items()}
     records, skipped = pointing_game_records(
         test, encoded, image_processor, first_centre=first_centre, shuffled=shuffled, text_prior=text_prior
     )

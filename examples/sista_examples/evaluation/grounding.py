@@ -540,12 +540,40 @@ def mask_to_model_frame(image_processor, mask: np.ndarray) -> np.ndarray:
     return processed >= 0.5
 
 
-def synthcxr_text_prior(dataset, image_processor, grid: tuple[int, int]) -> TextPrior:
-    """The text prior of a SynthCXR split (`image`, `findings`, `objects`): each finding's mask brought into the
-    model's frame as its image would be (`mask_to_model_frame`), then `build_text_prior`."""
+TEXT_PRIOR_COLUMNS = ("image", "findings", "objects")
+
+
+def text_prior_splits(splits, names: Sequence[str], evaluated_split: str | None = None) -> tuple[dict, dict]:
+    """
+    The splits of `splits` (a `DatasetDict`) named in `names` that can make a text prior: SynthCXR's per-finding masks
+    (`TEXT_PRIOR_COLUMNS`), never the evaluated split (a prior must come from data the evaluation does not score).
+
+    Returns:
+        `(usable, not_used)`: `{name: Dataset}` in the order of `names`, and `{name: reason}` for the others.
+    """
+    usable, not_used = {}, {}
+    for name in names:
+        if name == evaluated_split:
+            not_used[name] = "the evaluated split"
+        elif name not in splits:
+            not_used[name] = f"absent (the splits are {sorted(splits)})"
+        elif missing := sorted(set(TEXT_PRIOR_COLUMNS) - set(splits[name].column_names)):
+            not_used[name] = f"lacks the per-finding mask columns {missing}"
+        elif len(splits[name]) == 0:
+            not_used[name] = "empty"
+        else:
+            usable[name] = splits[name]
+    return usable, not_used
+
+
+def synthcxr_text_prior(datasets, image_processor, grid: tuple[int, int]) -> TextPrior:
+    """The text prior of one SynthCXR split, or of several together (`TEXT_PRIOR_COLUMNS`): each finding's mask brought
+    into the model's frame as its image would be (`mask_to_model_frame`), then `build_text_prior`."""
+    datasets = [datasets] if hasattr(datasets, "column_names") else list(datasets)
     keyed_masks = (
         (key, mask_to_model_frame(image_processor, mask))
-        for example in dataset.select_columns(["image", "findings", "objects"])
+        for dataset in datasets
+        for example in dataset.select_columns(list(TEXT_PRIOR_COLUMNS))
         for key, mask in synthcxr_keyed_masks(example)
     )
     return build_text_prior(keyed_masks, grid)
@@ -563,6 +591,7 @@ __all__ = [
     "STOP_WORDS",
     "SUBWORD_REDUCTIONS",
     "SUMMARY_REFERENCES",
+    "TEXT_PRIOR_COLUMNS",
     "TEXT_PRIOR_LEVELS",
     "TEXT_PRIOR_UNSEEN",
     "TextPrior",
@@ -592,6 +621,7 @@ __all__ = [
     "synthcxr_keyed_masks",
     "synthcxr_text_prior",
     "text_prior_scores",
+    "text_prior_splits",
     "upsample_maps",
     "word_maps_from_encoding",
     "word_spans",
