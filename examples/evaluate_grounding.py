@@ -47,6 +47,7 @@ from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
     TEXT_PRIOR_UNSEEN,
     build_text_prior,
+    contrast_to_noise_ratio,
     contrast_to_noise_ratio_or_zero,
     mask_to_model_frame,
     oracle_pointing_hit,
@@ -155,14 +156,19 @@ def phrase_maps(model, processor, images: list, phrases: list[str], args, ground
 
 
 def score_map(patch_map, grid, mask, thresholds) -> dict:
-    """Pointing hit, CNR (`None` when infinite: a map constant on each side) and mIoU of one patch map."""
+    """
+    Pointing hit, CNR (BioViL's, with |.|), signed CNR (positive only for a map higher inside the boxes), both `None`
+    when infinite (a map constant on each side), and mIoU of one patch map against a mask with pixels on both sides.
+    """
     if patch_map is None:
-        return {"hit": False, "cnr": 0.0, "miou": 0.0}
+        return {"hit": False, "cnr": 0.0, "signed_cnr": 0.0, "miou": 0.0}
     heatmap = upsample_maps(np.asarray(patch_map).reshape(1, -1), grid, mask.shape)[0]
     cnr = contrast_to_noise_ratio_or_zero(heatmap, mask)
+    signed_cnr = contrast_to_noise_ratio(heatmap, mask, absolute=False)
     return {
         "hit": pointing_game_hit(heatmap, mask)[0],
         "cnr": cnr if np.isfinite(cnr) else None,
+        "signed_cnr": signed_cnr if np.isfinite(signed_cnr) else None,
         "miou": mean_iou(heatmap, mask, thresholds),
     }
 
@@ -247,14 +253,15 @@ def results_markdown(summary: dict, source: dict, thresholds: list[float]) -> st
     for route, title in (("word_to_patch", "word-to-patch (SISTA's STA maps)"),
                          ("phrase_to_patch", "phrase-to-patch (BioViL's phrase-embedding map)")):  # fmt: skip
         rows = [
-            (name, entry[f"{route}_cnr"], entry[f"{route}_shuffled_image_baseline_cnr"], entry[f"{route}_miou"],
+            (name, entry[f"{route}_cnr"], entry[f"{route}_signed_cnr"], entry[f"{route}_shuffled_image_baseline_cnr"],
+             entry[f"{route}_miou"],
              entry[f"{route}_shuffled_image_baseline_miou"], entry[f"{route}_hit"],
              entry[f"{route}_shuffled_image_baseline_hit"],
              entry.get("num_phrases", ""))
             for name, entry in entries
         ]  # fmt: skip
         text += f"### {title}\n\n" + markdown_table(
-            ["category", "CNR", "CNR, shuffled image", "mIoU", "mIoU, shuffled image", "pointing",
+            ["category", "CNR", "signed CNR", "CNR, shuffled image", "mIoU", "mIoU, shuffled image", "pointing",
              "pointing, shuffled image", "phrases"],
             rows,
         )  # fmt: skip
