@@ -45,7 +45,9 @@ from sista_examples.evaluation.common import (
 )
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
+    TEXT_PRIOR_UNSEEN,
     build_text_prior,
+    contrast_to_noise_ratio,
     contrast_to_noise_ratio_or_zero,
     mask_to_model_frame,
     oracle_pointing_hit,
@@ -138,7 +140,9 @@ def phrase_maps(model, processor, images: list, phrases: list[str], args, ground
     phrase_embeds = outputs.text_embeds.float().cpu().numpy()
     maps = []
     for index, phrase in enumerate(phrases):
-        words = word_maps_from_encoding(phrase, encoding.encodings[index], weights[index], grounding_args.subword_reduce)
+        words = word_maps_from_encoding(
+            phrase, encoding.encodings[index], weights[index], grounding_args.subword_reduce
+        )
         content = words.content_indices()
         maps.append(
             {
@@ -152,14 +156,19 @@ def phrase_maps(model, processor, images: list, phrases: list[str], args, ground
 
 
 def score_map(patch_map, grid, mask, thresholds) -> dict:
-    """Pointing hit, CNR (`None` when infinite: a map constant on each side) and mIoU of one patch map."""
+    """
+    Pointing hit, CNR (BioViL's, with |.|), signed CNR (positive only for a map higher inside the boxes), both `None`
+    when infinite (a map constant on each side), and mIoU of one patch map against a mask with pixels on both sides.
+    """
     if patch_map is None:
-        return {"hit": False, "cnr": 0.0, "miou": 0.0}
+        return {"hit": False, "cnr": 0.0, "signed_cnr": 0.0, "miou": 0.0}
     heatmap = upsample_maps(np.asarray(patch_map).reshape(1, -1), grid, mask.shape)[0]
     cnr = contrast_to_noise_ratio_or_zero(heatmap, mask)
+    signed_cnr = contrast_to_noise_ratio(heatmap, mask, absolute=False)
     return {
         "hit": pointing_game_hit(heatmap, mask)[0],
         "cnr": cnr if np.isfinite(cnr) else None,
+        "signed_cnr": signed_cnr if np.isfinite(signed_cnr) else None,
         "miou": mean_iou(heatmap, mask, thresholds),
     }
 
@@ -214,19 +223,25 @@ def evaluate_phrase_grounding(model, processor, dataset, args, grounding_args) -
         for route in ROUTES:
             if own_maps[row][route] is None:
                 skipped[f"{route}: phrase has no content word with a map"] += 1
-            for prefix, maps in ((route, own_maps), (f"{route}_shuffled", shuffled_maps)):
+            # "baseline" in a name keeps it out of the model's own metrics on a model card
+            for prefix, maps in ((route, own_maps), (f"{route}_shuffled_image_baseline", shuffled_maps)):
                 scores = score_map(maps[row][route], grid, mask, grounding_args.thresholds)
                 record.update({f"{prefix}_{name}": value for name, value in scores.items()})
         prior = priors[int(folds[row])]
-        prior_map = prior.lookup(keys[row])[0] if prior is not None else None
-        record.update(
-            {f"text_prior_{name}": value for name, value in score_map(prior_map, grid, mask, grounding_args.thresholds).items()}
-        )
-        record["random_point"] = random_point_baseline(mask)
+        prior_map, prior_level = prior.lookup(keys[row]) if prior is not None else (None, TEXT_PRIOR_UNSEEN)
+        record["text_prior_level"] = prior_level  # which key level the prior fell back to ("unseen": no map, a miss)
+        prior_scores = score_map(prior_map, grid, mask, grounding_args.thresholds)
+        record.update({f"text_prior_baseline_{name}": value for name, value in prior_scores.items()})
+        record["random_point_baseline"] = random_point_baseline(mask)
         record["oracle_hit"] = oracle_pointing_hit(mask, grid)
         records.append(record)
     summary = summarise_phrases(records)
-    summary.update(patch_grid_size=list(grid), skipped=dict(sorted(skipped.items())), records=records)
+    summary.update(
+        patch_grid_size=list(grid),
+        skipped=dict(sorted(skipped.items())),
+        text_prior_levels=dict(Counter(record["text_prior_level"] for record in records)),
+        records=records,
+    )
     return summary
 
 
@@ -238,19 +253,22 @@ def results_markdown(summary: dict, source: dict, thresholds: list[float]) -> st
     for route, title in (("word_to_patch", "word-to-patch (SISTA's STA maps)"),
                          ("phrase_to_patch", "phrase-to-patch (BioViL's phrase-embedding map)")):  # fmt: skip
         rows = [
-            (name, entry[f"{route}_cnr"], entry[f"{route}_shuffled_cnr"], entry[f"{route}_miou"],
-             entry[f"{route}_shuffled_miou"], entry[f"{route}_hit"], entry[f"{route}_shuffled_hit"],
+            (name, entry[f"{route}_cnr"], entry[f"{route}_signed_cnr"], entry[f"{route}_shuffled_image_baseline_cnr"],
+             entry[f"{route}_miou"],
+             entry[f"{route}_shuffled_image_baseline_miou"], entry[f"{route}_hit"],
+             entry[f"{route}_shuffled_image_baseline_hit"],
              entry.get("num_phrases", ""))
             for name, entry in entries
         ]  # fmt: skip
         text += f"### {title}\n\n" + markdown_table(
-            ["category", "CNR", "CNR, shuffled image", "mIoU", "mIoU, shuffled image", "pointing",
+            ["category", "CNR", "signed CNR", "CNR, shuffled image", "mIoU", "mIoU, shuffled image", "pointing",
              "pointing, shuffled image", "phrases"],
             rows,
         )  # fmt: skip
         text += "\n"
     rows = [
-        (name, entry["text_prior_cnr"], entry["text_prior_miou"], entry["text_prior_hit"], entry["random_point"],
+        (name, entry["text_prior_baseline_cnr"], entry["text_prior_baseline_miou"], entry["text_prior_baseline_hit"],
+         entry["random_point_baseline"],
          entry["oracle_hit"])
         for name, entry in entries
     ]  # fmt: skip
@@ -261,6 +279,8 @@ def results_markdown(summary: dict, source: dict, thresholds: list[float]) -> st
         rows,
     )  # fmt: skip
     text += f"\nmIoU thresholds (map min-max scaled per image): {', '.join(map(str, thresholds))}.\n"
+    levels = ", ".join(f"{level} {count}" for level, count in sorted(summary["text_prior_levels"].items()))
+    text += f"Text prior key level used (finest seen on the other patient fold): {levels}.\n"
     skipped = "".join(f"* {count}: {reason}\n" for reason, count in summary["skipped"].items())
     return text + (f"\nNot scored or scored as a miss:\n{skipped}" if skipped else "")
 
@@ -278,12 +298,13 @@ def main(cli_args: list[str] | None = None) -> dict:
     summary = evaluate_phrase_grounding(model, processor, dataset, eval_args, grounding_args)
     average = summary["category_average"]
     logger.info(
-        "MS-CXR (category average): word-to-patch CNR %s mIoU %.4f; phrase-to-patch CNR %s mIoU %.4f; text prior CNR %s.",
+        "MS-CXR (category average): word-to-patch CNR %s mIoU %.4f; phrase-to-patch CNR %s mIoU %.4f; "
+        "text prior CNR %s.",
         average["word_to_patch_cnr"],
         average["word_to_patch_miou"],
         average["phrase_to_patch_cnr"],
         average["phrase_to_patch_miou"],
-        average["text_prior_cnr"],
+        average["text_prior_baseline_cnr"],
     )
     results = {
         "task": "phrase_grounding",
@@ -300,7 +321,8 @@ def main(cli_args: list[str] | None = None) -> dict:
         **summary,
         "arguments": arguments_dict(eval_args, grounding_args),
     }
-    write_results(eval_args.output_dir, "phrase_grounding", results, results_markdown(summary, source, grounding_args.thresholds))
+    markdown = results_markdown(summary, source, grounding_args.thresholds)
+    write_results(eval_args.output_dir, "phrase_grounding", results, markdown)
     return results
 
 

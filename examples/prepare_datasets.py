@@ -11,8 +11,10 @@ split and label rules, row and skip counts) and `skipped.csv` (every row left ou
     python examples/prepare_datasets.py mimic_cxr --data_dir mimic-cxr-jpg/2.1.0 --output_dir data/mimic_cxr \
         --image_size 512 --num_proc 8
 
-Datasets: mimic_cxr, chexpert, rsna_pneumonia, siim_pneumothorax, covidx, object_cxr. The files each
-one needs, its splits, label policy and output columns are documented in docs/data_real.md.
+Datasets: mimic_cxr, chexpert, rsna_pneumonia, siim_pneumothorax, covidx, object_cxr, and the benchmarks
+chexpert_5x200 and ms_cxr, which also write the list of their images that `--exclude_images` keeps out of the
+training preparations. The files each one needs, its splits, label policy and output columns are documented in
+docs/data_real.md.
 """
 
 import argparse

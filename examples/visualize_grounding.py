@@ -29,10 +29,11 @@ hit rate of the finding's own mask pooled to the grid and scored by the same rul
 between patch centres are lost at that grid).
 
 Two more references expose maps that pass the pointing game without looking at the image. The *text prior*
-(SynthCXR): for each (finding, side, zone) a report names, the mean lesion mask of that group on the training split
-(`--text_prior_split`, default `train`), pooled to the model's grid and scored by the same rule; a group unseen in
-training falls back to (finding, side), then to the finding, and the fallbacks are counted. A dataset without that
-split or without SynthCXR's per-finding masks gets no text prior, with the reason written into the results. The
+(SynthCXR): for each (finding, side, zone) a report names, the mean lesion mask of that group on the training splits
+(`--text_prior_splits`, default `pretrain,train`: every split the model may have seen, so the mean is well estimated),
+pooled to the model's grid and scored by the same rule; a group unseen in training falls back to (finding, side),
+then to the finding, and the fallbacks are counted. A dataset without those splits or without SynthCXR's per-finding
+masks gets no text prior, with the reason written into the results. The
 *shuffled-image control*: the report's words mapped on another study's image (a fixed seeded derangement,
 `--shuffle_seed`), scored on the report's own mask; a model that looks at the image falls to about the random-point
 baseline there. Beside each hit rate stands BioViL's contrast-to-noise ratio (CNR) of the map inside vs outside the
@@ -81,9 +82,7 @@ from sista_examples.evaluation.common import (
 )
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
-    TextPrior,
     WordMaps,
-    build_text_prior,
     contrast_to_noise_ratio_or_zero,
     display_image,
     finding_targets,
@@ -95,8 +94,9 @@ from sista_examples.evaluation.grounding import (
     random_point_baseline,
     shuffled_image_order,
     shuffled_image_scores,
-    synthcxr_keyed_masks,
+    synthcxr_text_prior,
     text_prior_scores,
+    text_prior_splits,
     upsample_maps,
     word_maps_from_encoding,
 )
@@ -132,10 +132,11 @@ class GroundingArguments:
             "pneumothorax").
         max_panels (`int`, *optional*, defaults to 24):
             At most this many word panels per figure (the first content words).
-        text_prior_split (`str`, *optional*, defaults to `"train"`):
-            The split of `--dataset_dir` whose per-finding masks make the text prior; it must differ from `--split`.
+        text_prior_splits (`str`, *optional*, defaults to `"pretrain,train"`):
+            Comma-separated splits of `--dataset_dir` whose per-finding masks make the text prior (those present and
+            with SynthCXR's `findings`/`objects` are used; never `--split`).
         max_text_prior_samples (`int`, *optional*):
-            Build the text prior from the first this many studies of that split only.
+            Build the text prior from the first this many studies of each of those splits only.
         shuffle_seed (`int`, *optional*, defaults to 0):
             Seed of the derangement that pairs each report with another study's image (the shuffled-image control).
     """
@@ -148,8 +149,9 @@ class GroundingArguments:
         default=None, metadata={"help": "Text pointed with on datasets with a mask but no reports."}
     )
     max_panels: int = field(default=24, metadata={"help": "At most this many word panels per figure."})
-    text_prior_split: str = field(
-        default="train", metadata={"help": "Split of --dataset_dir whose finding masks make the text prior."}
+    text_prior_splits: str = field(
+        default="pretrain,train",
+        metadata={"help": "Comma-separated splits of --dataset_dir whose finding masks make the text prior."},
     )
     max_text_prior_samples: int | None = field(
         default=None, metadata={"help": "Build the text prior from the first studies of that split only."}
@@ -192,39 +194,32 @@ def whole_text_target(example: dict, word_maps: WordMaps, skipped: Counter, name
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def load_text_prior_split(eval_args, grounding_args, source: dict):
+def load_text_prior_splits(eval_args, grounding_args, source: dict) -> tuple[dict, dict, str | None]:
     """
-    The split whose per-finding masks make the text prior: `--text_prior_split` of `--dataset_dir`, with SynthCXR's
-    `findings` and `objects`. Returns `(dataset, None)`, or `(None, reason)` when there is none to use.
+    The splits whose per-finding masks make the text prior: `--text_prior_splits` of `--dataset_dir`
+    (`text_prior_splits`), each cut to `--max_text_prior_samples`. Returns `(usable, not_used, reason)`: `{name:
+    Dataset}`, `{name: why not}`, and why there is no prior at all (`None` when some split is usable).
     """
     from datasets import DatasetDict, load_from_disk
 
-    split = grounding_args.text_prior_split
+    names = [name.strip() for name in grounding_args.text_prior_splits.split(",") if name.strip()]
+    if not names:
+        return {}, {}, "--text_prior_splits names no split"
     if source["generated"]:
-        return None, "the evaluated split was generated in memory: no saved training split to take the prior from"
-    if split == eval_args.split:
-        return None, f"--text_prior_split {split!r} is the evaluated split (a prior must come from training data)"
+        return {}, {}, "the evaluated split was generated in memory: no saved training split to take the prior from"
     loaded = load_from_disk(str(eval_args.dataset_dir))
-    if not isinstance(loaded, DatasetDict) or split not in loaded:
-        found = sorted(loaded) if isinstance(loaded, DatasetDict) else "a single Dataset"
-        return None, f"{eval_args.dataset_dir} has no {split!r} split (it holds {found})"
-    dataset = loaded[split]
-    missing = sorted({"image", "findings", "objects"} - set(dataset.column_names))
-    if missing:
-        return None, f"the {split!r} split lacks the per-finding mask columns {missing}"
+    if not isinstance(loaded, DatasetDict):
+        return {}, {}, f"{eval_args.dataset_dir} holds a single Dataset, no training split"
+    usable, not_used = text_prior_splits(loaded, names, evaluated_split=eval_args.split)
     if grounding_args.max_text_prior_samples is not None:
-        dataset = dataset.select(range(min(grounding_args.max_text_prior_samples, len(dataset))))
-    return dataset, None
-
-
-def text_prior_from_split(dataset, image_processor, grid: tuple[int, int]) -> TextPrior:
-    """The text prior of `dataset`'s findings, their masks brought into the model's frame first."""
-    keyed_masks = (
-        (key, mask_to_model_frame(image_processor, mask))
-        for example in tqdm(dataset.select_columns(["image", "findings", "objects"]), desc="Text prior")
-        for key, mask in synthcxr_keyed_masks(example)
-    )
-    return build_text_prior(keyed_masks, grid)
+        usable = {
+            name: split.select(range(min(grounding_args.max_text_prior_samples, len(split))))
+            for name, split in usable.items()
+        }
+    reason = None
+    if not usable:
+        reason = "no usable training split: " + "; ".join(f"{name}: {why}" for name, why in not_used.items())
+    return usable, not_used, reason
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -372,11 +367,11 @@ def plot_findings_overview(studies: list[dict], output_path: str | Path, max_fin
 
 
 def evaluate_pointing_game(
-    model, processor, dataset, texts: list[str], eval_args, grounding_args, text_prior_split=None
+    model, processor, dataset, texts: list[str], eval_args, grounding_args, text_prior_data=None
 ) -> dict:
     """
     Runs the pointing game over `dataset` (with `texts` as the model's reports) beside its references and the
-    shuffled-image control, and draws the figures. `text_prior_split` (a dataset with SynthCXR's per-finding masks)
+    shuffled-image control, and draws the figures. `text_prior_data` (datasets with SynthCXR's per-finding masks)
     gives the text prior; without it, or on targets without a (finding, side, zone) key, the prior is left out.
     """
     use_findings = {"findings", "objects"} <= set(dataset.column_names)
@@ -402,18 +397,20 @@ def evaluate_pointing_game(
             eval_args.max_length,
             grounding_args.subword_reduce,
         )
+        shuffled_word_maps, partner_ids = [None] * len(usable), [None] * len(usable)
         if shuffled_order is not None:
+            partner_indices = [int(shuffled_order[start + index]) for index in usable]
+            partners = dataset.select(partner_indices)
+            partner_ids = partners["study_id"] if "study_id" in partners.column_names else partner_indices
             shuffled_word_maps, _ = grounding_maps(
                 model,
                 processor,
-                [dataset[int(shuffled_order[start + index])]["image"] for index in usable],
+                [partners[position]["image"] for position in range(len(partners))],
                 [batch_texts[index] for index in usable],
                 eval_args.max_length,
                 grounding_args.subword_reduce,
             )
-        else:
-            shuffled_word_maps = [None] * len(usable)
-        for index, maps, shuffled_maps in zip(usable, word_maps, shuffled_word_maps):
+        for index, maps, shuffled_maps, partner_id in zip(usable, word_maps, shuffled_word_maps, partner_ids):
             example = examples[index]
             targets = (
                 finding_targets(example, maps, skipped) if use_findings else whole_text_target(example, maps, skipped)
@@ -443,9 +440,7 @@ def evaluate_pointing_game(
                     record["key"] = list(target["key"])
                 if shuffled_maps is not None:
                     record.update(shuffled_image_scores(shuffled_maps, target["word_indices"], grid, mask))
-                    record["shuffled_with_study"] = str(
-                        dataset[int(shuffled_order[start + index])].get("study_id", int(shuffled_order[start + index]))
-                    )
+                    record["shuffled_with_study"] = str(partner_id)
                 records.append(record)
                 masks.append(mask)
                 overview_findings.append({**records[-1], "heatmap": heatmap, "mask": mask})
@@ -473,12 +468,12 @@ def evaluate_pointing_game(
     references_skipped = {}
     if shuffled_order is None:
         references_skipped["shuffled_image_control"] = "the split has one study: no other image to pair it with"
-    if text_prior_split is None:
+    if not text_prior_data:
         references_skipped["text_prior"] = "no training split with per-finding masks was given"
     elif not all("key" in record for record in records):
         references_skipped["text_prior"] = "the targets name no (finding, side, zone) (not SynthCXR's findings)"
     else:
-        prior = text_prior_from_split(text_prior_split, image_processor, grid)
+        prior = synthcxr_text_prior(text_prior_data, image_processor, grid)
         for record, mask in zip(records, masks):
             record.update(text_prior_scores(prior, record["key"], mask))
     if overview_studies:
@@ -598,23 +593,21 @@ def main(cli_args: list[str] | None = None) -> dict:
         require_columns(dataset, ["report"], f"{task} (or pass --grounding_text)")
         texts = report_texts(dataset["report"], eval_args.clean_reports)
 
-    prior_split, prior_reason = None, None
+    prior_splits, not_used, prior_reason = {}, {}, None
     if {"findings", "objects"} <= set(dataset.column_names) and not grounding_args.grounding_text:
-        prior_split, prior_reason = load_text_prior_split(eval_args, grounding_args, source)
+        prior_splits, not_used, prior_reason = load_text_prior_splits(eval_args, grounding_args, source)
     else:
         prior_reason = "the dataset has no per-finding (finding, side, zone) targets"
-    summary = evaluate_pointing_game(model, processor, dataset, texts, eval_args, grounding_args, prior_split)
+    summary = evaluate_pointing_game(
+        model, processor, dataset, texts, eval_args, grounding_args, list(prior_splits.values())
+    )
     if prior_reason:
         summary["references_skipped"]["text_prior"] = prior_reason
-    summary["text_prior_source"] = (
-        None
-        if prior_split is None
-        else {
-            "dataset": eval_args.dataset_dir,
-            "split": grounding_args.text_prior_split,
-            "num_studies": len(prior_split),
-        }
-    )
+    summary["text_prior_source"] = {
+        "dataset": eval_args.dataset_dir,
+        "splits": {name: len(split) for name, split in prior_splits.items()},
+        "not_used": not_used,
+    }
     for line in pointing_game_lines(summary):
         logger.info(line)
     results = {

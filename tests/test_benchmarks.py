@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from conftest import load_script
 from eval_test_utils import save_tiny_sista
@@ -235,7 +234,10 @@ def test_prepare_ms_cxr_scales_boxes_to_the_prepared_size(tmp_path):
         pneumothorax["objects"]["bbox"], [[2900 * 64 / 3056, 100 * 53 / 2544, 156 * 64 / 3056, 300 * 53 / 2544]],
         rtol=1e-5,
     )
-    assert skipped_reasons(output_dir) == [(f"{third}/0003", "image_size_mismatch"), (f"{fourth}/0004", "missing_image")]
+    assert skipped_reasons(output_dir) == [
+        (f"{third}/0003", "image_size_mismatch"),
+        (f"{fourth}/0004", "missing_image"),
+    ]
     assert read_excluded_image_ids(str(output_dir)) == set(images)
     with pytest.raises(ValueError, match="ms_cxr_file"):
         MsCxrArguments(**common_args(tmp_path, tmp_path / "y"))
@@ -413,8 +415,8 @@ def test_evaluate_grounding_on_a_prepared_ms_cxr(sista_dir, tmp_path):
     assert set(results["per_category"]) <= {"Pleural Effusion", "Cardiomegaly", "Pneumothorax", "Consolidation"}
     average = results["category_average"]
     for route in ("word_to_patch", "phrase_to_patch"):
-        for suffix in ("hit", "miou", "shuffled_hit", "shuffled_miou"):
+        for suffix in ("hit", "miou", "shuffled_image_baseline_hit", "shuffled_image_baseline_miou"):
             assert 0 <= average[f"{route}_{suffix}"] <= 1
-    assert 0 < average["random_point"] < 1 and 0 <= average["oracle_hit"] <= 1
+    assert 0 < average["random_point_baseline"] < 1 and 0 <= average["oracle_hit"] <= 1
     table = (tmp_path / "out" / "phrase_grounding_results.md").read_text()
     assert "phrase-to-patch (BioViL" in table and "text prior CNR" in table

@@ -195,6 +195,8 @@ def test_contrast_to_noise_ratio_matches_a_hand_computation():
     assert grounding.contrast_to_noise_ratio(heatmap, mask) == pytest.approx(naive_cnr(heatmap, mask))
     # |.| makes it symmetric, and an affine rescaling of the map (BioViL's [0, 1] scaling, a sign flip) changes nothing
     assert grounding.contrast_to_noise_ratio(heatmap, ~mask) == pytest.approx(np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, ~mask, absolute=False) == pytest.approx(-np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, mask, absolute=False) == pytest.approx(np.sqrt(5.0))
     assert grounding.contrast_to_noise_ratio(7 - 3 * heatmap, mask) == pytest.approx(np.sqrt(5.0))
     minimum, maximum = heatmap.min(), heatmap.max()
     rescaled = (heatmap - minimum) / (maximum - minimum)
@@ -585,8 +587,8 @@ def test_script_reports_the_text_prior_shuffled_control_and_cnr(pointing_game_ru
         assert np.isfinite(overall[key]) and overall[key] >= 0.0
     assert sum(overall["text_prior_levels"].values()) == overall["num_findings"]
     assert results["references_skipped"] == {}
-    assert results["text_prior_source"]["split"] == "train"
-    assert results["text_prior_source"]["num_studies"] == NUM_PRIOR_STUDIES
+    assert results["text_prior_source"]["splits"] == {"train": NUM_PRIOR_STUDIES}
+    assert results["text_prior_source"]["not_used"] == {"pretrain": "absent (the splits are ['test', 'train'])"}
     groups = results["per_group"]
     assert set(groups) <= {"small_or_ambiguous", "cardiomegaly_and_effusion", "other"}
     assert sum(entry["num_findings"] for entry in groups.values()) == len(records)
@@ -701,6 +703,30 @@ def test_text_prior_is_skipped_with_a_reason_without_a_train_split(sista_dir, tm
         ["--model_name_or_path", str(sista_dir), "--output_dir", str(tmp_path / "out"), "--num_figures", "0",
          "--dataset_dir", str(tmp_path / "test_only"), "--max_samples", "6"]
     )
-    assert "no 'train' split" in results["references_skipped"]["text_prior"]
-    assert "text_prior_baseline" not in results["overall"] and results["text_prior_source"] is None
-    assert "no text prior: " in (tmp_path / "out" / "grounding_results.md").read_text()
+    assert results["references_skipped"]["text_prior"] == (
+        "no usable training split: pretrain: absent (the splits are ['test']); train: absent (the splits are ['test'])"
+    )
+    assert "text_prior_baseline" not in results["overall"] and results["text_prior_source"]["splits"] == {}
+    assert "no text prior: no usable training split" in (tmp_path / "out" / "grounding_results.md").read_text()
+
+
+def test_text_prior_splits_are_the_named_training_splits_with_masks():
+    test = tiny_synthcxr_test_split()["test"]
+    splits = DatasetDict({"pretrain": test.select(range(3)), "train": test.select(range(4)), "test": test,
+                          "bare": test.remove_columns(["objects"])})  # fmt: skip
+    usable, not_used = grounding.text_prior_splits(splits, ["pretrain", "train", "test", "bare", "x"], "test")
+    assert {name: len(split) for name, split in usable.items()} == {"pretrain": 3, "train": 4}
+    assert not_used == {
+        "test": "the evaluated split",
+        "bare": "lacks the per-finding mask columns ['objects']",
+        "x": "absent (the splits are ['bare', 'pretrain', 'test', 'train'])",
+    }
+    # two splits make one prior: the same as the prior of their masks together
+    processor = SistaImageProcessor(size=32)
+    both = grounding.synthcxr_text_prior(list(usable.values()), processor, (4, 4))
+    studies = [*test.select(range(3)), *test.select(range(4))]  # the pretrain and train rows, in order
+    pairs = [pair for example in studies for pair in grounding.synthcxr_keyed_masks(example)]
+    expected = grounding.build_text_prior(pairs, (4, 4))
+    assert both.counts == expected.counts
+    for key, prior_map in expected.maps.items():
+        np.testing.assert_allclose(both.maps[key], prior_map, atol=1e-6)

@@ -1,7 +1,8 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
 Preparation of the real chest X-ray datasets (MIMIC-CXR-JPG, CheXpert, RSNA Pneumonia, SIIM-ACR Pneumothorax,
-COVIDx, Object-CXR) as `datasets.DatasetDict`s on disk; `examples/prepare_datasets.py` is its command line.
+COVIDx, Object-CXR, and the CheXpert 5x200 and MS-CXR benchmarks with their hold-out lists) as
+`datasets.DatasetDict`s on disk; `examples/prepare_datasets.py` is its command line.
 
 The first part is dataset-agnostic: reading radiographs (JPEG/PNG with Pillow, DICOM with
 pydicom) at the working size, boxes and SIIM run-length masks, seeded patient-level splits and

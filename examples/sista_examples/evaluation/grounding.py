@@ -188,7 +188,7 @@ def oracle_pointing_hit(mask: np.ndarray, grid: tuple[int, int]) -> bool:
     return pointing_game_hit(upsample_maps(grid_map, grid, mask.shape)[0], mask)[0]
 
 
-def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
+def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray, absolute: bool = True) -> float:
     """
     BioViL's contrast-to-noise ratio of a map between the inside `A` and the outside `Ā` of a region:
 
@@ -208,14 +208,17 @@ def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
     inside vs outside a lesion *mask*, where MS-CXR scores the inside of a phrase's boxes (pass the union of the boxes
     as `mask`); no smoothing of its own; a flat map (every pixel within `PEAK_RELATIVE_TOLERANCE` of the maximum,
     the pointing game's flat-map rule, so float noise is not read as contrast), undefined (0 / 0) in the formula,
-    scores 0, and a map constant on each side but different between them scores `inf`.
+    scores 0, and a map constant on each side but different between them scores `inf`. With the absolute value a map
+    lower inside the lesion than outside scores as high as one higher there; `absolute=False` keeps the sign.
 
     Args:
         heatmap (`np.ndarray` of shape `(height, width)`): the map, at the mask's resolution (`upsample_maps`).
         mask (`np.ndarray` of shape `(height, width)`): the region, boolean; it must leave pixels on both sides.
+        absolute (`bool`, *optional*, defaults to `True`): BioViL's `|mean(A) - mean(Ā)|`; `False` gives the signed
+            ratio (negative when the map is lower inside).
 
     Returns:
-        `float`: the CNR (>= 0).
+        `float`: the CNR (>= 0 when `absolute`).
     """
     heatmap, mask = np.asarray(heatmap, dtype=np.float64), np.asarray(mask, dtype=bool)
     if heatmap.shape != mask.shape:
@@ -228,9 +231,10 @@ def contrast_to_noise_ratio(heatmap: np.ndarray, mask: np.ndarray) -> float:
     if float(heatmap.min()) >= maximum - PEAK_RELATIVE_TOLERANCE * abs(maximum):
         return 0.0
     inside, outside = heatmap[mask], heatmap[~mask]
-    contrast = abs(float(inside.mean()) - float(outside.mean()))
+    contrast = float(inside.mean()) - float(outside.mean())
+    contrast = abs(contrast) if absolute else contrast
     noise = float(np.sqrt(inside.var() + outside.var()))
-    return contrast / noise if noise > 0.0 else float("inf")
+    return contrast / noise if noise > 0.0 else float(np.copysign(np.inf, contrast))
 
 
 def contrast_to_noise_ratio_or_zero(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -536,6 +540,45 @@ def mask_to_model_frame(image_processor, mask: np.ndarray) -> np.ndarray:
     return processed >= 0.5
 
 
+TEXT_PRIOR_COLUMNS = ("image", "findings", "objects")
+
+
+def text_prior_splits(splits, names: Sequence[str], evaluated_split: str | None = None) -> tuple[dict, dict]:
+    """
+    The splits of `splits` (a `DatasetDict`) named in `names` that can make a text prior: SynthCXR's per-finding masks
+    (`TEXT_PRIOR_COLUMNS`), never the evaluated split (a prior must come from data the evaluation does not score).
+
+    Returns:
+        `(usable, not_used)`: `{name: Dataset}` in the order of `names`, and `{name: reason}` for the others.
+    """
+    usable, not_used = {}, {}
+    for name in names:
+        if name == evaluated_split:
+            not_used[name] = "the evaluated split"
+        elif name not in splits:
+            not_used[name] = f"absent (the splits are {sorted(splits)})"
+        elif missing := sorted(set(TEXT_PRIOR_COLUMNS) - set(splits[name].column_names)):
+            not_used[name] = f"lacks the per-finding mask columns {missing}"
+        elif len(splits[name]) == 0:
+            not_used[name] = "empty"
+        else:
+            usable[name] = splits[name]
+    return usable, not_used
+
+
+def synthcxr_text_prior(datasets, image_processor, grid: tuple[int, int]) -> TextPrior:
+    """The text prior of one SynthCXR split, or of several together (`TEXT_PRIOR_COLUMNS`): each finding's mask brought
+    into the model's frame as its image would be (`mask_to_model_frame`), then `build_text_prior`."""
+    datasets = [datasets] if hasattr(datasets, "column_names") else list(datasets)
+    keyed_masks = (
+        (key, mask_to_model_frame(image_processor, mask))
+        for dataset in datasets
+        for example in dataset.select_columns(list(TEXT_PRIOR_COLUMNS))
+        for key, mask in synthcxr_keyed_masks(example)
+    )
+    return build_text_prior(keyed_masks, grid)
+
+
 def display_image(image_processor, image) -> np.ndarray:
     """The image as the model sees it (resized, padded), in [0, 1], for drawing."""
     return image_processor(image, do_normalize=False, return_tensors="np")["pixel_values"][0, 0]
@@ -548,6 +591,7 @@ __all__ = [
     "STOP_WORDS",
     "SUBWORD_REDUCTIONS",
     "SUMMARY_REFERENCES",
+    "TEXT_PRIOR_COLUMNS",
     "TEXT_PRIOR_LEVELS",
     "TEXT_PRIOR_UNSEEN",
     "TextPrior",
@@ -575,7 +619,9 @@ __all__ = [
     "shuffled_image_scores",
     "synthcxr_finding_masks",
     "synthcxr_keyed_masks",
+    "synthcxr_text_prior",
     "text_prior_scores",
+    "text_prior_splits",
     "upsample_maps",
     "word_maps_from_encoding",
     "word_spans",
