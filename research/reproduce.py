@@ -27,20 +27,14 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
     docs/results/reproduce_*.png          metric against label fraction, one line per objective, std error bars
 
     python research/reproduce.py                       # the full study
-    python research/reproduce.py --quick               # 1 seed, tiny budgets, a subset of tasks (minutes)
+    python research/reproduce.py --quick               # 1 seed, tiny data and budgets, every task (a pipeline check)
     python research/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
     python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
-    python research/reproduce.py --estimate_cost --work_dir outputs/reproduce_quick   # the full study's wall time
-
-`--estimate_cost` times the study's own commands on this machine, each at two sizes so that start-up cancels
-(pre-training and head steps, test images, SynthCXR generation), reads the label-free tasks and the linear probe
-from the `--quick` run found in `--work_dir`, and projects the wall time of the study the other arguments describe.
 """
 
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
 import shlex
@@ -123,7 +117,7 @@ class ReproduceArguments:
             degrees of freedom (t = 2.78; three give 2, t = 4.30).
         tasks (`str`, *optional*):
             Comma-separated tasks among classification, segmentation, detection, zero_shot, retrieval, grounding
-            (default: all; `--quick`: classification, zero_shot, retrieval, grounding).
+            (default: all).
         label_fractions (`str`, *optional*):
             Comma-separated label fractions (default 0.01,0.1,1.0; `--quick`: 0.1,1.0).
         num_train (`int`, *optional*):
@@ -134,7 +128,7 @@ class ReproduceArguments:
             (segmentation: Dice; detection: loss) is scored. The budget caps the steps, not the pool: a 100% head
             draws its batches from all 10,000 studies but sees `max_steps × finetune_batch_size` of them.
         quick (`bool`, *optional*, defaults to `False`):
-            One seed, tiny budgets, a subset of tasks and fractions: checks the pipeline end to end in minutes.
+            One seed, tiny data and budgets (heads at 100% only): checks the pipeline end to end, every task.
         aggregate_only (`bool`, *optional*, defaults to `False`):
             Run nothing; rebuild the JSON, table and plots from the runs found in `work_dir`.
         allow_dirty (`bool`, *optional*, defaults to `False`):
@@ -151,13 +145,8 @@ class ReproduceArguments:
     seeds: str = field(default="0,1,2,3,4", metadata={"help": "Comma-separated seeds."})
     tasks: str | None = field(default=None, metadata={"help": f"Comma-separated subset of {','.join(ALL_TASKS)}."})
     label_fractions: str | None = field(default=None, metadata={"help": "Comma-separated label fractions."})
-    quick: bool = field(default=False, metadata={"help": "1 seed, tiny budgets, subset of tasks (minutes)."})
+    quick: bool = field(default=False, metadata={"help": "1 seed, tiny data and budgets: a pipeline check."})
     aggregate_only: bool = field(default=False, metadata={"help": "Only rebuild table and plots from work_dir."})
-    estimate_cost: bool = field(
-        default=False,
-        metadata={"help": "Time the study's steps on this machine against the --quick run in work_dir and project the "
-                          "wall time of the study these arguments describe (written to output_dir/reproduce_cost.json)."},
-    )
     allow_dirty: bool = field(
         default=False, metadata={"help": "Record from a checkout with uncommitted changes (listed in the record)."}
     )
@@ -217,11 +206,11 @@ class ReproduceArguments:
         quick_defaults = {
             "num_pretrain": (2000, 400),
             "num_train": (10000, 200),
-            "num_validation": (200, 100),
+            "num_validation": (200, 50),
             "num_test": (300, 100),
             "pretrain_epochs": (6.0, 1.0),
-            "segmentation_steps": (FULL_SEGMENTATION_STEPS, "0.1:8,1:12"),
-            "detection_steps": (FULL_DETECTION_STEPS, "0.1:8,1:12"),
+            "segmentation_steps": (FULL_SEGMENTATION_STEPS, "1:12"),
+            "detection_steps": (FULL_DETECTION_STEPS, "1:12"),
         }
         for name, (full, quick) in quick_defaults.items():
             if getattr(self, name) is None:
@@ -1016,118 +1005,6 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# What the study costs on this machine
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def timed(function, *arguments) -> float:
-    start = time.time()
-    function(*arguments)
-    return time.time() - start
-
-
-def estimate_cost(args: ReproduceArguments, command: str) -> dict:
-    """
-    Seconds per pre-training step, per head step and per test image of each head (each the difference of two runs of
-    the study's own command that differ only in that count, so loading and start-up cancel), SynthCXR studies per
-    second, and the linear probe and label-free tasks of the `--quick` run in `work_dir` scaled to the study's sizes;
-    then the projected wall time of the study `args` describe, `parallel` workers at a time. One thread per worker.
-    """
-    import tempfile
-
-    import torch
-    from datasets import load_from_disk
-
-    torch.set_num_threads(args.threads)
-    quick_records = [record for record in collect_records(args.work_dir) if "metrics" in record or record["task"] == "pretrain"]
-    checkpoints = sorted(path.parent for path in Path(args.work_dir).glob("runs/*/pretrain/model.safetensors"))
-    if not checkpoints or not quick_records:
-        raise ValueError(f"--estimate_cost needs a finished `--quick` run in --work_dir {args.work_dir} (a pre-trained "
-                         f"checkpoint and its records); found {len(checkpoints)} checkpoint(s), {len(quick_records)} "
-                         "record(s). Run `python research/reproduce.py --quick --work_dir ...` first.")
-    model_dir = checkpoints[0]
-    quick_data = load_from_disk(os.fspath(dataset_dir(args)))
-    quick_sizes = {split: len(quick_data[split]) for split in quick_data}
-    measured: dict = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        from sista_examples.data.synthcxr import generate_synthcxr
-
-        studies = 1000
-        seconds = timed(lambda: generate_synthcxr(num_pretrain=0, num_train=studies, num_validation=0, num_test=0,
-                                                  image_size=args.image_size, seed=args.data_seed + 1,
-                                                  num_proc=min(2, os.cpu_count() or 1), cache_dir=os.fspath(scratch)))
-        measured["generation_studies_per_s"] = studies / seconds
-
-        def pretrain_runtime(steps: int) -> float:
-            cli = pretrain_arguments(args, "sista", 0, scratch / f"pretrain-{steps}") + ["--max_steps", str(steps)]
-            history = example_script("pretrain").main(cli).state.log_history
-            return next(entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry)
-
-        measured["pretrain_s_per_step"] = (pretrain_runtime(12) - pretrain_runtime(2)) / 10
-        for task in ("segmentation", "detection"):
-            module = example_script(f"finetune_{task}")
-
-            def head_wall(steps: int, test_samples: int) -> float:
-                cli = finetune_arguments(args, task, model_dir, scratch / f"{task}-{steps}-{test_samples}", 1.0, 0)
-                cli = cli[:cli.index("--validation_split")] + [
-                    "--max_steps", str(steps), "--save_strategy", "no", "--max_test_samples", str(test_samples),
-                    "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-                ] + (["--segmentation_decoder", args.segmentation_decoder] if task == "segmentation" else [])
-                return timed(module.main, cli)
-
-            base = head_wall(2, 2)
-            measured[f"{task}_s_per_step"] = (head_wall(12, 2) - base) / 10
-            test_images = min(100, quick_sizes["test"])
-            measured[f"{task}_s_per_test_image"] = (head_wall(2, test_images) - base) / (test_images - 2)
-
-    # tasks whose cost grows with the images they read, from the quick run: the probe reads every split, the
-    # label-free tasks the test split
-    quick_images = quick_sizes["train"] + quick_sizes["validation"] + quick_sizes["test"]
-    probe = [sum(r["wall_time_s"] for r in quick_records if r["task"] == "classification" and r["objective"] == o)
-             for o in {r["objective"] for r in quick_records if r["task"] == "classification"}]
-    measured["linear_probe_s_per_image"] = float(np.mean(probe)) / quick_images if probe else None
-    label_free = {task: float(np.mean([r["wall_time_s"] for r in quick_records if r["task"] == task]))
-                  for task in EVAL_TASKS if any(r["task"] == task for r in quick_records)}
-    measured["label_free_s_per_test_image"] = {task: wall / quick_sizes["test"] for task, wall in label_free.items()}
-
-    # the study these arguments describe
-    pretrain_steps = math.ceil(args.num_pretrain / args.pretrain_batch_size) * args.pretrain_epochs
-    per_run = {"pretrain": pretrain_steps * measured["pretrain_s_per_step"]}
-    for task in ("segmentation", "detection"):
-        if task in args.task_list:
-            steps = sum(args.step_budgets[task].values())
-            evaluated = len(args.step_budgets[task]) * (4 * args.num_validation + args.num_test)
-            per_run[task] = steps * measured[f"{task}_s_per_step"] + evaluated * measured[f"{task}_s_per_test_image"]
-    if "classification" in args.task_list and measured["linear_probe_s_per_image"]:
-        per_run["classification"] = (measured["linear_probe_s_per_image"]
-                                     * (args.num_train + args.num_validation + args.num_test))
-    for task, rate in measured["label_free_s_per_test_image"].items():
-        if task in args.task_list:
-            per_run[task] = rate * args.num_test
-    runs = len(args.objective_list) * len(args.seed_list)
-    generation = (args.num_pretrain + args.num_train + args.num_validation + args.num_test) / measured[
-        "generation_studies_per_s"]
-    total = generation + math.ceil(runs / max(args.parallel, 1)) * sum(per_run.values())
-    payload = {"command": command, "measured_on": versions(), "measured": measured,
-               "study": {"runs": runs, "parallel": args.parallel, "pretrain_steps_per_run": pretrain_steps,
-                         "step_budgets": {task: {f"{k:g}": v for k, v in budgets.items()}
-                                          for task, budgets in args.step_budgets.items()},
-                         "num_train": args.num_train, "num_test": args.num_test},
-               "projected_s_per_run": per_run, "projected_generation_s": generation, "projected_wall_time_s": total}
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "reproduce_cost.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    lines = [f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}"
-             for name, value in measured.items()]
-    lines += [f"per (objective, seed) run, s: " + ", ".join(f"{task} {value:.0f}" for task, value in per_run.items()),
-              f"projected wall time: {total / 3600:.1f} h ({runs} runs, {args.parallel} at a time, generation "
-              f"{generation:.0f} s)"]
-    print("\n".join(lines), flush=True)
-    return payload
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -1148,8 +1025,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     versions(args.allow_dirty)  # a dirty checkout stops the study now, not after hours of runs
     if args.aggregate_only:
         return aggregate(args, command)
-    if args.estimate_cost:
-        return estimate_cost(args, command)
     start = time.time()
     prepare_dataset(args)
     # seed-major order: a study stopped early still has every objective at the seeds it finished
