@@ -28,6 +28,19 @@ peak on the heart scores about this much on cardiomegaly), and the oracle, the c
 hit rate of the finding's own mask pooled to the grid and scored by the same rule: lesions smaller than a patch or
 between patch centres are lost at that grid).
 
+Two more references expose maps that pass the pointing game without looking at the image. The *text prior*
+(SynthCXR): for each (finding, side, zone) a report names, the mean lesion mask of that group on the training splits
+(`--text_prior_splits`, default `pretrain,train`: every split the model may have seen, so the mean is well estimated),
+pooled to the model's grid and scored by the same rule; a group unseen in training falls back to (finding, side),
+then to the finding, and the fallbacks are counted. A dataset without those splits or without SynthCXR's per-finding
+masks gets no text prior, with the reason written into the results. The
+*shuffled-image control*: the report's words mapped on another study's image (a fixed seeded derangement,
+`--shuffle_seed`), scored on the report's own mask; a model that looks at the image falls to about the random-point
+baseline there. Beside each hit rate stands BioViL's contrast-to-noise ratio (CNR) of the map inside vs outside the
+mask, for the own-image and shuffled-image maps and the text prior. Every number is given overall, per finding group
+(small or ambiguous findings: consolidation, nodule, atelectasis, pneumothorax; cardiomegaly and effusion, which a
+prior nearly solves) and per finding.
+
 The words, targets, hit rule and references are `sista_examples.evaluation.grounding`'s, shared with the grounding
 study in `research/grounding/`; this script adds the model pass, the figures and the results files.
 
@@ -69,6 +82,7 @@ from sista_examples.evaluation.common import (
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
     WordMaps,
+    contrast_to_noise_ratio_or_zero,
     display_image,
     finding_targets,
     fixed_point_hits,
@@ -77,10 +91,21 @@ from sista_examples.evaluation.grounding import (
     pointing_game_hit,
     pointing_game_summary,
     random_point_baseline,
+    shuffled_image_order,
+    shuffled_image_scores,
+    synthcxr_text_prior,
+    text_prior_scores,
+    text_prior_splits,
     upsample_maps,
     word_maps_from_encoding,
 )
-from sista_examples.evaluation.results import arguments_dict, command_line, markdown_table, write_results
+from sista_examples.evaluation.results import (
+    arguments_dict,
+    command_line,
+    format_value,
+    markdown_table,
+    write_results,
+)
 from sista_examples.utils import setup_logging
 
 
@@ -106,6 +131,13 @@ class GroundingArguments:
             "pneumothorax").
         max_panels (`int`, *optional*, defaults to 24):
             At most this many word panels per figure (the first content words).
+        text_prior_splits (`str`, *optional*, defaults to `"pretrain,train"`):
+            Comma-separated splits of `--dataset_dir` whose per-finding masks make the text prior (those present and
+            with SynthCXR's `findings`/`objects` are used; never `--split`).
+        max_text_prior_samples (`int`, *optional*):
+            Build the text prior from the first this many studies of each of those splits only.
+        shuffle_seed (`int`, *optional*, defaults to 0):
+            Seed of the derangement that pairs each report with another study's image (the shuffled-image control).
     """
 
     image_path: str | None = field(default=None, metadata={"help": "Draw one image's heatmaps (with --report)."})
@@ -116,6 +148,14 @@ class GroundingArguments:
         default=None, metadata={"help": "Text pointed with on datasets with a mask but no reports."}
     )
     max_panels: int = field(default=24, metadata={"help": "At most this many word panels per figure."})
+    text_prior_splits: str = field(
+        default="pretrain,train",
+        metadata={"help": "Comma-separated splits of --dataset_dir whose finding masks make the text prior."},
+    )
+    max_text_prior_samples: int | None = field(
+        default=None, metadata={"help": "Build the text prior from the first studies of that split only."}
+    )
+    shuffle_seed: int = field(default=0, metadata={"help": "Seed of the shuffled-image control's pairing."})
 
     def __post_init__(self):
         if self.subword_reduce not in SUBWORD_REDUCTIONS:
@@ -126,6 +166,8 @@ class GroundingArguments:
             raise ValueError(
                 f"`num_figures` must be >= 0 and `max_panels` >= 1, got {self.num_figures}, {self.max_panels}."
             )
+        if self.max_text_prior_samples is not None and self.max_text_prior_samples < 1:
+            raise ValueError(f"`max_text_prior_samples` must be >= 1 when given, got {self.max_text_prior_samples}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -144,6 +186,39 @@ def whole_text_target(example: dict, word_maps: WordMaps, skipped: Counter, name
         skipped["text has no content word with a grounding map"] += 1
         return []
     return [{"finding": name, "word_indices": content, "mask": mask, "fallback": True}]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The text prior's training split
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_text_prior_splits(eval_args, grounding_args, source: dict) -> tuple[dict, dict, str | None]:
+    """
+    The splits whose per-finding masks make the text prior: `--text_prior_splits` of `--dataset_dir`
+    (`text_prior_splits`), each cut to `--max_text_prior_samples`. Returns `(usable, not_used, reason)`: `{name:
+    Dataset}`, `{name: why not}`, and why there is no prior at all (`None` when some split is usable).
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    names = [name.strip() for name in grounding_args.text_prior_splits.split(",") if name.strip()]
+    if not names:
+        return {}, {}, "--text_prior_splits names no split"
+    if source["generated"]:
+        return {}, {}, "the evaluated split was generated in memory: no saved training split to take the prior from"
+    loaded = load_from_disk(str(eval_args.dataset_dir))
+    if not isinstance(loaded, DatasetDict):
+        return {}, {}, f"{eval_args.dataset_dir} holds a single Dataset, no training split"
+    usable, not_used = text_prior_splits(loaded, names, evaluated_split=eval_args.split)
+    if grounding_args.max_text_prior_samples is not None:
+        usable = {
+            name: split.select(range(min(grounding_args.max_text_prior_samples, len(split))))
+            for name, split in usable.items()
+        }
+    reason = None
+    if not usable:
+        reason = "no usable training split: " + "; ".join(f"{name}: {why}" for name, why in not_used.items())
+    return usable, not_used, reason
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -290,11 +365,19 @@ def plot_findings_overview(studies: list[dict], output_path: str | Path, max_fin
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_args, grounding_args) -> dict:
-    """Runs the pointing game over `dataset` (with `texts` as the model's reports) and draws the figures."""
+def evaluate_pointing_game(
+    model, processor, dataset, texts: list[str], eval_args, grounding_args, text_prior_data=None
+) -> dict:
+    """
+    Runs the pointing game over `dataset` (with `texts` as the model's reports) beside its references and the
+    shuffled-image control, and draws the figures. `text_prior_data` (datasets with SynthCXR's per-finding masks)
+    gives the text prior; without it, or on targets without a (finding, side, zone) key, the prior is left out.
+    """
     use_findings = {"findings", "objects"} <= set(dataset.column_names)
     image_processor = processor.image_processor
     records, masks, skipped, figures, overview_studies = [], [], Counter(), [], []
+    # the control needs another study to take the image from
+    shuffled_order = shuffled_image_order(len(dataset), grounding_args.shuffle_seed) if len(dataset) > 1 else None
     figure_dir = Path(eval_args.output_dir) / "grounding"
     for start, stop in tqdm(list(batch_ranges(len(dataset), eval_args.batch_size)), desc="Pointing game"):
         batch = dataset.select(range(start, stop))
@@ -313,7 +396,20 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
             eval_args.max_length,
             grounding_args.subword_reduce,
         )
-        for index, maps in zip(usable, word_maps):
+        shuffled_word_maps, partner_ids = [None] * len(usable), [None] * len(usable)
+        if shuffled_order is not None:
+            partner_indices = [int(shuffled_order[start + index]) for index in usable]
+            partners = dataset.select(partner_indices)
+            partner_ids = partners["study_id"] if "study_id" in partners.column_names else partner_indices
+            shuffled_word_maps, _ = grounding_maps(
+                model,
+                processor,
+                [partners[position]["image"] for position in range(len(partners))],
+                [batch_texts[index] for index in usable],
+                eval_args.max_length,
+                grounding_args.subword_reduce,
+            )
+        for index, maps, shuffled_maps, partner_id in zip(usable, word_maps, shuffled_word_maps, partner_ids):
             example = examples[index]
             targets = (
                 finding_targets(example, maps, skipped) if use_findings else whole_text_target(example, maps, skipped)
@@ -328,18 +424,23 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
                     maps.maps[target["word_indices"]].mean(axis=0, keepdims=True), grid, mask.shape
                 )[0]
                 hit, peak = pointing_game_hit(heatmap, mask)
-                records.append(
-                    {
-                        "study_id": study_id,
-                        "finding": target["finding"],
-                        "words": [maps.words[word] for word in target["word_indices"]],
-                        "fallback_to_content_words": target["fallback"],
-                        "hit": hit,
-                        "peak": None if peak is None else list(peak),
-                        "mask_fraction": random_point_baseline(mask),
-                        "oracle_hit": oracle_pointing_hit(mask, grid),
-                    }
-                )
+                record = {
+                    "study_id": study_id,
+                    "finding": target["finding"],
+                    "words": [maps.words[word] for word in target["word_indices"]],
+                    "fallback_to_content_words": target["fallback"],
+                    "hit": hit,
+                    "peak": None if peak is None else list(peak),
+                    "cnr": contrast_to_noise_ratio_or_zero(heatmap, mask),
+                    "mask_fraction": random_point_baseline(mask),
+                    "oracle_hit": oracle_pointing_hit(mask, grid),
+                }
+                if "key" in target:
+                    record["key"] = list(target["key"])
+                if shuffled_maps is not None:
+                    record.update(shuffled_image_scores(shuffled_maps, target["word_indices"], grid, mask))
+                    record["shuffled_with_study"] = str(partner_id)
+                records.append(record)
                 masks.append(mask)
                 overview_findings.append({**records[-1], "heatmap": heatmap, "mask": mask})
             if len(overview_studies) < grounding_args.num_figures:
@@ -363,37 +464,95 @@ def evaluate_pointing_game(model, processor, dataset, texts: list[str], eval_arg
         raise ValueError(f"The pointing game has no finding to score in {len(dataset)} studies ({reasons}).")
     for record, fixed_hit in zip(records, fixed_point_hits([record["finding"] for record in records], masks)):
         record["fixed_point_hit"] = fixed_hit
+    references_skipped = {}
+    if shuffled_order is None:
+        references_skipped["shuffled_image_control"] = "the split has one study: no other image to pair it with"
+    if not text_prior_data:
+        references_skipped["text_prior"] = "no training split with per-finding masks was given"
+    elif not all("key" in record for record in records):
+        references_skipped["text_prior"] = "the targets name no (finding, side, zone) (not SynthCXR's findings)"
+    else:
+        prior = synthcxr_text_prior(text_prior_data, image_processor, grid)
+        for record, mask in zip(records, masks):
+            record.update(text_prior_scores(prior, record["key"], mask))
     if overview_studies:
         overview_path = figure_dir / "overview.png"
         plot_findings_overview(overview_studies, overview_path)
     summary = pointing_game_summary(records)
     summary.update(
-        patch_grid_size=list(grid), skipped=dict(sorted(skipped.items())), figures=figures, records=records
+        patch_grid_size=list(grid),
+        skipped=dict(sorted(skipped.items())),
+        references_skipped=references_skipped,
+        figures=figures,
+        records=records,
     )
     if overview_studies:
         summary["overview_figure"] = str(overview_path)
     return summary
 
 
-def results_markdown(summary: dict, source: dict) -> str:
-    rows = [
-        (
-            name,
-            entry["accuracy"],
-            entry["random_baseline"],
-            entry["fixed_point_baseline"],
-            entry["oracle"],
-            entry["num_findings"],
-        )
-        for name, entry in [("**overall**", summary["overall"]), *summary["per_finding"].items()]
+# (summary key, column header) of the pointing game's table and printout, in reading order
+POINTING_COLUMNS = (
+    ("accuracy", "own image"),
+    ("shuffled_image_accuracy", "shuffled image"),
+    ("text_prior_baseline", "text prior"),
+    ("random_baseline", "random point"),
+    ("fixed_point_baseline", "fixed point"),
+    ("oracle", "oracle"),
+    ("cnr", "CNR own image"),
+    ("shuffled_image_cnr", "CNR shuffled image"),
+    ("text_prior_cnr", "CNR text prior"),
+    ("num_findings", "findings"),
+)
+
+
+def pointing_rows(summary: dict, markdown: bool = True) -> list[tuple[str, dict]]:
+    """`(label, entry)` for the overall entry, each finding group, and each finding (groups in italics, or in
+    brackets in plain text)."""
+    bold, italic = ("**{}**", "*{}*") if markdown else ("{}", "[{}]")
+    return [
+        (bold.format("overall"), summary["overall"]),
+        *((italic.format(name.replace("_", " ")), entry) for name, entry in summary.get("per_group", {}).items()),
+        *summary["per_finding"].items(),
     ]
-    oracle_column = "oracle ({}×{} grid)".format(*summary["patch_grid_size"])
+
+
+def results_markdown(summary: dict, source: dict) -> str:
+    columns = [(key, label) for key, label in POINTING_COLUMNS if key in summary["overall"]]
+    rows = [(name, *(entry.get(key, "—") for key, _ in columns)) for name, entry in pointing_rows(summary)]
+    labels = [label if key != "oracle" else "oracle ({}×{} grid)".format(*summary["patch_grid_size"])
+              for key, label in columns]  # fmt: skip
     header = f"## Pointing game: {source['dataset']} / {source['split']}\n\n"
-    table = markdown_table(
-        ["finding", "accuracy", "random-point baseline", "fixed-point baseline", oracle_column, "findings"], rows
+    table = markdown_table(["finding", *labels], rows)
+    notes = "".join(f"* skipped {count}: {reason}\n" for reason, count in summary["skipped"].items() if count)
+    notes += "".join(
+        f"* no {name.replace('_', ' ')}: {reason}\n" for name, reason in summary["references_skipped"].items()
     )
-    skipped = "".join(f"* skipped {count}: {reason}\n" for reason, count in summary["skipped"].items() if count)
-    return header + table + ("\n" + skipped if skipped else "")
+    levels = summary["overall"].get("text_prior_levels")
+    if levels:
+        notes += "* text prior keys used: " + ", ".join(f"{level} {count}" for level, count in levels.items()) + "\n"
+    return header + table + ("\n" + notes if notes else "")
+
+
+def pointing_game_lines(summary: dict) -> list[str]:
+    """The printed block: every entry's numbers beside its baselines, overall, per group and per finding."""
+    columns = [(key, label) for key, label in POINTING_COLUMNS if key in summary["overall"]]
+    rows = pointing_rows(summary, markdown=False)
+    width = max(len(name) for name, _ in rows)
+    lines = [
+        "Pointing game at the {}×{} grid ({} findings):".format(*summary["patch_grid_size"],
+                                                               summary["overall"]["num_findings"]),
+        "  " + "".ljust(width) + "".join(f"  {label:>{max(len(label), 7)}}" for _, label in columns),
+    ]
+    for name, entry in rows:
+        cells = "".join(
+            f"  {format_value(entry.get(key), 3 if key != 'num_findings' else 0):>{max(len(label), 7)}}"
+            for key, label in columns
+        )
+        lines.append("  " + name.ljust(width) + cells)
+    for name, reason in summary["references_skipped"].items():
+        lines.append(f"  no {name.replace('_', ' ')}: {reason}")
+    return lines
 
 
 def draw_single(model, processor, eval_args, grounding_args) -> dict:
@@ -431,16 +590,23 @@ def main(cli_args: list[str] | None = None) -> dict:
         require_columns(dataset, ["report"], f"{task} (or pass --grounding_text)")
         texts = report_texts(dataset["report"], eval_args.clean_reports)
 
-    summary = evaluate_pointing_game(model, processor, dataset, texts, eval_args, grounding_args)
-    overall = summary["overall"]
-    logger.info(
-        "Pointing game: accuracy %.4f over %d findings (random-point baseline %.4f, oracle %.4f at the %d×%d grid).",
-        overall["accuracy"],
-        overall["num_findings"],
-        overall["random_baseline"],
-        overall["oracle"],
-        *summary["patch_grid_size"],
+    prior_splits, not_used, prior_reason = {}, {}, None
+    if {"findings", "objects"} <= set(dataset.column_names) and not grounding_args.grounding_text:
+        prior_splits, not_used, prior_reason = load_text_prior_splits(eval_args, grounding_args, source)
+    else:
+        prior_reason = "the dataset has no per-finding (finding, side, zone) targets"
+    summary = evaluate_pointing_game(
+        model, processor, dataset, texts, eval_args, grounding_args, list(prior_splits.values())
     )
+    if prior_reason:
+        summary["references_skipped"]["text_prior"] = prior_reason
+    summary["text_prior_source"] = {
+        "dataset": eval_args.dataset_dir,
+        "splits": {name: len(split) for name, split in prior_splits.items()},
+        "not_used": not_used,
+    }
+    for line in pointing_game_lines(summary):
+        logger.info(line)
     results = {
         "task": "grounding",
         "command": command_line("visualize_grounding.py", cli_args),
@@ -451,7 +617,11 @@ def main(cli_args: list[str] | None = None) -> dict:
         "rule": "hit = peak of the mean upsampled STA map of the finding's finding/location words lies in its mask; "
         "random baseline = mask area / image area; fixed-point baseline = hit rate of the pixel inside most of the "
         "finding's masks on this split; oracle = hit rate of the finding's own mask area-pooled to the model's patch "
-        "grid and scored by the same rule (the ceiling at that grid); a flat map is a miss",
+        "grid and scored by the same rule (the ceiling at that grid); text prior = hit rate of the mean training mask "
+        "of the finding's (finding, side, zone), pooled to the grid and scored by the same rule (coarser keys when "
+        "unseen); shuffled image = hit rate of the same words' map computed on another study's image, scored on the "
+        "report's own mask; CNR = |mean inside - mean outside| / sqrt(var inside + var outside) of the upsampled map "
+        "(BioViL); a flat map is a miss",
         **summary,
         "arguments": arguments_dict(eval_args, grounding_args),
     }

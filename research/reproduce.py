@@ -71,7 +71,13 @@ HEADLINE_METRICS = {
         ("sem_i2r_R@1", "image→report R@1 (semantic)"),
         ("image_mean_cosine", "mean pairwise image cosine"),
     ],
-    "grounding": [("pointing_accuracy", "pointing game")],
+    "grounding": [
+        ("pointing_accuracy", "pointing game"),
+        ("pointing_shuffled_image", "pointing game, another study's image"),
+        ("pointing_small_accuracy", "pointing game, small/ambiguous findings"),
+        ("pointing_cnr", "pointing CNR"),
+        ("pointing_shuffled_cnr", "pointing CNR, another study's image"),
+    ],
 }
 # what a metric is read against, shown beside it (from the same records)
 REFERENCES = {
@@ -79,7 +85,12 @@ REFERENCES = {
     ("retrieval", "i2r_R@5"): "chance_R@5",
     ("retrieval", "i2r_R@10"): "chance_R@10",
     ("retrieval", "sem_i2r_R@1"): "sem_chance_R@1",
-    ("grounding", "pointing_accuracy"): "pointing_random_baseline,pointing_fixed_point_baseline,pointing_oracle",
+    ("grounding", "pointing_accuracy"): "pointing_random_baseline,pointing_fixed_point_baseline,pointing_text_prior,"
+    "pointing_oracle",
+    # a map that looks at the image falls to the random point on another study's image
+    ("grounding", "pointing_shuffled_image"): "pointing_random_baseline",
+    ("grounding", "pointing_small_accuracy"): "pointing_small_text_prior,pointing_small_oracle",
+    ("grounding", "pointing_cnr"): "pointing_text_prior_cnr",
 }
 
 
@@ -429,13 +440,24 @@ def headline_from_results(task: str, results: dict) -> dict:
         return headline
     if task == "grounding":
         overall = results["overall"]
-        return {
+        small = results.get("per_group", {}).get("small_or_ambiguous", {})
+        headline = {
             "pointing_accuracy": overall["accuracy"],
             "pointing_random_baseline": overall["random_baseline"],
             "pointing_fixed_point_baseline": overall["fixed_point_baseline"],
             "pointing_oracle": overall["oracle"],
             "pointing_num_findings": overall["num_findings"],
+            "pointing_text_prior": overall.get("text_prior_baseline"),
+            "pointing_shuffled_image": overall.get("shuffled_image_accuracy"),
+            "pointing_cnr": overall.get("cnr"),
+            "pointing_shuffled_cnr": overall.get("shuffled_image_cnr"),
+            "pointing_text_prior_cnr": overall.get("text_prior_cnr"),
+            "pointing_small_accuracy": small.get("accuracy"),
+            "pointing_small_text_prior": small.get("text_prior_baseline"),
+            "pointing_small_oracle": small.get("oracle"),
         }
+        # a reference the run could not compute (no training split for the prior) is left out, not stored as None
+        return {key: value for key, value in headline.items() if value is not None}
     raise ValueError(f"Unknown task {task!r}.")
 
 
@@ -733,12 +755,21 @@ def claim_verdicts(summary: dict) -> list[dict]:
             continue
         reference = {name: float(np.mean([e["mean"] for e in pointing.get(key, {}).get("-", {}).values()]))
                      for name, key in (("random", "pointing_random_baseline"),
-                                       ("fixed", "pointing_fixed_point_baseline"), ("oracle", "pointing_oracle"))
+                                       ("fixed", "pointing_fixed_point_baseline"), ("oracle", "pointing_oracle"),
+                                       ("text prior", "pointing_text_prior"))
                      if pointing.get(key, {}).get("-")}  # fmt: skip
         low = min(entry["values"])
         checks = {"above the random point": low > reference.get("random", np.inf),
                   "above the fixed point": low > reference.get("fixed", np.inf),
                   "at least 80% of the oracle": low >= 0.8 * reference.get("oracle", np.inf)}
+        if "text prior" in reference:
+            checks["above the text prior"] = low > reference["text prior"]
+        shuffled = pointing.get("pointing_shuffled_image", {}).get("-", {}).get(objective)
+        if shuffled is not None:
+            own = dict(zip(entry["seeds"], entry["values"]))
+            checks["shuffled-image control at most half of it, every seed"] = all(
+                value <= 0.5 * own[seed] for seed, value in zip(shuffled["seeds"], shuffled["values"]) if seed in own
+            )
         for check, passed in checks.items():
             claims.append({"claim": f"{objective.upper()} grounds", "comparison": f"pointing game {check}",
                            "task": "grounding", "metric": "pointing game", "labels": "—",

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import BertTokenizer
 
 from conftest import load_script
-from eval_test_utils import read_results, save_tiny_sista, save_tiny_synthcxr, tiny_synthcxr_test_split
+from eval_test_utils import read_results, save_tiny_sista, tiny_synthcxr_test_split
 from processing_sista import SistaImageProcessor
 from sista_examples.data import synthcxr
 from sista_examples.evaluation import grounding
@@ -27,9 +27,24 @@ def sista_dir(tmp_path_factory):
     return save_tiny_sista(tmp_path_factory.mktemp("sista"))
 
 
+NUM_PRIOR_STUDIES = 30
+
+
+def tiny_synthcxr_train_split():
+    """A small SynthCXR train split at the test split's size and seed: the text prior's training masks."""
+    return synthcxr.generate_synthcxr(
+        num_pretrain=0, num_train=NUM_PRIOR_STUDIES, num_validation=0, num_test=0, image_size=32, seed=0
+    )["train"]
+
+
 @pytest.fixture(scope="module")
 def synthcxr_dir(tmp_path_factory):
-    return save_tiny_synthcxr(tmp_path_factory.mktemp("data") / "synthcxr")
+    """The tiny test split with a train split beside it (the text prior's)."""
+    directory = tmp_path_factory.mktemp("data") / "synthcxr"
+    DatasetDict({"train": tiny_synthcxr_train_split(), "test": tiny_synthcxr_test_split()["test"]}).save_to_disk(
+        str(directory)
+    )
+    return directory
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -136,6 +151,205 @@ def test_oracle_pointing_matches_the_pointing_game_rule():
     dot = np.zeros((64, 64), dtype=bool)
     dot[4, 4] = True
     assert grounding.oracle_pointing_hit(box, (8, 8)) and not grounding.oracle_pointing_hit(dot, (8, 8))
+
+
+def naive_bilinear(grid_map: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of a square grid map to `size` x `size` with half-pixel centres (align_corners=False),
+    pixel by pixel: the oracle of `upsample_maps`."""
+    cells = grid_map.shape[0]
+    output = np.zeros((size, size))
+    for row in range(size):
+        for column in range(size):
+            source = [min(max((pixel + 0.5) * cells / size - 0.5, 0.0), cells - 1) for pixel in (row, column)]
+            low = [int(np.floor(value)) for value in source]
+            high = [min(value + 1, cells - 1) for value in low]
+            weight = [value - floor for value, floor in zip(source, low)]
+            top = grid_map[low[0], low[1]] * (1 - weight[1]) + grid_map[low[0], high[1]] * weight[1]
+            bottom = grid_map[high[0], low[1]] * (1 - weight[1]) + grid_map[high[0], high[1]] * weight[1]
+            output[row, column] = top * (1 - weight[0]) + bottom * weight[0]
+    return output
+
+
+def naive_cnr(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """CNR by explicit sums over the pixel lists."""
+    inside = [value for value, flag in zip(heatmap.ravel(), mask.ravel()) if flag]
+    outside = [value for value, flag in zip(heatmap.ravel(), mask.ravel()) if not flag]
+    mean_in, mean_out = sum(inside) / len(inside), sum(outside) / len(outside)
+    var_in = sum((value - mean_in) ** 2 for value in inside) / len(inside)
+    var_out = sum((value - mean_out) ** 2 for value in outside) / len(outside)
+    return abs(mean_in - mean_out) / (var_in + var_out) ** 0.5
+
+
+def test_contrast_to_noise_ratio_matches_a_hand_computation():
+    mask = np.zeros((4, 4), bool)
+    mask[1:3, 1:3] = True
+    # inside 4, 2, 2, 4: mean 3, variance 1; outside all 0: CNR = 3 / sqrt(1 + 0) = 3
+    heatmap = np.zeros((4, 4))
+    heatmap[1:3, 1:3] = [[4, 2], [2, 4]]
+    assert grounding.contrast_to_noise_ratio(heatmap, mask) == pytest.approx(3.0)
+    # six of the twelve outside pixels at 1: mean 0.5, variance 0.25; CNR = 2.5 / sqrt(1.25) = sqrt(5)
+    heatmap[0, :] = 1
+    heatmap[3, 1:3] = 1
+    assert (~mask & (heatmap == 1)).sum() == 6
+    assert grounding.contrast_to_noise_ratio(heatmap, mask) == pytest.approx(np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, mask) == pytest.approx(naive_cnr(heatmap, mask))
+    # |.| makes it symmetric, and an affine rescaling of the map (BioViL's [0, 1] scaling, a sign flip) changes nothing
+    assert grounding.contrast_to_noise_ratio(heatmap, ~mask) == pytest.approx(np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, ~mask, absolute=False) == pytest.approx(-np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(heatmap, mask, absolute=False) == pytest.approx(np.sqrt(5.0))
+    assert grounding.contrast_to_noise_ratio(7 - 3 * heatmap, mask) == pytest.approx(np.sqrt(5.0))
+    minimum, maximum = heatmap.min(), heatmap.max()
+    rescaled = (heatmap - minimum) / (maximum - minimum)
+    assert grounding.contrast_to_noise_ratio(rescaled, mask) == pytest.approx(np.sqrt(5.0))
+    # a flat map has no contrast; two flat sides that differ have no noise
+    assert grounding.contrast_to_noise_ratio(np.full((4, 4), 0.3), mask) == 0.0
+    assert grounding.contrast_to_noise_ratio(mask.astype(float), mask) == float("inf")
+    with pytest.raises(ValueError, match="one shape"):
+        grounding.contrast_to_noise_ratio(heatmap, mask[:2])
+    with pytest.raises(ValueError, match="inside and outside"):
+        grounding.contrast_to_noise_ratio(heatmap, np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="inside and outside"):
+        grounding.contrast_to_noise_ratio(heatmap, np.zeros((4, 4), bool))
+    assert grounding.contrast_to_noise_ratio_or_zero(heatmap, np.ones((4, 4), bool)) == 0.0
+    # random maps and masks against the explicit sums
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        random_map, random_mask = rng.random((6, 5)), rng.random((6, 5)) < 0.4
+        random_mask[0, 0], random_mask[-1, -1] = True, False
+        expected = naive_cnr(random_map, random_mask)
+        assert grounding.contrast_to_noise_ratio(random_map, random_mask) == pytest.approx(expected)
+
+
+def quadrant(size: int, rows: slice, columns: slice) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[rows, columns] = True
+    return mask
+
+
+def test_text_prior_is_the_pooled_mean_training_mask_of_the_group_with_fallbacks():
+    """Hand-made 8x8 training masks on a 2x2 grid; the prior maps, fallbacks and hits worked out by hand."""
+    top_left = quadrant(8, slice(0, 4), slice(0, 4))  # pooled [[1, 0], [0, 0]]
+    top_left_half = quadrant(8, slice(0, 2), slice(0, 4))  # pooled [[0.5, 0], [0, 0]]
+    bottom_right = quadrant(8, slice(4, 8), slice(4, 8))  # pooled [[0, 0], [0, 1]]
+    lower_band = quadrant(8, slice(4, 8), slice(0, 8))  # pooled [[0, 0], [1, 1]]
+    training = [
+        (("nodule", "left", "upper"), top_left),
+        (("nodule", "left", "upper"), top_left_half),
+        (("nodule", "right", "lower"), bottom_right),
+        (("effusion", "left", "lower"), lower_band),
+    ]
+    prior = grounding.build_text_prior(training, (2, 2))
+    np.testing.assert_allclose(prior.maps["nodule", "left", "upper"], [[0.75, 0], [0, 0]])
+    np.testing.assert_allclose(prior.maps["nodule", "left"], [[0.75, 0], [0, 0]])
+    np.testing.assert_allclose(prior.maps[("nodule",)], [[0.5, 0], [0, 1 / 3]])
+    np.testing.assert_allclose(prior.maps["effusion", "left", "lower"], [[0, 0], [1, 1]])
+    assert prior.counts[("nodule",)] == 3 and prior.counts["nodule", "left", "upper"] == 2
+    # an unseen zone falls back to (finding, side), an unseen side to the finding, an unseen finding to nothing
+    assert prior.lookup(("nodule", "left", "middle"))[1] == "finding+side"
+    assert prior.lookup(("nodule", "bilateral", "lower"))[1] == "finding"
+    assert prior.lookup(("atelectasis", "left", "upper")) == (None, "unseen")
+
+    # scoring: [[0.75, 0], [0, 0]] upsampled to 8x8 is flat at its maximum on rows/columns 0-1: the peak is (0, 0)
+    own_mask = quadrant(8, slice(0, 3), slice(0, 3))
+    scores = grounding.text_prior_scores(prior, ("nodule", "left", "upper"), own_mask)
+    expected_cnr = naive_cnr(naive_bilinear(np.array([[0.75, 0], [0, 0]]), 8), own_mask)
+    assert scores == pytest.approx(
+        {"text_prior_hit": True, "text_prior_cnr": expected_cnr, "text_prior_level": "finding+side+zone"}
+    )
+    assert not grounding.text_prior_scores(prior, ("nodule", "left", "upper"), bottom_right)["text_prior_hit"]
+    # the finding-level map [[0.5, 0], [0, 1/3]] peaks in the top-left corner, not at the bottom right
+    fallback = grounding.text_prior_scores(prior, ("nodule", "bilateral", "lower"), bottom_right)
+    assert fallback["text_prior_level"] == "finding" and not fallback["text_prior_hit"]
+    assert grounding.text_prior_scores(prior, ("nodule", "bilateral", "lower"), top_left)["text_prior_hit"]
+    assert grounding.text_prior_scores(prior, ("effusion", "left", "lower"), lower_band)["text_prior_hit"]
+    assert grounding.text_prior_scores(prior, ("atelectasis", "left", "upper"), top_left) == {
+        "text_prior_hit": False, "text_prior_cnr": 0.0, "text_prior_level": "unseen"
+    }
+    # the prior of masks of different sizes is the mean of their pooled fractions
+    small = grounding.build_text_prior([(("nodule", "left", "upper"), quadrant(4, slice(0, 2), slice(0, 2))),
+                                        (("nodule", "left", "upper"), top_left_half)], (2, 2))
+    np.testing.assert_allclose(small.maps["nodule", "left", "upper"], [[0.75, 0], [0, 0]])
+    with pytest.raises(ValueError, match="empty"):
+        grounding.build_text_prior([], (2, 2))
+    with pytest.raises(ValueError, match=r"\(name, side, zone\)"):
+        grounding.build_text_prior([(("nodule",), top_left)], (2, 2))
+
+
+def test_shuffled_image_order_is_a_seeded_derangement():
+    for num_studies in range(2, 12):
+        for seed in range(3):
+            order = grounding.shuffled_image_order(num_studies, seed)
+            assert sorted(order.tolist()) == list(range(num_studies))
+            assert all(order[index] != index for index in range(num_studies))
+            assert np.array_equal(order, grounding.shuffled_image_order(num_studies, seed))
+    assert not np.array_equal(grounding.shuffled_image_order(50, 0), grounding.shuffled_image_order(50, 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        grounding.shuffled_image_order(1)
+
+
+def test_shuffled_image_control_scores_the_other_image_maps_on_the_own_mask():
+    """A report's words mapped on another image (hand-made patch maps on a 2x2 grid), scored on its own 8x8 mask."""
+    shuffled = grounding.WordMaps(
+        text="left apical nodule",
+        words=["left", "apical", "nodule"],
+        spans=[(0, 4), (5, 11), (12, 18)],
+        maps=np.array([[1.0, 0, 0, 0], [0, 0, 0, 1.0], [0, 0, 0.5, 0.5]]),
+    )
+    # words 1 and 2: mean [0, 0, 0.25, 0.75], whose upsampled peak is the bottom-right plateau, first pixel (6, 6)
+    own_mask_top_left = quadrant(8, slice(0, 4), slice(0, 4))
+    expected_map = naive_bilinear(np.array([[0, 0], [0.25, 0.75]]), 8)
+    assert np.unravel_index(np.argmax(expected_map), expected_map.shape) == (6, 6)
+    scores = grounding.shuffled_image_scores(shuffled, [1, 2], (2, 2), own_mask_top_left)
+    assert scores == pytest.approx(
+        {"shuffled_hit": False, "shuffled_cnr": naive_cnr(expected_map, own_mask_top_left)}
+    )
+    assert grounding.shuffled_image_scores(shuffled, [1, 2], (2, 2), quadrant(8, slice(4, 8), slice(4, 8)))[
+        "shuffled_hit"
+    ]
+    assert grounding.shuffled_image_scores(shuffled, [0], (2, 2), own_mask_top_left)["shuffled_hit"]
+    with pytest.raises(ValueError, match="word_indices"):
+        grounding.shuffled_image_scores(shuffled, [3], (2, 2), own_mask_top_left)
+    # the same words on the own image, for comparison: the score of a map that does not depend on the image is equal
+    assert grounding.score_patch_map(shuffled.maps[[1, 2]].mean(0), (2, 2), own_mask_top_left)["hit"] is False
+
+
+def test_summary_reports_every_reference_per_group_and_per_finding():
+    def record(finding, hit, shuffled, prior, level, cnr):
+        return {"finding": finding, "hit": hit, "mask_fraction": 0.1, "fixed_point_hit": True, "oracle_hit": True,
+                "shuffled_hit": shuffled, "shuffled_cnr": cnr / 2, "text_prior_hit": prior, "text_prior_cnr": 1.0,
+                "text_prior_level": level, "cnr": cnr}
+
+    records = [
+        record("nodule", True, False, False, "finding+side+zone", 2.0),
+        record("consolidation", False, False, True, "finding+side", 1.0),
+        record("cardiomegaly", True, True, True, "finding+side+zone", 3.0),
+        record("effusion", True, True, True, "finding", 0.0),
+        record("edema", False, True, False, "unseen", 4.0),
+    ]
+    summary = grounding.pointing_game_summary(records)
+    assert list(summary["per_group"]) == ["small_or_ambiguous", "cardiomegaly_and_effusion", "other"]
+    small = dict(summary["per_group"]["small_or_ambiguous"])
+    assert small.pop("text_prior_levels") == {"finding+side+zone": 1, "finding+side": 1, "finding": 0, "unseen": 0}
+    assert small == pytest.approx({
+        "accuracy": 0.5, "random_baseline": 0.1, "num_findings": 2, "fixed_point_baseline": 1.0, "oracle": 1.0,
+        "text_prior_baseline": 0.5, "shuffled_image_accuracy": 0.0, "cnr": 1.5, "shuffled_image_cnr": 0.75,
+        "text_prior_cnr": 1.0,
+    })
+    large = summary["per_group"]["cardiomegaly_and_effusion"]
+    assert (large["accuracy"], large["shuffled_image_accuracy"], large["text_prior_baseline"], large["cnr"]) == (
+        1.0, 1.0, 1.0, 1.5
+    )
+    overall = summary["overall"]
+    assert overall["accuracy"] == pytest.approx(0.6) and overall["shuffled_image_accuracy"] == pytest.approx(0.6)
+    assert overall["text_prior_baseline"] == pytest.approx(0.6) and overall["cnr"] == pytest.approx(2.0)
+    assert overall["text_prior_levels"] == {"finding+side+zone": 2, "finding+side": 1, "finding": 1, "unseen": 1}
+    assert summary["per_finding"]["edema"]["shuffled_image_accuracy"] == 1.0
+    assert grounding.finding_group("pneumothorax") == "small_or_ambiguous" and grounding.finding_group("x") == "other"
+    # a reference missing from one record of a group is left out of that group, not averaged over fewer records
+    without_control = {key: value for key, value in records[1].items() if key != "shuffled_hit"}
+    partial = grounding.pointing_game_summary([records[0], without_control])
+    assert "shuffled_image_accuracy" not in partial["overall"]
+    assert "shuffled_image_accuracy" in partial["per_finding"]["nodule"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -360,6 +574,77 @@ def test_oracle_entry_is_the_oracle_hit_rate_over_the_scored_findings(pointing_g
         assert "oracle (4×4 grid)" in markdown.read()
 
 
+def test_script_reports_the_text_prior_shuffled_control_and_cnr(pointing_game_run):
+    """The new references of the script's records and summary: present, in range, and the text prior of every record
+    recomputed here from the train split by a naive loop (masks decoded object by object, pooled by block means,
+    upsampled pixel by pixel)."""
+    results, output_dir = pointing_game_run
+    records = results["records"]
+    overall = results["overall"]
+    for key in ("shuffled_image_accuracy", "text_prior_baseline", "fixed_point_baseline", "oracle"):
+        assert 0.0 <= overall[key] <= 1.0
+    for key in ("cnr", "shuffled_image_cnr", "text_prior_cnr"):
+        assert np.isfinite(overall[key]) and overall[key] >= 0.0
+    assert sum(overall["text_prior_levels"].values()) == overall["num_findings"]
+    assert results["references_skipped"] == {}
+    assert results["text_prior_source"]["splits"] == {"train": NUM_PRIOR_STUDIES}
+    assert results["text_prior_source"]["not_used"] == {"pretrain": "absent (the splits are ['test', 'train'])"}
+    groups = results["per_group"]
+    assert set(groups) <= {"small_or_ambiguous", "cardiomegaly_and_effusion", "other"}
+    assert sum(entry["num_findings"] for entry in groups.values()) == len(records)
+    small = [r for r in records if r["finding"] in ("consolidation", "nodule", "atelectasis", "pneumothorax")]
+    assert groups["small_or_ambiguous"]["text_prior_baseline"] == pytest.approx(
+        np.mean([r["text_prior_hit"] for r in small])
+    )
+    assert overall["shuffled_image_accuracy"] == pytest.approx(np.mean([r["shuffled_hit"] for r in records]))
+    assert overall["cnr"] == pytest.approx(np.mean([r["cnr"] for r in records]))
+
+    # each report is paired with the image of the study the seeded derangement names, never its own
+    study_ids = [str(study_id) for study_id in tiny_synthcxr_test_split()["test"]["study_id"]]
+    order = grounding.shuffled_image_order(len(study_ids), 0)
+    for record in records:
+        assert record["shuffled_with_study"] == study_ids[order[study_ids.index(record["study_id"])]]
+        assert record["shuffled_with_study"] != record["study_id"]
+
+    # the text prior by a naive loop over the train split
+    sums, counts = {}, Counter()
+    for example in tiny_synthcxr_train_split():
+        for index, finding in enumerate(example["findings"]):
+            mask = naive_finding_mask(example, index)
+            if not mask.any():
+                continue
+            pooled = mask.reshape(4, 8, 4, 8).mean(axis=(1, 3))
+            name, side, zone = finding["name"], finding["side"], finding["zone"]
+            for key in ((name, side, zone), (name, side), (name,)):
+                sums[key] = sums.get(key, 0) + pooled
+                counts[key] += 1
+    examples = {str(example["study_id"]): example for example in tiny_synthcxr_test_split()["test"]}
+    taken = Counter()
+    levels = ("finding+side+zone", "finding+side", "finding")
+    for record in records:
+        example = examples[record["study_id"]]
+        candidates = [
+            (index, finding) for index, finding in enumerate(example["findings"])
+            if finding["name"] == record["finding"] and naive_finding_mask(example, index).any()
+        ]
+        index, finding = candidates[taken[record["study_id"], record["finding"]]]
+        taken[record["study_id"], record["finding"]] += 1
+        mask = naive_finding_mask(example, index)
+        assert record["key"] == [finding["name"], finding["side"], finding["zone"]]
+        name, side, zone = record["key"]
+        level, key = next(
+            (level, key) for level, key in zip(levels, ((name, side, zone), (name, side), (name,))) if key in counts
+        )
+        assert record["text_prior_level"] == level
+        heatmap = naive_bilinear(sums[key] / counts[key], 32)
+        peak = np.unravel_index(np.argmax(heatmap >= heatmap.max() * (1 - 1e-5)), heatmap.shape)
+        assert record["text_prior_hit"] == bool(mask[peak])
+        assert record["text_prior_cnr"] == pytest.approx(naive_cnr(heatmap, mask), rel=1e-4)
+    markdown = (output_dir / "grounding_results.md").read_text()
+    for column in ("shuffled image", "text prior", "CNR own image", "*small or ambiguous*"):
+        assert column in markdown
+
+
 def test_single_image_mode_writes_one_panel_per_content_word(sista_dir, tmp_path):
     image_path = tmp_path / "xray.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 32), dtype=np.uint8)).save(image_path)
@@ -407,3 +692,41 @@ def test_missing_mask_and_report_columns_are_named(sista_dir, tmp_path):
     num_with_lesion = sum(np.asarray(mask).any() for mask in masks_only["test"]["mask"])
     assert results["overall"]["num_findings"] == num_with_lesion
     assert results["per_finding"].keys() == {"lesion"}
+    # no (finding, side, zone) to look a prior up by: the prior is left out with its reason; the control stays
+    assert "text_prior_baseline" not in results["overall"] and "text_prior" in results["references_skipped"]
+    assert 0.0 <= results["overall"]["shuffled_image_accuracy"] <= 1.0
+
+
+def test_text_prior_is_skipped_with_a_reason_without_a_train_split(sista_dir, tmp_path):
+    tiny_synthcxr_test_split().save_to_disk(str(tmp_path / "test_only"))
+    results = visualize_grounding.main(
+        ["--model_name_or_path", str(sista_dir), "--output_dir", str(tmp_path / "out"), "--num_figures", "0",
+         "--dataset_dir", str(tmp_path / "test_only"), "--max_samples", "6"]
+    )
+    assert results["references_skipped"]["text_prior"] == (
+        "no usable training split: pretrain: absent (the splits are ['test']); train: absent (the splits are ['test'])"
+    )
+    assert "text_prior_baseline" not in results["overall"] and results["text_prior_source"]["splits"] == {}
+    assert "no text prior: no usable training split" in (tmp_path / "out" / "grounding_results.md").read_text()
+
+
+def test_text_prior_splits_are_the_named_training_splits_with_masks():
+    test = tiny_synthcxr_test_split()["test"]
+    splits = DatasetDict({"pretrain": test.select(range(3)), "train": test.select(range(4)), "test": test,
+                          "bare": test.remove_columns(["objects"])})  # fmt: skip
+    usable, not_used = grounding.text_prior_splits(splits, ["pretrain", "train", "test", "bare", "x"], "test")
+    assert {name: len(split) for name, split in usable.items()} == {"pretrain": 3, "train": 4}
+    assert not_used == {
+        "test": "the evaluated split",
+        "bare": "lacks the per-finding mask columns ['objects']",
+        "x": "absent (the splits are ['bare', 'pretrain', 'test', 'train'])",
+    }
+    # two splits make one prior: the same as the prior of their masks together
+    processor = SistaImageProcessor(size=32)
+    both = grounding.synthcxr_text_prior(list(usable.values()), processor, (4, 4))
+    studies = [*test.select(range(3)), *test.select(range(4))]  # the pretrain and train rows, in order
+    pairs = [pair for example in studies for pair in grounding.synthcxr_keyed_masks(example)]
+    expected = grounding.build_text_prior(pairs, (4, 4))
+    assert both.counts == expected.counts
+    for key, prior_map in expected.maps.items():
+        np.testing.assert_allclose(both.maps[key], prior_map, atol=1e-6)

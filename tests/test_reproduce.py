@@ -84,7 +84,8 @@ def test_claim_verdicts_follow_the_interval():
                             "metrics": {"dice": value + (0.3 if objective == "clip" else 0.2)}})
         records.append({"objective": "sista", "seed": seed, "task": "grounding", "label_fraction": None,
                         "metrics": {"pointing_accuracy": 0.5, "pointing_random_baseline": 0.03,
-                                    "pointing_fixed_point_baseline": 0.4, "pointing_oracle": 0.7}})
+                                    "pointing_fixed_point_baseline": 0.4, "pointing_oracle": 0.7,
+                                    "pointing_text_prior": 0.45, "pointing_shuffled_image": 0.2 + 0.05 * seed}})
     claims = {(c["claim"], c["task"], c["labels"], c["comparison"]): c["verdict"]
               for c in reproduce.claim_verdicts(reproduce.summarize(records))}
     assert claims[("SISTA beats CLIP", "segmentation", "1%", "sista − clip")] == "holds"
@@ -94,6 +95,37 @@ def test_claim_verdicts_follow_the_interval():
                    "(sista − clip at 1%) − (at 100%)")] == "holds"
     assert claims[("SISTA grounds", "grounding", "—", "pointing game above the fixed point")] == "holds"
     assert claims[("SISTA grounds", "grounding", "—", "pointing game at least 80% of the oracle")] == "not shown"
+    assert claims[("SISTA grounds", "grounding", "—", "pointing game above the text prior")] == "holds"
+    # the control of seed 2 (0.30) is more than half of its own-image score (0.5)
+    assert claims[("SISTA grounds", "grounding", "—",
+                   "pointing game shuffled-image control at most half of it, every seed")] == "not shown"
+
+
+def test_grounding_headline_carries_the_controls_and_the_small_findings():
+    results = {"overall": {"accuracy": 0.3, "random_baseline": 0.02, "fixed_point_baseline": 0.4, "oracle": 0.6,
+                           "num_findings": 10, "text_prior_baseline": 0.45, "shuffled_image_accuracy": 0.1,
+                           "cnr": 0.8, "shuffled_image_cnr": 0.2, "text_prior_cnr": 1.5},
+               "per_group": {"small_or_ambiguous": {"accuracy": 0.1, "text_prior_baseline": 0.2, "oracle": 0.5}}}
+    headline = reproduce.headline_from_results("grounding", results)
+    assert headline == {
+        "pointing_accuracy": 0.3, "pointing_random_baseline": 0.02, "pointing_fixed_point_baseline": 0.4,
+        "pointing_oracle": 0.6, "pointing_num_findings": 10, "pointing_text_prior": 0.45,
+        "pointing_shuffled_image": 0.1, "pointing_cnr": 0.8, "pointing_shuffled_cnr": 0.2,
+        "pointing_text_prior_cnr": 1.5, "pointing_small_accuracy": 0.1, "pointing_small_text_prior": 0.2,
+        "pointing_small_oracle": 0.5,
+    }
+    # a run without a text prior (no training split) stores no key for it, rather than None
+    del results["overall"]["text_prior_baseline"]
+    assert "pointing_text_prior" not in reproduce.headline_from_results("grounding", results)
+    records = [{"objective": objective, "seed": 0, "task": "grounding", "label_fraction": None,
+                "metrics": reproduce.headline_from_results("grounding", results)} for objective in ("clip", "sista")]
+    lines = reproduce.markdown_table(reproduce.summarize(records), ["clip", "sista"]).splitlines()
+    control_row = ("| grounding | pointing game, another study's image | — | 0.100 (n=1) | 0.100 (n=1) | "
+                   "random 0.020 |")
+    assert control_row in lines
+    assert "| grounding | pointing CNR | — | 0.800 (n=1) | 0.800 (n=1) | text prior cnr 1.500 |" in lines
+    assert ("| grounding | pointing game, small/ambiguous findings | — | 0.100 (n=1) | 0.100 (n=1) | "
+            "small text prior 0.200; small oracle 0.500 |") in lines
 
 
 def test_step_selection_counts_the_last_quarter_of_each_budget():

@@ -214,10 +214,17 @@ def test_evaluation_scripts_on_a_resnet_and_the_learned_metrics_block(resnet_run
     assert ("paired image→report R@10", retrieval_results["paired"]["image_to_report"]["R@10"],
             retrieval_results["paired"]["chance"]["R@10"], "chance") in rows  # fmt: skip
     overall = grounding_results["overall"]
-    assert rows[-3:] == [
+    pointing = [row for row in rows if row[0] == "pointing game"]
+    assert pointing == [
         ("pointing game", overall["accuracy"], overall["random_baseline"], "random point"),
         ("pointing game", overall["accuracy"], overall["fixed_point_baseline"], "fixed point"),
+        ("pointing game", overall["accuracy"], overall["text_prior_baseline"], "text prior"),
+        ("pointing game", overall["accuracy"], overall["shuffled_image_accuracy"], "shuffled image"),
         ("pointing game", overall["accuracy"], overall["oracle"], "oracle at the model's grid"),
+    ]
+    assert rows[-2:] == [
+        ("pointing CNR", overall["cnr"], overall["text_prior_cnr"], "text prior"),
+        ("pointing CNR", overall["cnr"], overall["shuffled_image_cnr"], "shuffled image"),
     ]
     assert (tmp_path / "learned_metrics.txt").read_text() == block + "\n"
     with pytest.raises(ValueError, match="lacks"):

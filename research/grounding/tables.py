@@ -1,6 +1,8 @@
 # Copyright 2026 The SISTA Authors. Licensed under the Apache License, Version 2.0.
 """
-Markdown tables of the testbed runs (`results.json`) and probes (`probe.json`) under an outputs folder.
+Markdown tables of the testbed runs (`results.json`) and probes (`probe.json`) under an outputs folder: the STA map's
+pointing game beside its shuffled-image control, the text prior and the other references, with the CNRs, overall, per
+finding group and per finding ("-" where a run predates a column).
 
     python research/grounding/tables.py outputs/grounding
 """
@@ -20,9 +22,27 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+CONTROL_COLUMNS = (
+    ("sta_weights", "pointing (A)"),
+    ("sta_weights_shuffled", "A on another image"),
+    ("text_prior", "text prior"),
+    ("random_point", "random point"),
+    ("fixed_point", "fixed point"),
+    ("oracle", "oracle"),
+    ("sta_weights_cnr", "CNR (A)"),
+    ("sta_weights_shuffled_cnr", "CNR (A, another image)"),
+    ("text_prior_cnr", "CNR text prior"),
+    ("num_findings", "findings"),
+)
+
+
+def control_cells(entry: dict) -> list:
+    return [entry.get(key, "-") for key, _ in CONTROL_COLUMNS]
+
+
 def main(root: str):
     runs = sorted(Path(root).glob("*/results.json"))
-    learning, pointing, per_finding = [], [], []
+    learning, pointing, controls, per_group, per_finding = [], [], [], [], []
     for path in runs:
         results = json.loads(path.read_text())
         name = path.parent.name
@@ -37,17 +57,25 @@ def main(root: str):
              overall.get("sta_weights_receptive_field", "-"),
              overall["random_point"], overall["fixed_point"], overall["oracle"], overall["num_findings"]]
         )
+        controls.append([name, *control_cells(overall)])
+        for group, entry in results.get("pointing_groups", {}).items():
+            per_group.append([name, group.replace("_", " "), *control_cells(entry)])
         for finding, entry in results["pointing_game"].items():
             if finding != "overall":
-                per_finding.append([name, finding, entry["sta_weights"], entry.get("similarity_centred", "-"),
-                                    entry["random_point"], entry["fixed_point"], entry["oracle"], entry["num_findings"]])
+                per_finding.append([name, finding, *control_cells(entry)])
     print(table(["run", "steps", "final loss", "i2t R@1", "i2t R@10", "chance R@10", "mean image cosine", "train s"],
                 learning))
     print()
     print(table(["run", "pointing (A)", "pointing (raw S)", "pointing (S centred)", "pointing (A, receptive-field centres)", "random point",
                  "fixed point", "oracle", "findings"], pointing))
+    labels = [label for _, label in CONTROL_COLUMNS]
     print()
-    print(table(["run", "finding", "pointing (A)", "pointing (S centred)", "random point", "fixed point", "oracle", "findings"], per_finding))
+    print(table(["run", *labels], controls))
+    if per_group:
+        print()
+        print(table(["run", "finding group", *labels], per_group))
+    print()
+    print(table(["run", "finding", *labels], per_finding))
     probes = sorted(Path(root).glob("*/probe.json"))
     rows = []
     for path in probes:

@@ -4,8 +4,10 @@ The grounding testbed: builds a small SISTA model (ResNet or ViT vision tower, B
 SynthCXR folder with the project's `PretrainingDataset`, `SistaDataCollator` and `XRayAugmentation` in a plain loop
 (AdamW, linear warm-up, cosine decay, gradient clipping: the recipe of `examples/pretrain.py`), and evaluates it on
 the test split: paired image→report R@1/R@10 beside chance, mean pairwise image cosine, and the pointing game of
-several word maps beside the random-point, fixed-point and oracle references, all scored by
-`sista_examples.evaluation.grounding` (the pointing game of `examples/visualize_grounding.py`).
+several word maps beside the random-point, fixed-point, text-prior and oracle references, the same words mapped on
+another study's image (the shuffled-image control) and BioViL's CNR of each, overall, per finding group and per
+finding, all scored by `sista_examples.evaluation.grounding` (the pointing game of `examples/visualize_grounding.py`).
+The text prior comes from `--text_prior_splits` (default `pretrain,train`) of the data folder.
 
     python research/grounding/testbed.py --data_dir data/synthcxr128 --backbone resnet --objective sista \
         --steps 300 --output_dir outputs/grounding/resnet_sista
@@ -225,22 +227,39 @@ def upsample_at_centres(grid_map: np.ndarray, grid: tuple[int, int], size: tuple
     return map_coordinates(np.asarray(grid_map, dtype=np.float64).reshape(grid), coordinates, order=1, mode="nearest")
 
 
+def word_maps_of_pair(report: str, pair: dict, map_kinds, temperature: float) -> dict:
+    """`{kind: WordMaps}` of one encoded pair; tokens STA ignores have no map in any kind."""
+    has_map = pair["weights"].sum(-1, keepdims=True) > 0
+    return {
+        kind: grounding.word_maps_from_encoding(report, pair["encoding"], MAP_KINDS[kind](pair, temperature) * has_map)
+        for kind in map_kinds
+    }
+
+
 def pointing_game_records(
-    dataset, encoded, image_processor, map_kinds=tuple(MAP_KINDS), temperature=0.1, first_centre=None
+    dataset,
+    encoded,
+    image_processor,
+    map_kinds=tuple(MAP_KINDS),
+    temperature=0.1,
+    first_centre=None,
+    shuffled=None,
+    text_prior=None,
 ) -> list:
-    """One record per scorable finding: hits of every map kind and of the oracle, mask fraction, finding words."""
+    """
+    One record per scorable finding: hits and CNRs of every map kind, of the same kind on another study's image
+    (`shuffled`: `encode_test` of the test reports with the images of `grounding.shuffled_image_order`) and of the
+    text prior (`text_prior`, a `grounding.TextPrior`), the oracle's hit, mask fraction, finding words.
+    """
     grid = encoded["grid"]
     records, skipped = [], {}
     for index, example in enumerate(dataset):
         pair = encoded["pairs"][index]
-        # tokens STA ignores have no map in any kind
-        has_map = pair["weights"].sum(-1, keepdims=True) > 0
-        word_maps = {
-            kind: grounding.word_maps_from_encoding(
-                example["report"], pair["encoding"], MAP_KINDS[kind](pair, temperature) * has_map
-            )
-            for kind in map_kinds
-        }
+        word_maps = word_maps_of_pair(example["report"], pair, map_kinds, temperature)
+        shuffled_maps = (
+            None if shuffled is None
+            else word_maps_of_pair(example["report"], shuffled["pairs"][index], map_kinds, temperature)
+        )
         counter = Counter()
         targets = grounding.finding_targets(example, word_maps["sta_weights"], counter)
         for reason, count in counter.items():
@@ -255,12 +274,19 @@ def pointing_game_records(
                 "mask_fraction": grounding.random_point_baseline(mask),
                 "oracle_hit": grounding.oracle_pointing_hit(mask, grid),
             }
+            if text_prior is not None:
+                record.update(grounding.text_prior_scores(text_prior, target["key"], mask))
             for kind, maps in word_maps.items():
                 word_map = maps.maps[target["word_indices"]].mean(axis=0, keepdims=True)
                 heatmap = grounding.upsample_maps(word_map, grid, mask.shape)[0]
                 hit, peak = grounding.pointing_game_hit(heatmap, mask)
                 record[f"{kind}_hit"] = hit
+                record[f"{kind}_cnr"] = grounding.contrast_to_noise_ratio_or_zero(heatmap, mask)
                 record[f"{kind}_peak_cell"] = int(np.argmax(word_map[0]))
+                if shuffled_maps is not None:
+                    control = grounding.shuffled_image_scores(shuffled_maps[kind], target["word_indices"], grid, mask)
+                    record[f"{kind}_shuffled_hit"] = control["shuffled_hit"]
+                    record[f"{kind}_shuffled_cnr"] = control["shuffled_cnr"]
                 if first_centre is not None and kind == "sta_weights":
                     shifted = upsample_at_centres(word_map[0], grid, mask.shape, first_centre)
                     record["sta_weights_receptive_field_hit"] = grounding.pointing_game_hit(shifted, mask)[0]
@@ -273,6 +299,10 @@ def pointing_game_records(
 
 
 def summarise_pointing(records: list, map_kinds=tuple(MAP_KINDS)) -> dict:
+    """`{"overall": entry, finding: entry, ...}`: per entry the references, each map kind's hit rate and CNR, and,
+    where the records have them, the kind's shuffled-image control (`{kind}_shuffled`, `{kind}_shuffled_cnr`) and the
+    text prior (`text_prior`, `text_prior_cnr`)."""
+
     def summary(group):
         entry = {
             "num_findings": len(group),
@@ -280,8 +310,15 @@ def summarise_pointing(records: list, map_kinds=tuple(MAP_KINDS)) -> dict:
             "fixed_point": float(np.mean([r["fixed_point_hit"] for r in group])),
             "oracle": float(np.mean([r["oracle_hit"] for r in group])),
         }
+        if "text_prior_hit" in group[0]:
+            entry["text_prior"] = float(np.mean([r["text_prior_hit"] for r in group]))
+            entry["text_prior_cnr"] = float(np.mean([r["text_prior_cnr"] for r in group]))
         for kind in map_kinds:
             entry[kind] = float(np.mean([r[f"{kind}_hit"] for r in group]))
+            for suffix in ("cnr", "shuffled", "shuffled_cnr"):
+                key = f"{kind}_{suffix}_hit" if suffix == "shuffled" else f"{kind}_{suffix}"
+                if key in group[0]:
+                    entry[f"{kind}_{suffix}"] = float(np.mean([r[key] for r in group]))
         if "sta_weights_receptive_field_hit" in group[0]:
             hits = [r["sta_weights_receptive_field_hit"] for r in group]
             entry["sta_weights_receptive_field"] = float(np.mean(hits))
@@ -290,6 +327,15 @@ def summarise_pointing(records: list, map_kinds=tuple(MAP_KINDS)) -> dict:
     names = sorted({r["finding"] for r in records})
     per_finding = {name: summary([r for r in records if r["finding"] == name]) for name in names}
     return {"overall": summary(records), **per_finding}
+
+
+def summarise_pointing_groups(records: list, map_kinds=tuple(MAP_KINDS)) -> dict:
+    """`summarise_pointing`'s entries per finding group (`grounding.FINDING_GROUPS`): the small or ambiguous findings
+    apart from cardiomegaly and effusion, which a text prior nearly solves."""
+    by_group = {}
+    for record in records:
+        by_group.setdefault(grounding.finding_group(record["finding"]), []).append(record)
+    return {group: summarise_pointing(members, map_kinds)["overall"] for group, members in by_group.items()}
 
 
 def pretrain_model(args, pretrain):
@@ -326,6 +372,9 @@ def parse_args(argv=None):
     parser.add_argument("--num_test", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--eval_only", action="store_true", help="Evaluate output_dir/model again, no training.")
+    parser.add_argument("--text_prior_splits", default="pretrain,train",
+                        help="Comma-separated splits whose finding masks make the text prior.")
+    parser.add_argument("--shuffle_seed", type=int, default=0, help="Seed of the shuffled-image control's pairing.")
     return parser.parse_args(argv)
 
 
@@ -361,9 +410,22 @@ def main(argv=None):
     results.update(retrieval_metrics(encoded["image_embeds"], encoded["text_embeds"]))
     stride = args.image_size / encoded["grid"][1]
     first_centre = first_cell_centre(model.config.vision_config, stride)
-    records, skipped = pointing_game_records(test, encoded, image_processor, first_centre=first_centre)
+    order = grounding.shuffled_image_order(len(test), args.shuffle_seed)
+    shuffled = encode_test(model, processor, test, images=test.select_columns(["image"]).select(order)["image"])
+    text_prior, references_skipped = None, {}
+    prior_splits, not_used = grounding.text_prior_splits(splits, args.text_prior_splits.split(","), "test")
+    if prior_splits:
+        text_prior = grounding.synthcxr_text_prior(list(prior_splits.values()), image_processor, encoded["grid"])
+    else:
+        references_skipped["text_prior"] = f"no usable training split in {args.data_dir}: {not_used}"
+    results["text_prior_splits"] = {name: len(split) for name, split in prior_splits.items()}
+    records, skipped = pointing_game_records(
+        test, encoded, image_processor, first_centre=first_centre, shuffled=shuffled, text_prior=text_prior
+    )
     results["pointing_game"] = summarise_pointing(records)
+    results["pointing_groups"] = summarise_pointing_groups(records)
     results["pointing_skipped"] = skipped
+    results["pointing_references_skipped"] = references_skipped
     (output_dir / "results.json").write_text(json.dumps(results, indent=1))
     (output_dir / "records.json").write_text(json.dumps(records))
     logger.info(json.dumps({k: v for k, v in results.items() if k != "arguments"}, indent=1))

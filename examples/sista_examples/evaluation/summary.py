@@ -3,7 +3,9 @@
 What a pre-trained model learned, in one block: the zero-shot, retrieval and pointing-game results that
 `zero_shot.py`, `retrieval.py` and `visualize_grounding.py` wrote into one folder, each beside the score a model that
 learned nothing gets (AUROC 0.5, the chance Recall@K of a random ranking, the random-point and fixed-point baselines);
-the pointing game also beside its ceiling, the oracle at the model's patch grid.
+the pointing game also beside what a map scores without looking at the image (the text prior, the same words on
+another study's image), its ceiling (the oracle at the model's patch grid), on the small or ambiguous findings apart,
+and with BioViL's contrast-to-noise ratio beside the same two controls.
 """
 
 import json
@@ -46,7 +48,17 @@ def learned_metrics_rows(
     overall = grounding["overall"]
     rows.append(("pointing game", overall["accuracy"], overall["random_baseline"], "random point"))
     rows.append(("pointing game", overall["accuracy"], overall.get("fixed_point_baseline"), "fixed point"))
+    rows.append(("pointing game", overall["accuracy"], overall.get("text_prior_baseline"), "text prior"))
+    rows.append(("pointing game", overall["accuracy"], overall.get("shuffled_image_accuracy"), "shuffled image"))
     rows.append(("pointing game", overall["accuracy"], overall.get("oracle"), "oracle at the model's grid"))
+    small = grounding.get("per_group", {}).get("small_or_ambiguous")
+    if small:
+        name = f"pointing game, small/ambiguous ({small['num_findings']})"
+        rows.append((name, small["accuracy"], small.get("text_prior_baseline"), "text prior"))
+        rows.append((name, small["accuracy"], small.get("shuffled_image_accuracy"), "shuffled image"))
+    if "cnr" in overall:
+        rows.append(("pointing CNR", overall["cnr"], overall.get("text_prior_cnr"), "text prior"))
+        rows.append(("pointing CNR", overall["cnr"], overall.get("shuffled_image_cnr"), "shuffled image"))
     return rows
 
 
