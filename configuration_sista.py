@@ -21,6 +21,10 @@ STA_NEGATIVES = ("tokens", "images", "tokens+images")
 SEGMENTATION_DECODERS = ("auto", "setr_pup", "unet")
 # vision backbones whose hidden states are feature maps at several strides, each halving the last
 STAGED_VISION_BACKBONES = ("resnet", "convnext", "swin")
+# how a token's similarities to the patches become its grouping weights `A`
+STA_SPARSITIES = ("threshold", "top_k", "softmax", "max")
+# what STA aligns: every token, or the content words (subwords merged, stop words left out)
+STA_TOKEN_UNITS = ("tokens", "words")
 
 # Small defaults so that `SistaConfig()` builds a model that trains on a CPU; real runs pass their own
 # sub-configs or use `SistaModel.from_vision_text_pretrained`.
@@ -97,6 +101,35 @@ class SistaConfig(PretrainedConfig):
             The negatives of a token in STA: `"tokens"`, the language-grouped embeddings of the other tokens of its
             report (SPARC, the design); `"images"`, its own language-grouped embedding on the other images of the
             batch, which ties the word to what its image shows; `"tokens+images"`, the mean of both losses.
+        sta_sparsity (`str`, *optional*, defaults to `"threshold"`):
+            How a token's similarities to the patches become its grouping weights `A`: `"threshold"`, min-max
+            normalised and cut at `sta_sparsity_threshold` (SPARC, the design); `"top_k"`, min-max normalised and
+            only the `sta_top_k` most similar patches kept; `"softmax"`, a softmax over the patches at
+            `sta_sparsity_temperature`; `"max"`, the single most similar patch (FILIP's token-wise maximum: the
+            token's score on an image is `max_k <w_ij, p_k>`). All are L1-normalised over the patches.
+        sta_top_k (`int`, *optional*, defaults to 4):
+            Patches a token keeps with `sta_sparsity="top_k"`.
+        sta_sparsity_temperature (`float`, *optional*, defaults to 0.05):
+            Temperature of the grouping softmax with `sta_sparsity="softmax"` (smaller selects fewer patches).
+        sta_center_patches (`bool`, *optional*, defaults to `False`):
+            Subtract from every patch embedding, before STA, the mean patch embedding of its grid cell (re-normalised
+            afterwards), so that what all images share at a position (a position code) cannot serve STA. In training
+            the mean is the batch's, without gradient; an exponential moving average of it (the `sta_patch_mean`
+            buffer, saved with the weights) is used in evaluation mode.
+        sta_patch_mean_cells (`int`, *optional*, defaults to 0):
+            Not a setting: the grid cells of the saved `sta_patch_mean`, recorded by the model at its first centred
+            training step so that a checkpoint loads into a buffer of the right size.
+        sta_start_step (`int`, *optional*, defaults to 0):
+            Training step (0-based, as `Trainer`'s `global_step`) at which STA starts; before it only SIA trains, so
+            that the local loss starts once the global alignment tells images apart. Needs the step: `forward`'s
+            `training_step` (passed by `SistaTrainer`).
+        sta_warmup_steps (`int`, *optional*, defaults to 0):
+            Steps over which STA's weight then rises linearly from 0 to `sta_weight` (0: it starts at full weight).
+        sta_token_unit (`str`, *optional*, defaults to `"tokens"`):
+            What STA aligns: every token (`"tokens"`, the design), or content words (`"words"`: the projected
+            features of a word's subword tokens averaged into one word embedding, stop words and punctuation left
+            out, as GLoRIA and MGCA weight words). `"words"` needs `forward`'s `word_ids` (from
+            `SistaDataCollator(content_word_ids=True)`); the grounding map stays per token.
         sta_ignore_token_ids (`list[int]`, *optional*):
             Token ids that STA does not align (the tokenizer's special tokens, e.g. `tokenizer.all_special_ids`).
             Padding is always ignored through the attention mask.
@@ -169,6 +202,14 @@ class SistaConfig(PretrainedConfig):
     sta_sparsity_threshold: float | None = None
     sta_temperature: float = 0.1
     sta_negatives: str = "tokens"
+    sta_sparsity: str = "threshold"
+    sta_top_k: int = 4
+    sta_sparsity_temperature: float = 0.05
+    sta_center_patches: bool = False
+    sta_patch_mean_cells: int = 0
+    sta_start_step: int = 0
+    sta_warmup_steps: int = 0
+    sta_token_unit: str = "tokens"
     sta_ignore_token_ids: list[int] | None = None
     freeze_encoder: bool = False
     classifier_dropout: float = 0.0
@@ -198,6 +239,8 @@ class SistaConfig(PretrainedConfig):
             ("sia_soft_target", SIA_SOFT_TARGETS),
             ("sia_similarity_source", SIA_SIMILARITY_SOURCES),
             ("sta_negatives", STA_NEGATIVES),
+            ("sta_sparsity", STA_SPARSITIES),
+            ("sta_token_unit", STA_TOKEN_UNITS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -221,6 +264,15 @@ class SistaConfig(PretrainedConfig):
             )
         if self.sta_temperature <= 0:
             raise ValueError(f"`sta_temperature` must be > 0, got {self.sta_temperature}.")
+        if not isinstance(self.sta_top_k, int) or self.sta_top_k < 1:
+            raise ValueError(f"`sta_top_k` must be a positive integer, got {self.sta_top_k!r}.")
+        if self.sta_sparsity_temperature <= 0:
+            raise ValueError(f"`sta_sparsity_temperature` must be > 0, got {self.sta_sparsity_temperature}.")
+        if not isinstance(self.sta_center_patches, bool):
+            raise ValueError(f"`sta_center_patches` must be True or False, got {self.sta_center_patches!r}.")
+        for name in ("sta_start_step", "sta_warmup_steps", "sta_patch_mean_cells"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0, got {getattr(self, name)!r}.")
         if self.sta_ignore_token_ids is not None and not all(
             isinstance(token_id, int) for token_id in self.sta_ignore_token_ids
         ):

@@ -30,10 +30,10 @@ if torch.distributed.is_available():
     from torch.distributed import _functional_collectives as functional_collectives
 
 try:
-    from .configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STAGED_VISION_BACKBONES, SistaConfig
+    from .configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STA_SPARSITIES, STAGED_VISION_BACKBONES, SistaConfig
     from .processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 except ImportError:  # a flat checkout imported without a package
-    from configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STAGED_VISION_BACKBONES, SistaConfig
+    from configuration_sista import PROBLEM_TYPES, STA_NEGATIVES, STA_SPARSITIES, STAGED_VISION_BACKBONES, SistaConfig
     from processing_sista import batched_nms, box_iou, center_to_corners, decode_detections, post_process_detections
 
 
@@ -153,27 +153,49 @@ def sia_loss(
 
 
 def sparse_token_patch_weights(
-    token_patch_similarity: torch.Tensor, sparsity_threshold: float, eps: float = 1e-6
+    token_patch_similarity: torch.Tensor,
+    sparsity_threshold: float,
+    eps: float = 1e-6,
+    sparsity: str = "threshold",
+    top_k: int = 4,
+    sparsity_temperature: float = 0.05,
 ) -> torch.Tensor:
     r"""
-    Sparse word-to-patch alignment weights `A` (the grounding map), per token row:
+    Sparse word-to-patch alignment weights `A` (the grounding map), per token row. With `sparsity="threshold"`
+    (SPARC, the design):
 
     1. min-max normalise over patches: `S^ = (S - min_k S) / (max_k S - min_k S + eps)`;
     2. sparsify: `S~ = S^ if S^ >= sparsity_threshold else 0`;
     3. L1-normalise: `A = S~ / sum_k S~`.
 
+    `"top_k"` replaces step 2 by keeping the `top_k` largest `S^` of the row; `"softmax"` is
+    `A = softmax_k(S / sparsity_temperature)`; `"max"` puts all weight on the most similar patch (FILIP's
+    token-wise maximum; no gradient flows through the choice).
+
     Args:
-        token_patch_similarity (`torch.Tensor` of shape `(batch_size, num_tokens, num_patches)`): `<w_ij, p_ik>`.
+        token_patch_similarity (`torch.Tensor` of shape `(..., num_tokens, num_patches)`): `<w_ij, p_ik>`.
         sparsity_threshold (`float`): in [0, 1]; the patch of maximal similarity is always kept.
 
     Returns:
-        `torch.Tensor` of shape `(batch_size, num_tokens, num_patches)`; rows sum to 1 (or 0 for a row whose
+        `torch.Tensor` of the input's shape; rows sum to 1 (with `"threshold"` or `"top_k"`, 0 for a row whose
         similarities are all equal, which has no patch to prefer).
     """
+    if sparsity not in STA_SPARSITIES:
+        raise ValueError(f"`sparsity` must be one of {STA_SPARSITIES}, got {sparsity!r}.")
+    if sparsity == "softmax":
+        return (token_patch_similarity / sparsity_temperature).softmax(dim=-1)
+    if sparsity == "max":
+        best = token_patch_similarity.argmax(dim=-1)
+        return F.one_hot(best, token_patch_similarity.shape[-1]).to(token_patch_similarity.dtype)
     row_min = token_patch_similarity.amin(dim=-1, keepdim=True)
     row_max = token_patch_similarity.amax(dim=-1, keepdim=True)
     normalized = (token_patch_similarity - row_min) / (row_max - row_min + eps)
-    sparse = normalized * (normalized >= sparsity_threshold)
+    if sparsity == "top_k":
+        kept_indices = normalized.topk(min(top_k, normalized.shape[-1]), dim=-1).indices
+        kept = torch.zeros_like(normalized, dtype=torch.bool).scatter(-1, kept_indices, True)
+    else:
+        kept = normalized >= sparsity_threshold
+    sparse = normalized * kept
     return sparse / sparse.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
@@ -184,6 +206,11 @@ def sta_loss(
     sparsity_threshold: float | None = None,
     temperature: float = 0.1,
     negatives: str = "tokens",
+    sparsity: str = "threshold",
+    top_k: int = 4,
+    sparsity_temperature: float = 0.05,
+    all_image_patch_embeds: torch.Tensor | None = None,
+    row_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""
     Sparse token alignment, vectorised over the batch.
@@ -209,6 +236,12 @@ def sta_loss(
         sparsity_threshold (`float`, *optional*): defaults to `1 / num_patches`.
         temperature (`float`, *optional*, defaults to 0.1): temperature of the contrast.
         negatives (`str`, *optional*, defaults to `"tokens"`): `"tokens"`, `"images"` or `"tokens+images"`.
+        sparsity, top_k, sparsity_temperature: how `A` selects patches ([`sparse_token_patch_weights`]).
+        all_image_patch_embeds (`torch.Tensor` of shape `(global_batch_size, num_patches, dim)`, *optional*): the
+            images the image contrast compares against (the global batch under data parallelism); defaults to
+            `image_patch_embeds`.
+        row_offset (`int`, *optional*, defaults to 0): index of this process's first image in
+            `all_image_patch_embeds`.
 
     Returns:
         `(loss, weights)`: the scalar loss (0 when no sample has a valid token) and `A` of shape
@@ -220,18 +253,27 @@ def sta_loss(
         text_token_embeds, image_patch_embeds = upcast(text_token_embeds), upcast(image_patch_embeds)
         if sparsity_threshold is None:
             sparsity_threshold = 1.0 / image_patch_embeds.shape[1]
+        sparsify = {
+            "sparsity_threshold": sparsity_threshold,
+            "sparsity": sparsity,
+            "top_k": top_k,
+            "sparsity_temperature": sparsity_temperature,
+        }
 
         token_patch_similarity = torch.einsum("bld,bpd->blp", text_token_embeds, image_patch_embeds)
-        weights = sparse_token_patch_weights(token_patch_similarity, sparsity_threshold)
+        weights = sparse_token_patch_weights(token_patch_similarity, **sparsify)
         losses = []
         if negatives in ("tokens", "tokens+images"):
             losses.append(
                 sta_token_contrast_loss(text_token_embeds, image_patch_embeds, weights, token_mask, temperature)
             )
         if negatives in ("images", "tokens+images"):
+            all_image_patch_embeds = (
+                image_patch_embeds if all_image_patch_embeds is None else upcast(all_image_patch_embeds)
+            )
             losses.append(
                 sta_image_contrast_loss(
-                    text_token_embeds, image_patch_embeds, token_mask, sparsity_threshold, temperature
+                    text_token_embeds, all_image_patch_embeds, token_mask, sparsify, temperature, row_offset
                 )
             )
         return sum(losses) / len(losses), weights
@@ -268,21 +310,25 @@ def sta_image_contrast_loss(
     text_token_embeds: torch.Tensor,
     image_patch_embeds: torch.Tensor,
     token_mask: torch.BoolTensor,
-    sparsity_threshold: float,
+    sparsify: dict,
     temperature: float,
+    row_offset: int = 0,
 ) -> torch.Tensor:
     r"""
     The across-image contrast of `sta_loss` (`negatives="images"`): token j of report i is grouped on each image m,
-    `c_ij^m = normalise(sum_k A^m[j,k] p_mk)`, and `-log softmax_m(<w_ij, c_ij^m> / temperature)` at `m = i` is
-    averaged like the token contrast. Memory grows as batch_size² × num_tokens × num_patches.
+    `c_ij^m = normalise(sum_k A^m[j,k] p_mk)`, and `-log softmax_m(<w_ij, c_ij^m> / temperature)` at
+    `m = row_offset + i` is averaged like the token contrast. `sparsify` holds the keyword arguments of
+    [`sparse_token_patch_weights`]. Memory grows as batch_size × global_batch_size × num_tokens × num_patches.
     """
     # [report, image, token, patch]
     cross_similarity = torch.einsum("ild,mpd->imlp", text_token_embeds, image_patch_embeds)
-    cross_weights = sparse_token_patch_weights(cross_similarity, sparsity_threshold)
+    cross_weights = sparse_token_patch_weights(cross_similarity, **sparsify)
     grouped = F.normalize(torch.einsum("imlp,mpd->imld", cross_weights, image_patch_embeds), dim=-1)
     token_image_logits = torch.einsum("ild,imld->ilm", text_token_embeds, grouped) / temperature
-    token_to_image = -token_image_logits.log_softmax(dim=-1).diagonal(dim1=0, dim2=2).t()
-    return average_over_tokens(token_to_image, token_mask)
+    positive = torch.arange(text_token_embeds.shape[0], device=token_image_logits.device) + row_offset
+    log_probabilities = token_image_logits.log_softmax(dim=-1)
+    token_to_image = -log_probabilities.gather(-1, positive[:, None, None].expand(-1, log_probabilities.shape[1], 1))
+    return average_over_tokens(token_to_image.squeeze(-1), token_mask)
 
 
 def total_loss(
@@ -315,6 +361,9 @@ def check_equal_batch_sizes(local_batch_size: int):
 
 
 _batch_sizes_checked = False
+# weight of the past in the average of the per-grid-cell patch mean (`sta_center_patches`): about the last 10 batches,
+# so that it follows the embeddings as they train
+STA_PATCH_MEAN_MOMENTUM = 0.9
 
 
 def gather_global_batch(
@@ -350,6 +399,48 @@ def gather_global_batch(
         all_report_embeds = functional_collectives.all_gather_single(report_embeds.detach().contiguous(), 0, group)
     row_offset = torch.distributed.get_rank() * image_embeds.shape[0]
     return all_image_embeds, all_text_embeds, all_report_embeds, row_offset
+
+
+def gather_patch_embeds(image_patch_embeds: torch.Tensor) -> tuple[torch.Tensor, int]:
+    r"""
+    The global batch's patch embeddings for STA's image contrast, gathered with gradients like the image embeddings of
+    [`gather_global_batch`] (same equal-size requirement); `(all_image_patch_embeds, row_offset)`, the input and 0 on
+    one process.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return image_patch_embeds, 0
+    if torch.distributed.get_world_size() == 1:
+        return image_patch_embeds, 0
+    group = torch.distributed.group.WORLD
+    gathered = functional_collectives.all_gather_single_autograd(image_patch_embeds.contiguous(), 0, group)
+    return gathered, torch.distributed.get_rank() * image_patch_embeds.shape[0]
+
+
+def merge_content_words(
+    token_features: torch.Tensor, word_ids: torch.LongTensor
+) -> tuple[torch.Tensor, torch.BoolTensor]:
+    r"""
+    Averages the features of each word's subword tokens into one word feature (GLoRIA's word aggregation).
+
+    Args:
+        token_features (`torch.Tensor` of shape `(batch_size, num_tokens, dim)`).
+        word_ids (`torch.LongTensor` of shape `(batch_size, num_tokens)`): the index of the content word each token
+            belongs to (0, 1, ... within its report), -1 for tokens STA leaves out (special tokens, padding, stop
+            words, punctuation).
+
+    Returns:
+        `(word_features, word_mask)` of shapes `(batch_size, num_words, dim)` and `(batch_size, num_words)`, with
+        `num_words = num_tokens` (words a report does not have are masked).
+    """
+    # at most one word per token; a bound rather than the batch's largest id, which would be a host sync
+    num_words = word_ids.shape[1]
+    # (batch, word, token) membership: a token with id -1 belongs to no word
+    membership = (word_ids[:, None, :] == torch.arange(num_words, device=word_ids.device)[None, :, None]).to(
+        token_features.dtype
+    )
+    counts = membership.sum(dim=-1)
+    word_features = torch.einsum("bwl,bld->bwd", membership, token_features) / counts.clamp_min(1)[..., None]
+    return word_features, counts > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -949,6 +1040,10 @@ class SistaModel(SistaPreTrainedModel):
         self.logit_scale = nn.Parameter(
             torch.full((1,), config.logit_scale_init_value), requires_grad=config.sia_weight > 0
         )
+        if config.sta_center_patches:
+            # the per-grid-cell mean patch embedding used in evaluation, saved with the weights; its grid is known at
+            # the first training step (empty until then: no centring), and the config keeps its size for loading
+            self.register_buffer("sta_patch_mean", torch.zeros(config.sta_patch_mean_cells, config.projection_dim))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -1116,6 +1211,48 @@ class SistaModel(SistaPreTrainedModel):
             self._sta_ignored_ids_cache = cached
         return cached[1]
 
+    def sta_weight_at(self, training_step: int | None) -> float:
+        """STA's weight at `training_step` (`config.sta_start_step`, then a linear ramp over
+        `config.sta_warmup_steps`); `config.sta_weight` in evaluation mode or without a warm start."""
+        config = self.config
+        if not self.training or (config.sta_start_step == 0 and config.sta_warmup_steps == 0):
+            return config.sta_weight
+        if training_step is None:
+            raise ValueError(
+                f"`config.sta_start_step`={config.sta_start_step} / `sta_warmup_steps`={config.sta_warmup_steps} "
+                "need the step: pass `training_step` (0-based optimizer step) to `forward` in training mode."
+            )
+        if training_step < config.sta_start_step:
+            return 0.0
+        if config.sta_warmup_steps == 0:
+            return config.sta_weight
+        return config.sta_weight * min(1.0, (training_step - config.sta_start_step + 1) / config.sta_warmup_steps)
+
+    def center_patch_embeds(self, image_patch_embeds: torch.Tensor) -> torch.Tensor:
+        """`config.sta_center_patches`: the patch embeddings minus their grid cell's mean (the global batch's,
+        without gradient, in training, updating the `sta_patch_mean` average; that average in evaluation),
+        re-normalised."""
+        if self.training:
+            cell_mean = image_patch_embeds.detach().float().mean(dim=0)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                cell_mean = functional_collectives.all_reduce(cell_mean, "avg", torch.distributed.group.WORLD)
+            with torch.no_grad():
+                if self.sta_patch_mean.shape != cell_mean.shape:
+                    self.sta_patch_mean = cell_mean.clone()
+                    self.config.sta_patch_mean_cells = cell_mean.shape[0]
+                else:
+                    self.sta_patch_mean.lerp_(cell_mean, 1 - STA_PATCH_MEAN_MOMENTUM)
+        else:
+            cell_mean = self.sta_patch_mean
+            if cell_mean.shape[0] == 0:  # never trained with centring: nothing to remove
+                return image_patch_embeds
+            if cell_mean.shape[0] != image_patch_embeds.shape[1]:
+                raise ValueError(
+                    f"`sta_patch_mean` was averaged over a grid of {cell_mean.shape[0]} cells in training, but these "
+                    f"images give {image_patch_embeds.shape[1]} patches: evaluate at the training image size."
+                )
+        return F.normalize(image_patch_embeds - cell_mean.to(image_patch_embeds.dtype), dim=-1)
+
     def compute_sia_loss(
         self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, report_embeds: torch.Tensor | None
     ) -> torch.Tensor:
@@ -1150,6 +1287,50 @@ class SistaModel(SistaPreTrainedModel):
                 row_offset=row_offset,
             )
 
+    def compute_sta(
+        self, input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """`(loss_sta, token_patch_weights)` with the STA options of the config; the image contrast sees the global
+        batch's images under torch.distributed when a loss is asked."""
+        config = self.config
+        token_mask = self.sta_token_mask(input_ids, attention_mask)
+        if config.sta_center_patches:
+            image_patch_embeds = self.center_patch_embeds(image_patch_embeds)
+        sta_tokens, sta_mask = text_token_embeds, token_mask
+        by_words = config.sta_token_unit == "words"
+        if by_words and word_ids is not None:
+            word_ids = word_ids.masked_fill(~token_mask, -1)
+            word_features, sta_mask = merge_content_words(token_features, word_ids)
+            sta_tokens = F.normalize(word_features, dim=-1)
+        elif by_words and return_loss:
+            raise ValueError(
+                "`config.sta_token_unit='words'` needs `word_ids` for the loss: build batches with "
+                "`SistaDataCollator(content_word_ids=True)`."
+            )
+        all_image_patch_embeds, row_offset = None, 0
+        if return_loss and config.sta_negatives != "tokens":
+            all_image_patch_embeds, row_offset = gather_patch_embeds(image_patch_embeds)
+        loss_sta, weights = sta_loss(
+            sta_tokens,
+            image_patch_embeds,
+            sta_mask,
+            sparsity_threshold=config.sta_sparsity_threshold,
+            temperature=config.sta_temperature,
+            negatives=config.sta_negatives,
+            sparsity=config.sta_sparsity,
+            top_k=config.sta_top_k,
+            sparsity_temperature=config.sta_sparsity_temperature,
+            all_image_patch_embeds=all_image_patch_embeds,
+            row_offset=row_offset,
+        )
+        if by_words and word_ids is not None:
+            # each token shows its word's map
+            index = word_ids.clamp_min(0)[..., None].expand(-1, -1, weights.shape[-1])
+            weights = weights.gather(1, index) * (word_ids >= 0)[..., None]
+        elif by_words:
+            loss_sta = None  # a per-token loss is not this model's STA
+        return loss_sta, weights * token_mask[..., None]
+
     # -- forward ------------------------------------------------------------------------------------------------------
 
     def forward(
@@ -1162,6 +1343,8 @@ class SistaModel(SistaPreTrainedModel):
         report_embeds: torch.FloatTensor | None = None,
         return_loss: bool | None = None,
         output_token_patch_weights: bool | None = None,
+        word_ids: torch.LongTensor | None = None,
+        training_step: int | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -1178,6 +1361,11 @@ class SistaModel(SistaPreTrainedModel):
             return_loss (`bool`, *optional*): compute `loss`, `loss_sia` and `loss_sta` (needs paired batches).
             output_token_patch_weights (`bool`, *optional*): return the STA grounding map `token_patch_weights`
                 (and `loss_sta`, which comes with it at no extra cost, also without `return_loss`).
+            word_ids (`torch.LongTensor` of shape `(text_batch_size, sequence_length)`, *optional*): the content word
+                of each token (-1: none), needed by `config.sta_token_unit="words"` for the loss
+                ([`merge_content_words`]); without them that mode returns the per-token map and no `loss_sta`.
+            training_step (`int`, *optional*): the 0-based optimizer step, needed in training mode by an STA warm
+                start (`config.sta_start_step`, `config.sta_warmup_steps`).
 
         Image and text batch sizes may differ when neither a loss nor the grounding map is asked (zero-shot: images
         × prompts). Edge cases with a documented finite value: batch size 1 gives `loss_sia = 0` (no negative); a
@@ -1224,24 +1412,18 @@ class SistaModel(SistaPreTrainedModel):
             check_report_embeds(report_embeds, text_embeds.shape[0], training=self.training)
 
         loss = loss_sia = loss_sta = token_patch_weights = None
-        # a loss with weight 0 is not computed, so the ablations cost what they should
-        if output_token_patch_weights or (return_loss and self.config.sta_weight > 0):
-            token_mask = self.sta_token_mask(input_ids, attention_mask)
-            loss_sta, token_patch_weights = sta_loss(
-                text_token_embeds,
-                image_patch_embeds,
-                token_mask,
-                sparsity_threshold=self.config.sta_sparsity_threshold,
-                temperature=self.config.sta_temperature,
-                negatives=self.config.sta_negatives,
+        sta_weight = self.sta_weight_at(training_step) if return_loss else self.config.sta_weight
+        # a loss with weight 0 is not computed, so the ablations (and a warm start's first steps) cost what they should
+        if output_token_patch_weights or (return_loss and sta_weight > 0):
+            loss_sta, token_patch_weights = self.compute_sta(
+                input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss
             )
-            token_patch_weights = token_patch_weights * token_mask[..., None]
             if not output_token_patch_weights:
                 token_patch_weights = None
         if return_loss:
             if self.config.sia_weight > 0:
                 loss_sia = self.compute_sia_loss(image_embeds, text_embeds, report_embeds)
-            loss = total_loss(self.config.sia_weight, loss_sia, self.config.sta_weight, loss_sta)
+            loss = total_loss(self.config.sia_weight, loss_sia, sta_weight, loss_sta)
 
         output = SistaOutput(
             loss=loss,

@@ -165,6 +165,7 @@ def main(args: list[str] | None = None):
         max_length=run_config.max_length,
         pad_to_multiple_of=model_args.pad_to_multiple_of,
         text_config=model.config.text_config,
+        content_word_ids=model.config.sta_token_unit == "words",
     )
 
     trainer = SistaTrainer(

@@ -5,11 +5,16 @@ pointing game beside its shuffled-image control, the text prior and the other re
 finding group and per finding ("-" where a run predates a column).
 
     python research/grounding/tables.py outputs/grounding
+    python research/grounding/tables.py outputs/grounding --by_variant   # runs named <variant>_s<seed>: mean ± std
+
 """
 
 import json
+import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 
 def fmt(value) -> str:
@@ -38,6 +43,67 @@ CONTROL_COLUMNS = (
 
 def control_cells(entry: dict) -> list:
     return [entry.get(key, "-") for key, _ in CONTROL_COLUMNS]
+
+
+# (label, how a run's results.json gives it)
+VARIANT_COLUMNS = (
+    ("pointing (A)", lambda r: r["pointing_game"]["overall"]["sta_weights"]),
+    ("A on another image", lambda r: r["pointing_game"]["overall"]["sta_weights_shuffled"]),
+    ("text prior", lambda r: r["pointing_game"]["overall"]["text_prior"]),
+    ("CNR (A)", lambda r: r["pointing_game"]["overall"]["sta_weights_cnr"]),
+    ("CNR (A, another image)", lambda r: r["pointing_game"]["overall"]["sta_weights_shuffled_cnr"]),
+    ("small/ambiguous: A", lambda r: r["pointing_groups"]["small_or_ambiguous"]["sta_weights"]),
+    ("small/ambiguous: another image", lambda r: r["pointing_groups"]["small_or_ambiguous"]["sta_weights_shuffled"]),
+    ("cardiomegaly+effusion: A", lambda r: r["pointing_groups"]["cardiomegaly_and_effusion"]["sta_weights"]),
+    ("consolidation: A", lambda r: r["pointing_game"]["consolidation"]["sta_weights"]),
+    ("nodule: A", lambda r: r["pointing_game"]["nodule"]["sta_weights"]),
+    ("i2t R@10", lambda r: r["i2t_R@10"]),
+    ("mean image cosine", lambda r: r["mean_image_cosine"]),
+)
+# the references of the pointing game, the same for every run on one test split
+REFERENCE_COLUMNS = (
+    ("random point", lambda r: r["pointing_game"]["overall"]["random_point"]),
+    ("fixed point", lambda r: r["pointing_game"]["overall"]["fixed_point"]),
+    ("text prior", lambda r: r["pointing_game"]["overall"]["text_prior"]),
+    ("CNR text prior", lambda r: r["pointing_game"]["overall"]["text_prior_cnr"]),
+    ("oracle", lambda r: r["pointing_game"]["overall"]["oracle"]),
+    ("consolidation: text prior", lambda r: r["pointing_game"]["consolidation"]["text_prior"]),
+    ("consolidation: oracle", lambda r: r["pointing_game"]["consolidation"]["oracle"]),
+    ("nodule: text prior", lambda r: r["pointing_game"]["nodule"]["text_prior"]),
+    ("nodule: oracle", lambda r: r["pointing_game"]["nodule"]["oracle"]),
+    ("chance R@10", lambda r: r["chance_R@10"]),
+    ("findings", lambda r: r["pointing_game"]["overall"]["num_findings"]),
+)
+
+
+def mean_and_spread(values: list[float]) -> str:
+    """`mean ± sample std` over seeds; the mean alone for one seed."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def variant_tables(root: str) -> str:
+    """One row per variant (runs `<variant>_s<seed>`): every column's mean ± std over its seeds; the references of
+    the first run below (they do not depend on the model)."""
+    variants = {}
+    for path in sorted(Path(root).glob("*/results.json")):
+        match = re.fullmatch(r"(.+)_s(\d+)", path.parent.name)
+        results = json.loads(path.read_text())
+        if match and "pointing_groups" in results:
+            variants.setdefault(match.group(1), []).append(results)
+    rows = []
+    for name, runs in variants.items():
+        steps = sorted({run["arguments"]["steps"] for run in runs})
+        rows.append(
+            [name, len(runs), "/".join(map(str, steps)),
+             *(mean_and_spread([column(run) for run in runs]) for _, column in VARIANT_COLUMNS)]
+        )
+    lines = [table(["variant", "seeds", "steps", *(label for label, _ in VARIANT_COLUMNS)], rows)]
+    if variants:
+        first = next(iter(variants.values()))[0]
+        lines += ["", table([label for label, _ in REFERENCE_COLUMNS], [[column(first) for _, column in REFERENCE_COLUMNS]])]
+    return "\n".join(lines)
 
 
 def main(root: str):
@@ -94,4 +160,7 @@ def main(root: str):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if "--by_variant" in sys.argv[2:]:
+        print(variant_tables(sys.argv[1]))
+    else:
+        main(sys.argv[1])

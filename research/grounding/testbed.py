@@ -31,7 +31,7 @@ from processing_sista import SistaImageProcessor, SistaProcessor
 from sista_examples.data.report_embeddings import add_report_embeddings
 from sista_examples.evaluation import grounding
 from sista_examples.training.augmentation import XRayAugmentation
-from sista_examples.training.collator import SistaDataCollator
+from sista_examples.training.collator import SistaDataCollator, content_word_ids
 from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
 from sista_examples.training.tokenizer import train_report_tokenizer
 
@@ -92,10 +92,17 @@ def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
     train_dataset = PretrainingDataset(
         dataset, image_processor, augmentation, seed=args.seed, report_embeds_column=columns
     )
-    collator = SistaDataCollator(tokenizer, max_length=128)
+    collator = SistaDataCollator(
+        tokenizer, max_length=128, content_word_ids=model.config.sta_token_unit == "words"
+    )
     num_channels = model.config.vision_config.num_channels
     generator = torch.Generator().manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    # weight decay on matrices only, as SistaTrainer does
+    decayed = [parameter for parameter in model.parameters() if parameter.ndim >= 2]
+    others = [parameter for parameter in model.parameters() if parameter.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": args.weight_decay}, {"params": others, "weight_decay": 0.0}], lr=args.lr
+    )
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
     model.train()
     history, step, epoch, started = [], 0, 0, time.time()
@@ -111,7 +118,7 @@ def train(args, model, dataset, tokenizer, image_processor) -> list[dict]:
             batch["pixel_values"] = normalize_pixel_values(
                 batch["pixel_values"], image_processor.image_mean, image_processor.image_std, num_channels
             )
-            outputs = model(**batch)
+            outputs = model(**batch, training_step=step)
             outputs.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -147,6 +154,9 @@ def encode_test(model, processor, dataset, batch_size: int = 50, images: list | 
         batch_images = rows["image"] if images is None else images[start : start + batch_size]
         pixel_values = image_processor(batch_images, return_tensors="pt")["pixel_values"]
         inputs = {key: value.to(model.device) for key, value in encoding.items()}
+        if model.config.sta_token_unit == "words":
+            word_ids = [content_word_ids(encoding.encodings[i], text) for i, text in enumerate(rows["report"])]
+            inputs["word_ids"] = torch.tensor(word_ids, device=model.device)
         outputs = model(**inputs, pixel_values=pixel_values.to(model.device), output_token_patch_weights=True)
         grid = tuple(outputs.patch_grid_size)
         image_embeds.append(outputs.image_embeds.cpu())
@@ -355,6 +365,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup_steps", type=int, default=20)
+    parser.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay of the matrices.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--augment", type=int, default=1)
     parser.add_argument("--num_test", type=int, default=500)
@@ -369,6 +381,8 @@ def parse_args(argv=None):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from modeling_sista import check_report_embeds, check_text_inputs
 from processing_sista import report_has_content
@@ -30,6 +31,27 @@ def check_reports_have_content(
             f"`report` must hold a letter or digit and a word token for pre-training; rows {empty_rows} of this batch "
             f"have none ({examples}). Drop reports without content from the dataset (pretrain.py does)."
         )
+
+
+def content_word_ids(encoding, text: str, stop_words=ENGLISH_STOP_WORDS) -> list[int]:
+    """
+    For one tokenised report (a fast tokenizer's `Encoding` of `text`), the content word of each token: 0, 1, ... in
+    reading order, -1 for special tokens, padding, punctuation and numbers (words with no letter) and stop words
+    (scikit-learn's English list, which holds "no" and "not": STA aligns what a word names, not its negation). The
+    subword tokens of one word share its id, for `SistaConfig(sta_token_unit="words")`.
+    """
+    content_index, ids = {}, []
+    for word_index in encoding.word_ids:
+        if word_index is None:
+            ids.append(-1)
+            continue
+        if word_index not in content_index:
+            start, end = encoding.word_to_chars(word_index)
+            word = text[start:end].lower()
+            is_content = any(character.isalpha() for character in word) and word not in stop_words
+            content_index[word_index] = sum(value >= 0 for value in content_index.values()) if is_content else -1
+        ids.append(content_index[word_index])
+    return ids
 
 
 # Columns of a prepared dataset (examples/prepare_datasets.py) that hold a report's two sections as text.
@@ -71,7 +93,8 @@ class SistaDataCollator:
     in few shapes, at most `max_length` tokens) and stacks `pixel_values` (as they come: `uint8` from
     [`PretrainingDataset`]) and `report_embeds` (float32). Features that carry `findings` and `impression` texts
     (prepared MIMIC-CXR) are truncated by [`fit_report`]: the findings are cut, the impression is kept. Adds
-    `return_loss=True` so that `Trainer` also computes the loss during evaluation.
+    `return_loss=True` so that `Trainer` also computes the loss during evaluation. With `content_word_ids`, adds
+    `word_ids` ([`content_word_ids`]) for `SistaConfig(sta_token_unit="words")`.
 
     Every batch is checked here, on the CPU, because the model skips its value checks in accelerator training steps:
     every report keeps a word token ([`check_reports_have_content`]), `report_embeds` are finite
@@ -83,6 +106,7 @@ class SistaDataCollator:
     max_length: int = 128
     pad_to_multiple_of: int | None = None
     text_config: Any = None
+    content_word_ids: bool = False
 
     def __post_init__(self):
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of <= 0:
@@ -92,16 +116,19 @@ class SistaDataCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         budget = self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         reports = [self._fitted_report(row, feature, budget) for row, feature in enumerate(features)]
-        batch = dict(
-            self.tokenizer(
-                reports,
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                pad_to_multiple_of=self.pad_to_multiple_of,
-                return_tensors="pt",
-            )
+        encoded = self.tokenizer(
+            reports,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_tensors="pt",
         )
+        batch = dict(encoded)
+        if self.content_word_ids:
+            batch["word_ids"] = torch.tensor(
+                [content_word_ids(encoded.encodings[row], report) for row, report in enumerate(reports)]
+            )
         check_reports_have_content(batch["input_ids"], batch["attention_mask"], self.special_token_ids, reports)
         if self.text_config is not None:
             check_text_inputs(

@@ -55,6 +55,11 @@ MODEL_PRESETS = {
 }  # fmt: skip
 VISION_POOLINGS = ("cls", "mean", "pooler")
 OBJECTIVES = ("clip", "sia", "sta", "sista")
+# STA options passed on to SistaConfig when given (else SistaConfig's default or the checkpoint's own)
+STA_OPTION_FIELDS = (
+    "sta_negatives", "sta_sparsity", "sta_top_k", "sta_center_patches", "sta_start_step", "sta_warmup_steps",
+    "sta_token_unit",
+)
 REPORT_EMBEDS_COLUMN = "report_embeds"
 REPORT_EMBEDDINGS_KEY = "report_embeddings"  # the record examples/report_embeddings.py stores in sista_dataset.json
 REQUIRED_COLUMNS = ("image", "report")
@@ -140,6 +145,23 @@ class PretrainingModelArguments:
         metadata={"help": "STA's negatives (SistaConfig.sta_negatives): tokens (the design), images or "
                           "tokens+images. Default: SistaConfig's, or a --model_name_or_path checkpoint's own.",
                   "choices": ("tokens", "images", "tokens+images")},
+    )
+    sta_sparsity: str | None = field(
+        default=None,
+        metadata={"help": "SistaConfig.sta_sparsity: threshold (the design), top_k, softmax or max (FILIP). Default: "
+                          "SistaConfig's, or a --model_name_or_path checkpoint's own (so for the fields below).",
+                  "choices": ("threshold", "top_k", "softmax", "max")},
+    )
+    sta_top_k: int | None = field(default=None, metadata={"help": "SistaConfig.sta_top_k (with --sta_sparsity top_k)."})
+    sta_center_patches: bool | None = field(
+        default=None, metadata={"help": "SistaConfig.sta_center_patches: remove each grid cell's mean patch for STA."}
+    )
+    sta_start_step: int | None = field(default=None, metadata={"help": "SistaConfig.sta_start_step (warm start)."})
+    sta_warmup_steps: int | None = field(default=None, metadata={"help": "SistaConfig.sta_warmup_steps (ramp)."})
+    sta_token_unit: str | None = field(
+        default=None,
+        metadata={"help": "SistaConfig.sta_token_unit: tokens (the design) or words (content words).",
+                  "choices": ("tokens", "words")},
     )
     max_length: int = field(default=128, metadata={"help": "Maximum report length in tokens (longer are truncated)."})
     pad_to_multiple_of: int | None = field(

@@ -27,6 +27,7 @@ from ..data.synthcxr import load_or_generate_dataset
 from .pretraining import (
     MODEL_PRESETS,
     PRETRAINING_SPLITS,
+    STA_OPTION_FIELDS,
     PretrainingDataArguments,
     PretrainingModelArguments,
     backbone_width,
@@ -53,7 +54,8 @@ class PretrainingRunConfig:
     `model_preset`, `image_size`, `projection_dim` (None: the backbones' narrower width is read when the two
     backbones load), `dropout`, `max_length`, `vision_pooling`, `text_pooling`. Objective: `objective`, `sia_mode`
     (`"off"` for objectives without SIA), `sia_threshold`, `sta_weight` (0 without STA), `sta_temperature`,
-    `sta_negatives`. Data (None without a dataset): `train_split`, `eval_split`, `report_encoder`, and
+    and STA's options (`STA_OPTION_FIELDS`: `sta_negatives`, `sta_sparsity`, `sta_top_k`, `sta_center_patches`,
+    `sta_start_step`, `sta_warmup_steps`, `sta_token_unit`). Data (None without a dataset): `train_split`, `eval_split`, `report_encoder`, and
     `report_embeddings`, the plan of the SIA report embeddings (stored or computed; None when SIA reads none).
     """
 
@@ -73,6 +75,12 @@ class PretrainingRunConfig:
     sta_weight: float
     sta_temperature: float
     sta_negatives: str
+    sta_sparsity: str
+    sta_top_k: int
+    sta_center_patches: bool
+    sta_start_step: int
+    sta_warmup_steps: int
+    sta_token_unit: str
     train_split: str | None
     eval_split: str | None
     report_encoder: str | None
@@ -94,7 +102,7 @@ class PretrainingRunConfig:
             "sia_threshold": self.sia_threshold,
             "sta_weight": self.sta_weight,
             "sta_temperature": self.sta_temperature,
-            "sta_negatives": self.sta_negatives,
+            **{name: getattr(self, name) for name in STA_OPTION_FIELDS},
             "vision_pooling": self.vision_pooling,
             "text_pooling": self.text_pooling,
         }
@@ -200,8 +208,9 @@ def resolve_run_config(
          ("default", preset["vision_pooling"] if from_preset else None), ("default", SistaConfig.vision_pooling))
     take("text_pooling", ("given", model_args.text_pooling), ("checkpoint", checkpoint.get("text_pooling")),
          ("default", SistaConfig.text_pooling))
-    take("sta_negatives", ("given", model_args.sta_negatives), ("checkpoint", checkpoint.get("sta_negatives")),
-         ("default", SistaConfig.sta_negatives))
+    for name in STA_OPTION_FIELDS:
+        take(name, ("given", getattr(model_args, name)), ("checkpoint", checkpoint.get(name)),
+             ("default", getattr(SistaConfig, name)))
     # the objective switches SIA's false-negative removal and STA on or off; within it, the options set them
     uses_sia = model_args.objective in SIA_OBJECTIVES
     uses_sta = model_args.objective in STA_OBJECTIVES

@@ -266,6 +266,7 @@ class SistaTrainer(CheckpointTrainer):
     * nothing in a training step reads a value back to the host: loss components accumulate as device tensors and
       are read when logged;
     * the training dataset's `set_epoch` is called every epoch ([`DatasetEpochCallback`]);
+    * the model gets `training_step` (`state.global_step`) when its config has an STA warm start;
     * every process gets its own seed after the model is built (same initial weights, different dropout);
     * no weight decay on 1-d parameters (biases, norms) nor on the logit scale;
     * FSDP2 reduces gradients in float32 under bf16; its checkpoints stay sharded (with the config beside them, so a
@@ -291,7 +292,14 @@ class SistaTrainer(CheckpointTrainer):
                 "each micro-batch contrasts only its own samples; the accumulated gradient is NOT that of the larger "
                 "batch. Use `--gradient_cache_chunk_size` for large contrastive batches with small-batch memory."
             )
-        if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
+        if self.args.gradient_cache_chunk_size is not None and (
+            sista.config.sta_start_step > 0 or sista.config.sta_warmup_steps > 0
+        ):
+            raise ValueError(
+                "`gradient_cache_chunk_size` weights STA by `sta_weight` at every step; it does not support an STA "
+                "warm start (`sta_start_step`, `sta_warmup_steps`)."
+            )
+                if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(DatasetEpochCallback(self.train_dataset))
         if self.is_fsdp_enabled:
             set_fsdp_float32_reduction(self.accelerator.state.fsdp_plugin, self.args)
@@ -359,6 +367,10 @@ class SistaTrainer(CheckpointTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = {**inputs, "return_loss": True}
+        config = self.accelerator.unwrap_model(model).config
+        # the step of an STA warm start; only then, so that a compiled model does not see a new int every step
+        if model.training and (config.sta_start_step > 0 or config.sta_warmup_steps > 0):
+            inputs["training_step"] = self.state.global_step
         outputs = model(**inputs)
         self._accumulate_components(outputs.loss_sia, outputs.loss_sta, training=model.training)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
