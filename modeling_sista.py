@@ -257,8 +257,9 @@ def sta_token_contrast_loss(
     language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
 
     token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds) / temperature
-    pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
-    token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
+    unpaired = ~(token_mask[:, :, None] & token_mask[:, None, :])
+    # in place: the division's backward does not read its output, so the logits need no copy
+    token_group_logits.masked_fill_(unpaired, torch.finfo(token_group_logits.dtype).min)
     token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
     group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
     return average_over_tokens((token_to_group + group_to_token) / 2, token_mask)
@@ -414,6 +415,15 @@ def values_are_checkable(tensor: torch.Tensor, training: bool = True) -> bool:
     return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not training)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """
+    Whether every value of `tensor` is finite. One sum decides in the usual case: it is finite only when every value
+    is (a NaN or infinity carries through it); only a sum that is not finite, from bad values or an overflow of large
+    finite ones, pays for the elementwise check. On a batch of images that is one pass over the pixels instead of several.
+    """
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def _check_index_tensor(tensor, name: str, shape: str) -> None:
     if not torch.is_tensor(tensor):
         raise TypeError(f"`{name}` must be a LongTensor of shape {shape}, got {type(tensor).__name__}.")
@@ -529,7 +539,9 @@ def check_report_embeds(report_embeds: torch.Tensor, batch_size: int, training: 
         raise ValueError(
             f"`report_embeds` must have shape ({batch_size}, dim) with dim >= 1, got {tuple(report_embeds.shape)}."
         )
-    if report_embeds.is_floating_point() and values_are_checkable(report_embeds, training):
+    if report_embeds.is_floating_point() and values_are_checkable(report_embeds, training) and not all_finite(
+        report_embeds
+    ):
         bad_rows = (~torch.isfinite(report_embeds)).any(dim=1).nonzero().flatten().tolist()
         if bad_rows:
             raise ValueError(f"`report_embeds` must be finite, got NaN or infinite values in rows {bad_rows}.")
@@ -546,7 +558,7 @@ def check_label_tensor(labels, name: str = "labels", training: bool = True) -> N
     """
     if not torch.is_tensor(labels):
         raise TypeError(f"`{name}` must be a tensor, got {type(labels).__name__}.")
-    if labels.is_floating_point() and values_are_checkable(labels, training) and not torch.isfinite(labels).all():
+    if labels.is_floating_point() and values_are_checkable(labels, training) and not all_finite(labels):
         raise ValueError(f"`{name}` must be finite, got NaN or infinite values.")
 
 
@@ -829,7 +841,7 @@ class SistaPreTrainedModel(PreTrainedModel):
                 f"`pixel_values` of size {tuple(pixel_values.shape[-2:])} is smaller than one patch "
                 f"({self.patch_size} pixels): images must be at least {self.patch_size}×{self.patch_size}."
             )
-        if values_are_checkable(pixel_values, self.training) and not torch.isfinite(pixel_values).all():
+        if values_are_checkable(pixel_values, self.training) and not all_finite(pixel_values):
             raise ValueError("`pixel_values` must be finite, got NaN or infinite values.")
 
 
@@ -1172,9 +1184,8 @@ class SistaModel(SistaPreTrainedModel):
                 temperature=self.config.sta_temperature,
                 negatives=self.config.sta_negatives,
             )
-            token_patch_weights = token_patch_weights * token_mask[..., None]
-            if not output_token_patch_weights:
-                token_patch_weights = None
+            # the masked map is an output only: a training step does not pay a pass over it
+            token_patch_weights = token_patch_weights * token_mask[..., None] if output_token_patch_weights else None
         if return_loss:
             if self.config.sia_weight > 0:
                 loss_sia = self.compute_sia_loss(image_embeds, text_embeds, report_embeds)
