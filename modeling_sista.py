@@ -299,8 +299,9 @@ def sta_token_contrast_loss(
     language_grouped_patch_embeds = F.normalize(torch.einsum("blp,bpd->bld", weights, image_patch_embeds), dim=-1)
 
     token_group_logits = torch.einsum("bld,bmd->blm", text_token_embeds, language_grouped_patch_embeds) / temperature
-    pair_mask = token_mask[:, :, None] & token_mask[:, None, :]
-    token_group_logits = token_group_logits.masked_fill(~pair_mask, torch.finfo(token_group_logits.dtype).min)
+    unpaired = ~(token_mask[:, :, None] & token_mask[:, None, :])
+    # in place: the division's backward does not read its output, so the logits need no copy
+    token_group_logits.masked_fill_(unpaired, torch.finfo(token_group_logits.dtype).min)
     token_to_group = -token_group_logits.log_softmax(dim=2).diagonal(dim1=1, dim2=2)
     group_to_token = -token_group_logits.log_softmax(dim=1).diagonal(dim1=1, dim2=2)
     return average_over_tokens((token_to_group + group_to_token) / 2, token_mask)
@@ -513,6 +514,15 @@ def values_are_checkable(tensor: torch.Tensor, training: bool = True) -> bool:
     return not torch.compiler.is_compiling() and (tensor.device.type == "cpu" or not training)
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """
+    Whether every value of `tensor` is finite. One sum decides in the usual case: it is finite only when every value
+    is (a NaN or infinity carries through it); only a sum that is not finite, from bad values or an overflow of large
+    finite ones, pays for the elementwise check. On a batch of images that is one pass over the pixels instead of several.
+    """
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def _check_index_tensor(tensor, name: str, shape: str) -> None:
     if not torch.is_tensor(tensor):
         raise TypeError(f"`{name}` must be a LongTensor of shape {shape}, got {type(tensor).__name__}.")
@@ -652,7 +662,9 @@ def check_report_embeds(report_embeds: torch.Tensor, batch_size: int, training: 
         raise ValueError(
             f"`report_embeds` must have shape ({batch_size}, dim) with dim >= 1, got {tuple(report_embeds.shape)}."
         )
-    if report_embeds.is_floating_point() and values_are_checkable(report_embeds, training):
+    if report_embeds.is_floating_point() and values_are_checkable(report_embeds, training) and not all_finite(
+        report_embeds
+    ):
         bad_rows = (~torch.isfinite(report_embeds)).any(dim=1).nonzero().flatten().tolist()
         if bad_rows:
             raise ValueError(f"`report_embeds` must be finite, got NaN or infinite values in rows {bad_rows}.")
@@ -669,7 +681,7 @@ def check_label_tensor(labels, name: str = "labels", training: bool = True) -> N
     """
     if not torch.is_tensor(labels):
         raise TypeError(f"`{name}` must be a tensor, got {type(labels).__name__}.")
-    if labels.is_floating_point() and values_are_checkable(labels, training) and not torch.isfinite(labels).all():
+    if labels.is_floating_point() and values_are_checkable(labels, training) and not all_finite(labels):
         raise ValueError(f"`{name}` must be finite, got NaN or infinite values.")
 
 
@@ -990,7 +1002,7 @@ class SistaPreTrainedModel(PreTrainedModel):
                 f"`pixel_values` of size {tuple(pixel_values.shape[-2:])} is smaller than one patch "
                 f"({self.patch_size} pixels): images must be at least {self.patch_size}×{self.patch_size}."
             )
-        if values_are_checkable(pixel_values, self.training) and not torch.isfinite(pixel_values).all():
+        if values_are_checkable(pixel_values, self.training) and not all_finite(pixel_values):
             raise ValueError("`pixel_values` must be finite, got NaN or infinite values.")
 
 
@@ -1288,10 +1300,12 @@ class SistaModel(SistaPreTrainedModel):
             )
 
     def compute_sta(
-        self, input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        self, input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss,
+        output_token_patch_weights=True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """`(loss_sta, token_patch_weights)` with the STA options of the config; the image contrast sees the global
-        batch's images under torch.distributed when a loss is asked."""
+        batch's images under torch.distributed when a loss is asked. The masked map is an output only: a training
+        step does not pay a pass over it (`None` unless `output_token_patch_weights`)."""
         config = self.config
         token_mask = self.sta_token_mask(input_ids, attention_mask)
         if config.sta_center_patches:
@@ -1329,7 +1343,7 @@ class SistaModel(SistaPreTrainedModel):
             weights = weights.gather(1, index) * (word_ids >= 0)[..., None]
         elif by_words:
             loss_sta = None  # a per-token loss is not this model's STA
-        return loss_sta, weights * token_mask[..., None]
+        return loss_sta, weights * token_mask[..., None] if output_token_patch_weights else None
 
     # -- forward ------------------------------------------------------------------------------------------------------
 
@@ -1416,10 +1430,9 @@ class SistaModel(SistaPreTrainedModel):
         # a loss with weight 0 is not computed, so the ablations (and a warm start's first steps) cost what they should
         if output_token_patch_weights or (return_loss and sta_weight > 0):
             loss_sta, token_patch_weights = self.compute_sta(
-                input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss
+                input_ids, attention_mask, text_token_embeds, token_features, image_patch_embeds, word_ids, return_loss,
+                output_token_patch_weights,
             )
-            if not output_token_patch_weights:
-                token_patch_weights = None
         if return_loss:
             if self.config.sia_weight > 0:
                 loss_sia = self.compute_sia_loss(image_embeds, text_embeds, report_embeds)

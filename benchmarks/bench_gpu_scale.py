@@ -68,15 +68,15 @@ def random_batch(vision, text, batch_size: int, sequence_length: int, device: to
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def build_sista(vision, text, device: torch.device) -> SistaModel:
+def build_sista(vision, text, device: torch.device, projection_dim: int = 512) -> SistaModel:
     config = SistaConfig.from_vision_text_configs(
-        vision, text, projection_dim=512, sta_ignore_token_ids=SPECIAL_TOKEN_IDS
+        vision, text, projection_dim=projection_dim, sta_ignore_token_ids=SPECIAL_TOKEN_IDS
     )
     return SistaModel(config).to(device).train()
 
 
-def build_clip(vision, text, device: torch.device) -> VisionTextDualEncoderModel:
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=512)
+def build_clip(vision, text, device: torch.device, projection_dim: int = 512) -> VisionTextDualEncoderModel:
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=projection_dim)
     return VisionTextDualEncoderModel(config).to(device).train()
 
 

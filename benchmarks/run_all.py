@@ -8,6 +8,8 @@ Runs, each in its own process, one after the other so they do not compete for co
 * `benchmarks/bench_pretrain.py`  pre-training samples/s of the demo model, data-pipeline images/s (and ViT-B/16);
 * `benchmarks/bench_synthcxr.py`  SynthCXR generation images/s;
 * `benchmarks/bench_prepare.py`   real-dataset preparation throughput (fixture JPEGs);
+* `benchmarks/bench_mimic_scale.py`  every one-time step before MIMIC-CXR pre-training (preparation, the labeler's
+  report embeddings, the tokenizer and truncation count), per 1,000 items and projected to the full dataset;
 * `benchmarks/bench_report_similarity.py`  SIA's false-negative detector per report encoder on the IU X-ray
   development reports (`../shared/data/iu_xray_reports_dev.tgz`; skipped with a message when absent).
 
@@ -38,7 +40,7 @@ IU_XRAY_REPORTS = ROOT.parent / "shared" / "data" / "iu_xray_reports_dev.tgz"
 
 # name -> (script, full arguments, --quick arguments)
 BENCHMARKS = {
-    "core": ("benchmarks/bench_core.py", [], ["--steps", "1"]),
+    "core": ("benchmarks/bench_core.py", [], ["--steps", "1", "--clip_steps", "2"]),
     "pretrain": ("benchmarks/bench_pretrain.py", [], ["--steps", "2", "--skip_base"]),
     "synthcxr": (
         "benchmarks/bench_synthcxr.py",
@@ -50,6 +52,7 @@ BENCHMARKS = {
         [],
         ["--sizes", "20", "--throughput_size", "20", "--source_size", "512", "--image_size", "256"],
     ),
+    "mimic_scale": ("benchmarks/bench_mimic_scale.py", [], ["--num_images", "40"]),
     # writes its tables under the output folder; the curated copy is docs/results/report_similarity_real.md
     "report_similarity": (
         "benchmarks/bench_report_similarity.py",
@@ -75,6 +78,7 @@ def parse_core(text: str) -> dict:
             {"B": int(b), "L": int(l), "P": int(p), "D": int(d), "peak_mb": float(mb), "seconds": float(s)}
             for b, l, p, d, mb, s in rows
         ]
+    parsed.update(parse_core_transformers_clip(text))
     return parsed
 
 
@@ -111,6 +115,23 @@ def parse_prepare(text: str) -> dict:
                      for n, p, f, r in rows]} if rows else {}
 
 
+def parse_core_transformers_clip(text: str) -> dict:
+    match = re.search(rf"VisionTextDualEncoderModel .*?: CLIP {_NUMBER} s/step, SISTA {_NUMBER} s/step, ratio "
+                      rf"{_NUMBER} \(median of pair ratios {_NUMBER}", text)
+    if not match:
+        return {}
+    keys = ("transformers_clip_step_s", "sista_step_s", "ratio", "median_pair_ratio")
+    return {"transformers_clip": dict(zip(keys, map(float, match.groups())))}
+
+
+def parse_mimic_scale(text: str) -> dict:
+    rows = re.findall(rf"^\|\s*([^|]+?)\s*\|\s*(\d+) ([a-z ]+?)\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|",
+                      text, flags=re.MULTILINE)
+    return {"steps": [{"step": step, "items": int(items), "unit": unit, "seconds": float(seconds),
+                       "seconds_per_1000": float(per_thousand), "projected_minutes": float(minutes)}
+                      for step, items, unit, seconds, per_thousand, minutes in rows]} if rows else {}
+
+
 def parse_report_similarity(text: str) -> dict:
     defaults = text.split("## At each encoder's default threshold")[-1].split("## Threshold sweep")[0]
     rows = re.findall(rf"^\|\s*(\w+)\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}%\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|"
@@ -121,7 +142,7 @@ def parse_report_similarity(text: str) -> dict:
 
 
 PARSERS = {"core": parse_core, "pretrain": parse_pretrain, "synthcxr": parse_synthcxr, "prepare": parse_prepare,
-           "report_similarity": parse_report_similarity}
+           "mimic_scale": parse_mimic_scale, "report_similarity": parse_report_similarity}
 
 
 def run_benchmark(name: str, quick: bool, raw_dir: Path, timeout: int) -> dict:
@@ -159,6 +180,11 @@ def readme_table(results: dict) -> str:
     if "sista_clip_ratio" in core:
         rows.append(("SISTA / CLIP train-step time (batch 64, demo encoders)",
                      f"{core['sista_step_s']:.3f} / {core['clip_step_s']:.3f} s = {core['sista_clip_ratio']:.3f}"))
+    if "transformers_clip" in core:
+        entry = core["transformers_clip"]
+        rows.append(("SISTA / transformers CLIP train-step time (ViT 192x4 128 px, BERT 192x4, batch 64, interleaved)",
+                     f"{entry['sista_step_s']:.3f} / {entry['transformers_clip_step_s']:.3f} s = {entry['ratio']:.3f} "
+                     f"(median pair ratio {entry['median_pair_ratio']:.3f})"))
     for entry in core.get("sta_memory", []):
         rows.append((f"STA fwd+bwd peak tensor memory, B={entry['B']} L={entry['L']} P={entry['P']} D={entry['D']}",
                      f"{entry['peak_mb']:.0f} MB ({entry['seconds']:.2f} s)"))
@@ -182,6 +208,9 @@ def readme_table(results: dict) -> str:
     for entry in prepare.get("runs", []):
         rows.append((f"dataset preparation, {entry['images']} images, num_proc {entry['num_proc']}, {entry['format']}",
                      f"{entry['images_per_s']:.1f} images/s"))
+    for entry in results.get("mimic_scale", {}).get("parsed", {}).get("steps", []):
+        rows.append((f"MIMIC-CXR one-time step: {entry['step']} ({entry['items']} {entry['unit']})",
+                     f"{entry['seconds_per_1000']:.2f} s per 1,000, {entry['projected_minutes']:.1f} min projected"))
     for name, result in results.items():
         if result.get("skipped"):
             rows.append((f"bench_{name}.py", f"skipped: {result['skipped']}"))

@@ -70,6 +70,11 @@ class EmbedArguments:
     dim: Optional[int] = field(default=None, metadata={"help": "TF-IDF projection size (default 256)."})
     seed: int = field(default=0, metadata={"help": "TF-IDF projection seed."})
     output_column: str = field(default="report_embeds")
+    num_proc: Optional[int] = field(
+        default=None,
+        metadata={"help": "Processes embedding the reports (labeler, tfidf and labels encoders; the rows keep their "
+                          "order and embeddings); default: one."},
+    )
     overwrite_column: bool = field(default=False, metadata={"help": "Recompute an existing output_column."})
 
 
@@ -129,6 +134,7 @@ def _embed_main(args):
         max_length=arguments.max_length,
         dim=arguments.dim,
         seed=arguments.seed,
+        num_proc=arguments.num_proc,
     )
     if arguments.sia_threshold is not None:
         record["threshold_source"] = "--sia_threshold of examples/report_embeddings.py"

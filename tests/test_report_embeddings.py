@@ -355,6 +355,36 @@ def test_labeler_is_the_default_without_labels(tmp_path):
     np.testing.assert_allclose(embeddings, report_embeddings.embed_reports(reports), atol=1e-6)
 
 
+def test_labeler_on_two_processes_gives_the_one_process_embeddings(tmp_path):
+    # 3 map batches of 4 rows over 2 processes: a shard boundary falls inside the reports, the last batch is short
+    reports = [*REPORTS, "", "No cardiomegaly.", "Heart is mildly enlarged.", "Mild pulmonary edema.", None]
+    source = tmp_path / "reports"
+    DatasetDict({"train": Dataset.from_dict({"report": reports}), "test": Dataset.from_dict({"report": REPORTS[:3]})})\
+        .save_to_disk(str(source))  # fmt: skip
+    script = load_script("examples/report_embeddings.py")
+    embedded = {}
+    for num_proc in (1, 2):
+        output = tmp_path / f"num_proc_{num_proc}"
+        script.main(["--dataset_dir", str(source), "--encoder", "labeler", "--batch_size", "4",
+                     "--num_proc", str(num_proc), "--output_dir", str(output)])  # fmt: skip
+        embedded[num_proc] = load_from_disk(str(output))
+    for name in ("train", "test"):
+        one, two = (np.asarray(embedded[n][name]["report_embeds"], dtype=np.float32) for n in (1, 2))
+        assert np.array_equal(one, two), f"{name}: 2 processes changed the embeddings"
+        assert embedded[2][name]["report"] == embedded[1][name]["report"], "rows kept their order"
+    written = [row for row, report in enumerate(reports) if report]
+    np.testing.assert_allclose(  # against the labeler called directly, on the reports with words
+        np.asarray(embedded[2]["train"]["report_embeds"])[written],
+        report_embeddings.embed_reports([reports[row] for row in written]),
+        atol=1e-6,
+    )
+
+
+def test_num_proc_must_be_positive():
+    with pytest.raises(ValueError, match="`num_proc` must be a positive integer"):
+        add_report_embeddings(Dataset.from_dict({"report": REPORTS}), encoder="tfidf", num_proc=0)
+
+
 def test_analyze_stores_its_measurement_and_a_chosen_threshold(tmp_path):
     source = tmp_path / "mimic_cxr"
     _prepared_mimic_like(source)

@@ -248,6 +248,30 @@ def test_run_all_parsers():
     assert "1.254 / 1.237 s = 1.014" in table and "88.9 samples/s" in table
 
 
+def test_run_all_parses_the_transformers_clip_ratio_and_the_mimic_scale_steps():
+    run_all = load_script("benchmarks/run_all.py")
+    core = run_all.parse_core(
+        "against transformers' VisionTextDualEncoderModel (ViT 192x4 at 128 px, BERT 192x4, batch 64, 96 tokens, 15 "
+        "interleaved step pairs): CLIP 2.000 s/step, SISTA 2.050 s/step, ratio 1.025 (median of pair ratios 1.024; "
+        "target <= 1.03)\n"
+    )
+    assert core["transformers_clip"] == {
+        "transformers_clip_step_s": 2.0, "sista_step_s": 2.05, "ratio": 1.025, "median_pair_ratio": 1.024
+    }  # fmt: skip
+    mimic = run_all.parse_mimic_scale(
+        "| step | items | seconds | s per 1,000 | projected to MIMIC-CXR (min) |\n|---|---:|---:|---:|---:|\n"
+        "| preparation, --num_proc 2 | 400 images | 8.00 | 20.00 | 125.7 |\n"
+        "| pretrain.py start: count the truncated reports | 360 training rows | 0.36 | 1.00 | 6.3 |\n"
+    )
+    assert [(row["step"], row["items"], row["unit"], row["seconds_per_1000"]) for row in mimic["steps"]] == [
+        ("preparation, --num_proc 2", 400, "images", 20.0),
+        ("pretrain.py start: count the truncated reports", 360, "training rows", 1.0),
+    ]
+    table = run_all.readme_table({"core": {"returncode": 0, "parsed": core},
+                                  "mimic_scale": {"returncode": 0, "parsed": mimic}})
+    assert "2.050 / 2.000 s = 1.025" in table and "20.00 s per 1,000, 125.7 min projected" in table
+
+
 def test_run_all_report_similarity_parser_and_skip(tmp_path):
     """The parsed default-threshold rows of the curated Markdown equal the JSON written beside it."""
     run_all = load_script("benchmarks/run_all.py")

@@ -333,6 +333,7 @@ def add_report_embeddings(
     output_column: str = "report_embeds",
     device=None,
     class_names=None,
+    num_proc: Optional[int] = None,
 ):
     """Add a ``report_embeds`` column (float32, L2-normalised) computed by a frozen encoder.
 
@@ -355,6 +356,9 @@ def add_report_embeddings(
         device (`str`, *optional*): torch device for models.
         class_names (`Sequence[str]`, *optional*): names of the ``labels`` entries (``"labels"`` encoder), to
             find a no-finding column; default: a `ClassLabel` feature's names, else none (all-zero = normal).
+        num_proc (`int`, *optional*): processes of the `Dataset.map` (contiguous shards, so the rows keep their
+            order and every report its embedding); for the CPU-bound encoders (labeler, tfidf, labels); a model
+            encoder runs in one process (with a warning).
 
     Returns:
         The same kind of object as ``dataset`` with the new column, typed
@@ -376,6 +380,8 @@ def add_report_embeddings(
         raise TypeError(f"`dataset` must be a datasets.Dataset or DatasetDict, got {type(dataset).__name__}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        raise ValueError(f"`num_proc` must be a positive integer or None, got {num_proc!r}.")
     if isinstance(encoder, str):
         encoder = resolve_encoder(splits, encoder)
     input_column = LABELS_COLUMN if encoder == "labels" else text_column
@@ -396,6 +402,10 @@ def add_report_embeddings(
         report_encoder = LabelsReportEncoder(len(first[0][LABELS_COLUMN]), _label_class_names(first, class_names))
     else:
         report_encoder = load_report_encoder(encoder, pooling, batch_size, max_length, dim, seed, device)
+    if num_proc is not None and num_proc > 1 and isinstance(report_encoder, TransformerReportEncoder):
+        # each process would hold its own copy of the model and compete for the same cores or device
+        logger.warning(f"num_proc={num_proc} is for the CPU-bound encoders; the model encoder runs in one process.")
+        num_proc = None
 
     if not isinstance(report_encoder, LabelsReportEncoder):
         reports = {name: _check_reports(split[text_column]) for name, split in splits.items()}
@@ -420,7 +430,12 @@ def add_report_embeddings(
         features = split.features.copy()
         features[output_column] = Sequence(Value("float32"), length=report_encoder.dim)
         outputs[name] = split.map(
-            embed, batched=True, batch_size=batch_size, features=features, desc=f"Embedding reports ({name})"
+            embed,
+            batched=True,
+            batch_size=batch_size,
+            features=features,
+            num_proc=num_proc if num_proc is not None and num_proc > 1 else None,
+            desc=f"Embedding reports ({name})",
         )
     return DatasetDict(outputs) if isinstance(dataset, DatasetDict) else outputs["dataset"]
 
@@ -438,7 +453,7 @@ def embed_dataset(dataset, encoder: str = AUTO_ENCODER, sia_threshold: Optional[
             calibrated one (`DEFAULT_THRESHOLDS`). Required for a model path, which has none.
         class_names (`Sequence[str]`, *optional*): names of the ``labels`` entries (``"labels"`` encoder).
         output_column (`str`, *optional*, defaults to `"report_embeds"`).
-        encoder_kwargs: `pooling`, `batch_size`, `text_column`, `max_length`, `dim`, `seed`, `device`.
+        encoder_kwargs: `pooling`, `batch_size`, `text_column`, `max_length`, `dim`, `seed`, `device`, `num_proc`.
 
     Returns:
         `(dataset, record)`: the dataset with the column, and a JSON-serialisable dict with `column`, `encoder`,

@@ -220,7 +220,7 @@ class PretrainingDataArguments(SynthCXRGenerationArguments):
         default=False, metadata={"help": "Random horizontal flips. Off: reports name the patient's side."}
     )
     preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "Processes for SynthCXR generation."}
+        default=None, metadata={"help": "Processes for SynthCXR generation and the report embeddings computed here."}
     )
 
 
@@ -420,6 +420,7 @@ def embed_dataset_once(dataset: DatasetDict, plan: dict, data_args: PretrainingD
             dataset, record = embed_dataset(
                 dataset, encoder=plan["encoder"], sia_threshold=plan["sia_threshold"],
                 class_names=(read_dataset_metadata(data_args.dataset_path) or {}).get("class_names"),
+                num_proc=data_args.preprocessing_num_workers,
             )
             if training_args.world_size > 1:
                 shared_dir.mkdir(parents=True, exist_ok=True)
