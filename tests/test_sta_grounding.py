@@ -424,17 +424,24 @@ def test_two_process_image_contrast_and_centring_equal_one_process(tmp_path):
 def test_pretrain_flags_reach_the_config():
     from transformers import HfArgumentParser
 
-    from sista_examples.training.pretraining import ModelArguments, objective_config
+    from sista_examples.training.pretraining import PretrainingModelArguments
+    from sista_examples.training.run_config import resolve_run_config
 
-    (model_args,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(
+    (model_args,) = HfArgumentParser(PretrainingModelArguments).parse_args_into_dataclasses(
         args=["--sta_sparsity", "top_k", "--sta_top_k", "3", "--sta_center_patches", "true", "--sta_start_step", "5",
               "--sta_warmup_steps", "2", "--sta_token_unit", "words", "--sta_negatives", "images"]
     )
-    fields = objective_config(model_args)
+    run_config, _ = resolve_run_config(model_args)
+    fields = run_config.sista_config_fields()
     expected = {"sta_sparsity": "top_k", "sta_top_k": 3, "sta_center_patches": True, "sta_start_step": 5,
                 "sta_warmup_steps": 2, "sta_token_unit": "words", "sta_negatives": "images"}
     assert {name: fields[name] for name in expected} == expected
+    assert {name: run_config.sources[name] for name in expected} == dict.fromkeys(expected, "given")
     config = SistaConfig(**fields)
     assert config.sta_top_k == 3 and config.sta_token_unit == "words"
-    (defaults,) = HfArgumentParser(ModelArguments).parse_args_into_dataclasses(args=[])
-    assert not set(expected) & set(objective_config(defaults))
+    (defaults,) = HfArgumentParser(PretrainingModelArguments).parse_args_into_dataclasses(args=[])
+    default_config, _ = resolve_run_config(defaults)
+    assert {name: default_config.sources[name] for name in expected} == dict.fromkeys(expected, "default")
+    assert {name: default_config.sista_config_fields()[name] for name in expected} == {
+        name: getattr(SistaConfig(), name) for name in expected
+    }
