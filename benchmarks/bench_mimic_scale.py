@@ -98,7 +98,7 @@ def time_labeler_embeddings(dataset, num_proc: int) -> tuple[dict, dict]:
 
 def time_pretrain_start(train_split, max_length: int, vocab_size: int) -> dict:
     """What `examples/pretrain.py` does to the reports before the model is built, step by step."""
-    from sista_examples.training.collator import count_truncated_reports
+    from sista_examples.data.report_fitting import count_truncated_reports
     from sista_examples.training.tokenizer import train_report_tokenizer
 
     timings = {}

@@ -35,16 +35,16 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_sista import text_max_positions
 from processing_sista import SistaImageProcessor, SistaProcessor
+from sista_examples.data.report_fitting import count_truncated_reports
 from sista_examples.hub.release import hub_push_request, push_after_training
 from sista_examples.training.augmentation import XRayAugmentation
-from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
+from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset
 from sista_examples.training.pretraining import (
     PretrainingDataArguments,
     PretrainingModelArguments,
     build_model,
     build_tokenizer,
-    check_output_dir_writable,
     prepare_report_embeddings,
     retrieval_sanity,
     save_loss_curve,
@@ -58,6 +58,7 @@ from sista_examples.training.trainer import (
     prepare_output_dir,
     resolve_checkpoint,
 )
+from sista_examples.utils import check_output_dir_writable
 
 
 logger = logging.getLogger(__name__)

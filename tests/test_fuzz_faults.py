@@ -34,7 +34,8 @@ from sista_examples.evaluation import downstream
 from sista_examples.evaluation.checkpoints import load_sista
 from sista_examples.evaluation.common import embed_texts, report_sections
 from sista_examples.training import trainer as trainer_module
-from sista_examples.training.collator import SistaDataCollator, fit_report
+from sista_examples.data.report_fitting import fit_report
+from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import open_encoded_image
 from sista_examples.training.pretraining import drop_empty_reports
 from sista_examples.training.trainer import SistaTrainingArguments, incomplete_checkpoint_reason, resolve_checkpoint

@@ -23,7 +23,8 @@ from processing_sista import SistaImageProcessor
 from sista_examples.data.metadata import update_dataset_metadata
 from sista_examples.data.report_embeddings import default_threshold
 from sista_examples.training.augmentation import XRayAugmentation
-from sista_examples.training.collator import SistaDataCollator, count_truncated_reports
+from sista_examples.data.report_fitting import count_truncated_reports
+from sista_examples.training.collator import SistaDataCollator
 from sista_examples.training.dataset import PretrainingDataset, normalize_pixel_values
 from sista_examples.training.gradient_cache import gradient_cache_backward
 from sista_examples.training.pretraining import (

@@ -15,13 +15,13 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_from_disk
 from tqdm.auto import tqdm
 
 from modeling_sista import text_max_positions
-from processing_sista import clean_report, report_has_content
+from processing_sista import clean_report
 
 from ..checkpoints import image_size_of
 from ..data import synthcxr
 from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.synthcxr import SynthCXRGenerationArguments
-from ..training.collator import SECTION_COLUMNS, fit_report
+from ..data.report_fitting import SECTION_COLUMNS, fit_report
 
 
 logger = logging.getLogger(__name__)

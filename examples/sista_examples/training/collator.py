@@ -12,6 +12,8 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from modeling_sista import check_report_embeds, check_text_inputs
 from processing_sista import report_has_content
 
+from ..data.report_fitting import SECTION_COLUMNS, fit_report
+
 
 def check_reports_have_content(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, special_token_ids: list[int], reports: list[str]
@@ -55,37 +57,6 @@ def content_word_ids(encoding, text: str, stop_words=ENGLISH_STOP_WORDS) -> list
 
 
 # Columns of a prepared dataset (examples/prepare_datasets.py) that hold a report's two sections as text.
-SECTION_COLUMNS = ("findings", "impression")
-
-
-def fit_report(tokenizer, report: str, findings: str | None, impression: str | None, budget: int) -> str:
-    """
-    `report`, or, when it is longer than `budget` tokens (special tokens excluded) and has an impression, the
-    findings' first words that fit followed by the whole impression: the impression is the report's conclusion and
-    its most important sentence, so truncation cuts the findings, never it. A report column longer than its two
-    sections (a raw report beside cleaned ones) fits as its sections: the whole findings when they fit, then the
-    impression.
-    """
-    has_sections = report_has_content(findings) and report_has_content(impression)
-    if not has_sections or len(tokenizer(report, add_special_tokens=False)["input_ids"]) <= budget:
-        return report
-    impression_length = len(tokenizer(impression, add_special_tokens=False)["input_ids"])
-    findings_budget = budget - impression_length
-    if findings_budget <= 0:
-        return impression
-    offsets = tokenizer(findings, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if findings_budget >= len(offsets):
-        return f"{findings} {impression}"
-    return f"{findings[: offsets[findings_budget - 1][1]]} {impression}"
-
-
-def count_truncated_reports(tokenizer, reports, max_length: int) -> int:
-    """How many of `reports` exceed `max_length` tokens (special tokens included), so lose words in training."""
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
-    lengths = (len(ids) for ids in tokenizer(list(reports), add_special_tokens=False)["input_ids"])
-    return sum(length > budget for length in lengths)
-
-
 @dataclass
 class SistaDataCollator:
     r"""

@@ -15,7 +15,7 @@ from PIL import ExifTags, Image
 from processing_sista import apply_exif_orientation
 
 from .augmentation import XRayAugmentation
-from .collator import SECTION_COLUMNS
+from ..data.report_fitting import SECTION_COLUMNS
 
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -25,7 +25,6 @@ from ..data.metadata import METADATA_FILE, read_dataset_metadata
 from ..data.report_embeddings import check_sia_threshold, default_threshold, drop_column, embed_dataset, resolve_encoder
 from ..data.synthcxr import SynthCXRGenerationArguments
 from ..evaluation.retrieval import recall_at_k, retrieval_positives
-from ..utils import check_output_dir_writable  # noqa: F401  (pretrain.py's check, shared with every script)
 from .dataset import normalize_pixel_values
 from .tokenizer import train_report_tokenizer
 
