@@ -696,3 +696,11 @@ def test_no_mixed_precision_on_cpu(tmp_path):
         pytest.skip("checks the CPU default")
     args = SistaTrainingArguments(output_dir=str(tmp_path), report_to="none")
     assert (args.bf16, args.fp16) == (False, False)
+
+
+@pytest.mark.parametrize("prompt", [".", "\x00", "\u200b", " "])
+def test_zero_shot_refuses_a_prompt_without_content(prompt):
+    class_prompts = load_script("examples/zero_shot.py").class_prompts
+    with pytest.raises(ValueError, match=r"Class 'effusion' needs .* positive prompt strings, each with a letter"):
+        class_prompts(["effusion"], {"effusion": {"positive": ["effusion.", prompt], "negative": ["no effusion."]}})
+    assert class_prompts(["effusion"], {"effusion": {"positive": ["effusion."], "negative": ["no effusion."]}})
