@@ -35,6 +35,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from transformers import HfArgumentParser
 
+from processing_sista import report_has_content
 from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.auroc import macro_auroc
 from sista_examples.evaluation.common import (
@@ -200,8 +201,11 @@ def class_prompts(
             }
         for polarity in ("positive", "negative"):
             texts = chosen.get(polarity) if isinstance(chosen, dict) else None
-            if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
-                raise ValueError(f"Class {name!r} needs a non-empty list of {polarity} prompt strings, got {texts!r}.")
+            if not texts or not all(report_has_content(text) for text in texts):
+                raise ValueError(
+                    f"Class {name!r} needs a non-empty list of {polarity} prompt strings, each with a letter or digit, "
+                    f"got {texts!r}."
+                )
         prompts[name] = {"positive": list(chosen["positive"]), "negative": list(chosen["negative"])}
     return prompts
 

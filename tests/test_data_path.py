@@ -265,7 +265,7 @@ def test_empty_reports_are_dropped_with_a_count(caplog):
     with caplog.at_level("WARNING"):
         kept = drop_empty_reports(dataset, "pretrain")
     assert kept["report"] == ["effusion", "no effusion"]
-    assert "dropped 2 of 4 rows with an empty report" in caplog.text
+    assert "dropped 2 of 4 rows whose report has no content" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -503,10 +503,17 @@ def test_fine_tuning_refuses_vision_weights_of_another_shape(saved_sista, tmp_pa
 
 @pytest.mark.parametrize("script", ["linear_probe", "zero_shot", "retrieval", "visualize_grounding"])
 def test_evaluation_scripts_refuse_weights_of_another_shape(saved_sista, tmp_path, script):
-    # every evaluation script loads through load_sista, and the model class refuses what transformers would reinit
     folder = mismatched(saved_sista, tmp_path)
+    # linear_probe reads its splits before the model: three one-row splits with labels
+    rows = {"image": [Image.new("L", (32, 32))], "labels": [[1, 0]]}
+    DatasetDict({name: Dataset.from_dict(rows) for name in ("train", "validation", "test")}).save_to_disk(
+        str(tmp_path / "data")
+    )
+    main = load_script(f"examples/{script}.py").main
+    class_names = ["--class_names", "a,b"] if script == "linear_probe" else []
     with pytest.raises(ValueError, match=rf"{folder}.*disagree in shape.*{MISMATCH}"):
-        load_sista(folder)
+        main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out"),
+              "--dataset_dir", str(tmp_path / "data"), *class_names])  # fmt: skip
 
 
 def test_pretraining_from_a_mismatched_checkpoint_is_refused(saved_sista, tmp_path):
@@ -690,3 +697,11 @@ def test_no_mixed_precision_on_cpu(tmp_path):
         pytest.skip("checks the CPU default")
     args = SistaTrainingArguments(output_dir=str(tmp_path), report_to="none")
     assert (args.bf16, args.fp16) == (False, False)
+
+
+@pytest.mark.parametrize("prompt", [".", "\x00", "\u200b", " "])
+def test_zero_shot_refuses_a_prompt_without_content(prompt):
+    class_prompts = load_script("examples/zero_shot.py").class_prompts
+    with pytest.raises(ValueError, match=r"Class 'effusion' needs .* positive prompt strings, each with a letter"):
+        class_prompts(["effusion"], {"effusion": {"positive": ["effusion.", prompt], "negative": ["no effusion."]}})
+    assert class_prompts(["effusion"], {"effusion": {"positive": ["effusion."], "negative": ["no effusion."]}})
