@@ -247,16 +247,21 @@ def resolve_splits(dataset: DatasetDict, data_args: PretrainingDataArguments, do
     return train_split, eval_split
 
 
-def select_split(dataset: DatasetDict, split: str, max_samples: int | None, dataset_path: str):
+def check_split(dataset: DatasetDict, split: str, dataset_path: str) -> None:
+    """A clear error when `split` is missing from `dataset` or lacks a column pre-training needs."""
     if split not in dataset:
         raise ValueError(f"Split {split!r} is not in {dataset_path}; it has {list(dataset)}.")
-    split_dataset = dataset[split]
-    missing = [column for column in REQUIRED_COLUMNS if column not in split_dataset.column_names]
+    missing = [column for column in REQUIRED_COLUMNS if column not in dataset[split].column_names]
     if missing:
         raise ValueError(
             f"Split {split!r} of {dataset_path} lacks the column(s) {missing}: pre-training needs "
-            f"{list(REQUIRED_COLUMNS)} (an image and its report text); found {split_dataset.column_names}."
+            f"{list(REQUIRED_COLUMNS)} (an image and its report text); found {dataset[split].column_names}."
         )
+
+
+def select_split(dataset: DatasetDict, split: str, max_samples: int | None, dataset_path: str):
+    check_split(dataset, split, dataset_path)
+    split_dataset = dataset[split]
     if max_samples is not None:
         split_dataset = split_dataset.select(range(min(max_samples, len(split_dataset))))
     return drop_empty_reports(split_dataset, split)

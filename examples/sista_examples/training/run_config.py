@@ -31,6 +31,7 @@ from .pretraining import (
     PretrainingDataArguments,
     PretrainingModelArguments,
     backbone_width,
+    check_split,
     report_embeddings_plan,
     resolve_splits,
 )
@@ -232,6 +233,9 @@ def resolve_run_config(
         )  # fmt: skip
         do_eval = training_args is None or training_args.do_eval
         train_split, eval_split = resolve_splits(dataset, data_args, do_eval)
+        for split in (train_split, eval_split):  # before any embedding is planned or computed
+            if split is not None:
+                check_split(dataset, split, data_args.dataset_path)
         take("train_split", ("given", data_args.train_split), ("dataset", train_split))
         take("eval_split", ("given", data_args.eval_split if do_eval else None), ("dataset", eval_split))
         if reads_report_embeds:
