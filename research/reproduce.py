@@ -6,11 +6,13 @@ For every objective in `--objectives` and every seed in `--seeds`, with one iden
 
 1. pre-train with `examples/pretrain.py --objective {clip,sia,sta,sista}` (the demo's recipe: `small` ResNet preset,
    128 px, 8 x 8 grid, batch 32, AdamW lr 1e-3, warm-up 20, cosine, 6 epochs);
-2. at each label fraction, on the frozen encoder: classification by `examples/linear_probe.py` (scikit-learn logistic
-   regression, its regularisation chosen on the validation split, macro AUROC), segmentation (Dice) and detection
-   (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a step budget per fraction, the
-   validation split evaluated at every quarter of it and the head of the best step (segmentation: Dice; detection:
-   loss) scored on the test split (`--load_best_model_at_end`);
+2. at each label fraction of a 10,000-study labelled pool (1% = 100 studies; nested subsets), on the frozen encoder:
+   classification by `examples/linear_probe.py` (scikit-learn logistic regression, its regularisation chosen on the
+   validation split, macro AUROC), segmentation (the field's U-Net over the ResNet's stages; Dice over all pixels and
+   per lesion size) and detection (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a
+   step budget per fraction (capped in steps, not in studies), the validation split evaluated at every quarter of it
+   and the head of the best step (segmentation: Dice; detection: loss) scored on the test split
+   (`--load_best_model_at_end`);
 3. zero-shot AUROC (`examples/zero_shot.py`), retrieval R@1/5/10 and the mean pairwise image cosine
    (`examples/retrieval.py`) and the grounding pointing game beside its random-point, fixed-point and oracle
    references (`examples/visualize_grounding.py`) on the test split.
@@ -23,7 +25,8 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
 
     docs/results/reproduce_results.json   every run's raw numbers, the protocol, versions, wall times
     docs/results/reproduce_table.md       mean ± std over seeds, and every objective's paired difference to CLIP
-                                          with its 95% interval over seeds (Student t)
+                                          with its 95% interval over seeds (paired Student t) and the exact
+                                          sign-flip p
     docs/results/reproduce_*.png          metric against label fraction, one line per objective, std error bars
 
     python research/reproduce.py                       # the full study
