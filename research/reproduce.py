@@ -6,11 +6,13 @@ For every objective in `--objectives` and every seed in `--seeds`, with one iden
 
 1. pre-train with `examples/pretrain.py --objective {clip,sia,sta,sista}` (the demo's recipe: `small` ResNet preset,
    128 px, 8 x 8 grid, batch 32, AdamW lr 1e-3, warm-up 20, cosine, 6 epochs);
-2. at each label fraction, on the frozen encoder: classification by `examples/linear_probe.py` (scikit-learn logistic
-   regression, its regularisation chosen on the validation split, macro AUROC), segmentation (Dice) and detection
-   (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a step budget per fraction, the
-   validation split evaluated at every quarter of it and the head of the best step (segmentation: Dice; detection:
-   loss) scored on the test split (`--load_best_model_at_end`);
+2. at each label fraction of a 10,000-study labelled pool (1% = 100 studies; nested subsets), on the frozen encoder:
+   classification by `examples/linear_probe.py` (scikit-learn logistic regression, its regularisation chosen on the
+   validation split, macro AUROC), segmentation (the field's U-Net over the ResNet's stages; Dice over all pixels and
+   per lesion size) and detection (mAP@[.40:.75]) heads by `examples/finetune_{segmentation,detection}.py` with a
+   step budget per fraction (capped in steps, not in studies), the validation split evaluated at every quarter of it
+   and the head of the best step (segmentation: Dice; detection: loss) scored on the test split
+   (`--load_best_model_at_end`);
 3. zero-shot AUROC (`examples/zero_shot.py`), retrieval R@1/5/10 and the mean pairwise image cosine
    (`examples/retrieval.py`) and the grounding pointing game beside its random-point, fixed-point and oracle
    references (`examples/visualize_grounding.py`) on the test split.
@@ -23,7 +25,8 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
 
     docs/results/reproduce_results.json   every run's raw numbers, the protocol, versions, wall times
     docs/results/reproduce_table.md       mean ± std over seeds, and every objective's paired difference to CLIP
-                                          with its 95% interval over seeds (Student t)
+                                          with its 95% interval over seeds (paired Student t) and the exact
+                                          sign-flip p
     docs/results/reproduce_*.png          metric against label fraction, one line per objective, std error bars
 
     python research/reproduce.py                       # the full study
@@ -765,13 +768,34 @@ DOWNSTREAM = [("classification", "auroc", "linear-probe AUROC"), ("segmentation"
               ("segmentation", "dice_small", "Dice, small lesions"), ("detection", "map_40_75", "mAP@[.40:.75]")]
 
 
-def claim_verdicts(summary: dict) -> list[dict]:
+def stopped_at_first_evaluation(records: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """
+    `{(task, fraction): (runs whose validation picked the first evaluation, head runs)}`: a head picked at its first
+    evaluation (step `max_steps // 4`) learned nothing the validation split could see after it.
+    """
+    counts: dict = {}
+    for record in records:
+        selection = record.get("step_selection") or {}
+        if selection.get("best_step") is None or not selection.get("max_steps"):
+            continue
+        key = (record["task"], f"{float(record['label_fraction']):g}")
+        first, runs = counts.get(key, (0, 0))
+        counts[key] = (first + (selection["best_step"] <= max(selection["max_steps"] // 4, 1)), runs + 1)
+    return counts
+
+
+def claim_verdicts(summary: dict, first_evaluation: dict | None = None) -> list[dict]:
     """
     The paper's claims, each checked on the study's numbers: a comparison holds when the 95% interval of the paired
-    difference lies above 0, is contradicted when it lies below 0, and is not shown otherwise.
+    difference lies above 0, is contradicted when it lies below 0, and is not shown otherwise. A head row where the
+    validation split picked the first evaluation in more than half of the runs (`stopped_at_first_evaluation`) is
+    "not tested": its heads compare noise.
     """
 
-    def verdict(entry):
+    def verdict(entry, task=None, fraction=None):
+        first, runs = (first_evaluation or {}).get((task, fraction), (0, 0))
+        if runs and first > runs / 2:
+            return f"not tested (first evaluation picked in {first} of {runs} runs)"
         if entry is None or entry["ci95"] is None:
             return "not tested"
         low, high = entry["ci95"]
@@ -787,7 +811,7 @@ def claim_verdicts(summary: dict) -> list[dict]:
                 if entry is not None:
                     claims.append({"claim": claim, "comparison": f"{objective} − {baseline}", "task": task,
                                    "metric": label, "labels": f"{float(fraction) * 100:g}%", "difference": entry,
-                                   "verdict": verdict(entry)})
+                                   "verdict": verdict(entry, task, fraction)})
     for task, metric, label in DOWNSTREAM:
         fractions = sorted(summary.get(task, {}).get(metric, {}), key=_fraction_key)
         if len(fractions) < 2:
@@ -799,7 +823,8 @@ def claim_verdicts(summary: dict) -> list[dict]:
         entry = difference_entry([low - high for low, high in zip(gains[0]["differences"], gains[1]["differences"])])
         claims.append({"claim": "gains largest with the fewest labels",
                        "comparison": f"(sista − clip at {float(smallest) * 100:g}%) − (at {float(largest) * 100:g}%)",
-                       "task": task, "metric": label, "labels": "—", "difference": entry, "verdict": verdict(entry)})
+                       "task": task, "metric": label, "labels": "—", "difference": entry,
+                       "verdict": verdict(entry, task, smallest)})
     pointing = summary.get("grounding", {})
     for objective in ("sta", "sista"):
         entry = pointing.get("pointing_accuracy", {}).get("-", {}).get(objective)
@@ -964,7 +989,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
         table += ("\n## Paired differences to CLIP\n\nEach objective minus CLIP, seed by seed, mean and 95% interval "
                   "(Student t over seeds); ▲ / ▼: the interval lies above / below 0.\n\n")
         table += difference_table(summary, objectives)
-    claims = claim_verdicts(summary)
+    claims = claim_verdicts(summary, stopped_at_first_evaluation(records))
     if claims:
         table += ("\n## The paper's claims on SynthCXR\n\nA comparison holds when its 95% interval (paired Student t over "
                   "seeds) lies above 0; the exact sign-flip p beside it assumes no normality (its smallest value is "

@@ -144,6 +144,22 @@ def test_grounding_headline_carries_the_controls_and_the_small_findings():
             "small text prior 0.200; small oracle 0.500 |") in lines
 
 
+def test_a_head_row_picked_at_its_first_evaluation_is_not_tested():
+    records = []
+    for seed, (clip, sista, best) in enumerate([(0.01, 0.05, 50), (0.02, 0.06, 50), (0.01, 0.04, 150)]):
+        for objective, value in (("clip", clip), ("sista", sista)):
+            records.append({"objective": objective, "seed": seed, "task": "detection", "label_fraction": 0.01,
+                            "metrics": {"map_40_75": value},
+                            "step_selection": {"best_step": best, "max_steps": 200}})
+    first = reproduce.stopped_at_first_evaluation(records)
+    assert first == {("detection", "0.01"): (4, 6)}
+    summary = reproduce.summarize(records)
+    verdicts = {c["comparison"]: c["verdict"] for c in reproduce.claim_verdicts(summary, first)}
+    assert verdicts["sista − clip"] == "not tested (first evaluation picked in 4 of 6 runs)"
+    # without the step record the same numbers hold (+0.04 in every seed)
+    assert {c["verdict"] for c in reproduce.claim_verdicts(summary)} == {"holds"}
+
+
 def test_step_selection_counts_the_last_quarter_of_each_budget():
     """Evaluations every budget // 4 steps and at the end: steps 148, 150 of 150 and 60 of 60 are late; 111 of 150 and
     45 of 60 are not."""
