@@ -518,7 +518,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
     """
     Whether every value of `tensor` is finite. One sum decides in the usual case: it is finite only when every value
     is (a NaN or infinity carries through it); only a sum that is not finite, from bad values or an overflow of large
-    finite ones, pays for the elementwise check. On a batch of images that is one pass over the pixels instead of several.
+    finite ones, pays for the elementwise check. On a batch of images: one pass over the pixels instead of several.
     """
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 

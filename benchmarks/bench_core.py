@@ -145,20 +145,24 @@ def transformers_clip_step_ratio(steps: int, warmup: int = 2) -> dict:
 
 
 def profile_against_transformers_clip(steps: int = 3, top: int = 15) -> str:
-    """Self CPU time per operator over `steps` train steps of each model (after one warm-up step), and the
-    operators where SISTA spends the most beyond CLIP, in ms per step."""
+    """Self CPU time per operator over `steps` train steps of each model (after one warm-up step), profiled one step
+    at a time, the two models in turn (so that load elsewhere hits both), and the operators where SISTA spends the
+    most beyond CLIP, in ms per step."""
     cases = transformers_clip_models_and_batch()
-    per_operator = {}
-    for name, (model, batch) in cases.items():
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        _train_step(model, batch, optimizer)
-        with profile(activities=[ProfilerActivity.CPU]) as profiler:
-            for _ in range(steps):
-                _train_step(model, batch, optimizer)
-        per_operator[name] = {
-            event.key: (event.self_cpu_time_total / 1e3 / steps, event.count / steps)
-            for event in profiler.key_averages()
-        }
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in cases.items()}
+    per_operator = {name: {} for name in cases}
+    for step in range(1 + steps):
+        for name in list(cases) if step % 2 == 0 else list(reversed(cases)):
+            model, batch = cases[name]
+            if step == 0:
+                _train_step(model, batch, optimizers[name])
+                continue
+            with profile(activities=[ProfilerActivity.CPU]) as profiler:
+                _train_step(model, batch, optimizers[name])
+            for event in profiler.key_averages():
+                ms, calls = per_operator[name].get(event.key, (0.0, 0.0))
+                ms, calls = ms + event.self_cpu_time_total / 1e3 / steps, calls + event.count / steps
+                per_operator[name][event.key] = (ms, calls)
     totals = {name: sum(ms for ms, _ in table.values()) for name, table in per_operator.items()}
     operators = set(per_operator["sista"]) | set(per_operator["clip"])
     differences = sorted(

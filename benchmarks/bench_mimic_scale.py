@@ -189,8 +189,8 @@ def main(argv=None) -> dict:
     print("| step | items | seconds | s per 1,000 | projected to MIMIC-CXR (min) |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['step']} | {row['items']} {row['unit']} | {row['seconds']:.2f} | {row['seconds_per_1000']:.2f} | "
-              f"{row['projected_minutes']:.1f} |")
+        print(f"| {row['step']} | {row['items']} {row['unit']} | {row['seconds']:.2f} | "
+              f"{row['seconds_per_1000']:.2f} | {row['projected_minutes']:.1f} |")
     print(f"load average at the end {os.getloadavg()}")
     print(f"the labeler's pipeline: {pipeline_seconds:.1f} s once per process, not counted in the rates above")
     payload = {"num_images": args.num_images, "num_reports": num_reports, "cpu_count": os.cpu_count(), "rows": rows,

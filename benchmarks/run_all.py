@@ -125,8 +125,9 @@ def parse_core_transformers_clip(text: str) -> dict:
 
 
 def parse_mimic_scale(text: str) -> dict:
-    rows = re.findall(rf"^\|\s*([^|]+?)\s*\|\s*(\d+) ([a-z ]+?)\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|\s*{_NUMBER}\s*\|",
-                      text, flags=re.MULTILINE)
+    cell = r"\s*\|\s*"
+    rows = re.findall(rf"^\|\s*([^|]+?){cell}(\d+) ([a-z ]+?){cell}{_NUMBER}{cell}{_NUMBER}{cell}{_NUMBER}\s*\|", text,
+                      flags=re.MULTILINE)
     return {"steps": [{"step": step, "items": int(items), "unit": unit, "seconds": float(seconds),
                        "seconds_per_1000": float(per_thousand), "projected_minutes": float(minutes)}
                       for step, items, unit, seconds, per_thousand, minutes in rows]} if rows else {}

@@ -7,6 +7,7 @@ label vector and store the measurement (and, if asked, a new threshold) with the
 
     python examples/report_embeddings.py --dataset_dir data/mimic_cxr                  # encoder auto: labels here
     python examples/report_embeddings.py --dataset_dir data/reports --encoder labeler --output_dir data/reports_sia
+    python examples/report_embeddings.py --dataset_dir data/mimic_cxr --encoder labeler --num_proc 8  # 8 processes
     python examples/report_embeddings.py analyze --dataset_dir data/mimic_cxr --split train
     python examples/report_embeddings.py analyze --dataset_dir data/mimic_cxr --split train --sia_threshold suggested
 
