@@ -1,5 +1,6 @@
-"""Grounding: the pointing game and its oracle on synthetic heatmaps and masks with known answers, word merging on
-known tokenisations, the per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
+"""Grounding: the pointing game and its oracle on synthetic heatmaps and masks with known answers, the text prior,
+the shuffled-image control and BioViL's CNR against hand computations, word merging on known tokenisations, the
+per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
 
 import json
 from collections import Counter
