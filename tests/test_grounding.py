@@ -1,5 +1,6 @@
-"""Grounding: the pointing game and its oracle on synthetic heatmaps and masks with known answers, word merging on
-known tokenisations, the per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
+"""Grounding: the pointing game and its oracle on synthetic heatmaps and masks with known answers, the text prior,
+the shuffled-image control and BioViL's CNR against hand computations, word merging on known tokenisations, the
+per-word PNG, SynthCXR finding targets, the script end to end, and errors on bad input."""
 
 import json
 from collections import Counter
@@ -730,3 +731,12 @@ def test_text_prior_splits_are_the_named_training_splits_with_masks():
     assert both.counts == expected.counts
     for key, prior_map in expected.maps.items():
         np.testing.assert_allclose(both.maps[key], prior_map, atol=1e-6)
+    # a processor that resizes (32 -> 24 px) brings every mask into its frame first
+    resizing = SistaImageProcessor(size=24)
+    framed = grounding.synthcxr_text_prior(usable["train"], resizing, (4, 4))
+    pairs = [(key, grounding.mask_to_model_frame(resizing, mask))
+             for example in test.select(range(4)) for key, mask in grounding.synthcxr_keyed_masks(example)]  # fmt: skip
+    assert pairs[0][1].shape == (24, 24)
+    expected = grounding.build_text_prior(pairs, (4, 4))
+    for key, prior_map in expected.maps.items():
+        np.testing.assert_allclose(framed.maps[key], prior_map, atol=1e-6)

@@ -52,6 +52,8 @@ VARIANT_COLUMNS = (
     ("text prior", lambda r: r["pointing_game"]["overall"]["text_prior"]),
     ("CNR (A)", lambda r: r["pointing_game"]["overall"]["sta_weights_cnr"]),
     ("CNR (A, another image)", lambda r: r["pointing_game"]["overall"]["sta_weights_shuffled_cnr"]),
+    ("S centred (evaluation only)", lambda r: r["pointing_game"]["overall"]["similarity_centred"]),
+    ("S centred, another image", lambda r: r["pointing_game"]["overall"]["similarity_centred_shuffled"]),
     ("small/ambiguous: A", lambda r: r["pointing_groups"]["small_or_ambiguous"]["sta_weights"]),
     ("small/ambiguous: another image", lambda r: r["pointing_groups"]["small_or_ambiguous"]["sta_weights_shuffled"]),
     ("cardiomegaly+effusion: A", lambda r: r["pointing_groups"]["cardiomegaly_and_effusion"]["sta_weights"]),

@@ -480,10 +480,12 @@ def synthcxr_finding_masks(example: dict, height: int, width: int) -> dict[int, 
     return masks
 
 
-def synthcxr_keyed_masks(example: dict) -> list[tuple[tuple[str, str, str], np.ndarray]]:
+def synthcxr_keyed_masks(
+    example: dict, size: tuple[int, int] | None = None
+) -> list[tuple[tuple[str, str, str], np.ndarray]]:
     """`[(finding_key, mask)]` of the findings of a SynthCXR example with a non-empty mask: what `build_text_prior`
-    averages (original image frame)."""
-    width, height = example["image"].size
+    averages (original image frame). `size` `(width, height)` spares decoding `example["image"]` for its size."""
+    width, height = example["image"].size if size is None else size
     masks = synthcxr_finding_masks(example, height, width)
     return [
         (finding_key(finding), masks[index])
@@ -569,14 +571,38 @@ def text_prior_splits(splits, names: Sequence[str], evaluated_split: str | None 
 def synthcxr_text_prior(datasets, image_processor, grid: tuple[int, int]) -> TextPrior:
     """The text prior of one SynthCXR split, or of several together (`TEXT_PRIOR_COLUMNS`): each finding's mask brought
     into the model's frame as its image would be (`mask_to_model_frame`), then `build_text_prior`."""
+    from datasets import Image as ImageFeature
+
     datasets = [datasets] if hasattr(datasets, "column_names") else list(datasets)
+    keeps_frame = {}
+
+    def model_frame(mask):
+        # the processor's geometry depends only on the input size: where it gives a random mask back unchanged, it
+        # changes no mask of that size, and the thousands of training masks skip it
+        if mask.shape not in keeps_frame:
+            probe = np.random.default_rng(0).random(mask.shape) < 0.5
+            keeps_frame[mask.shape] = np.array_equal(mask_to_model_frame(image_processor, probe), probe)
+        return mask if keeps_frame[mask.shape] else mask_to_model_frame(image_processor, mask)
+
     keyed_masks = (
-        (key, mask_to_model_frame(image_processor, mask))
+        (key, model_frame(mask))
         for dataset in datasets
-        for example in dataset.select_columns(list(TEXT_PRIOR_COLUMNS))
-        for key, mask in synthcxr_keyed_masks(example)
+        # only the image's size is needed: its header, not the decoded pixels
+        for example in dataset.select_columns(list(TEXT_PRIOR_COLUMNS)).cast_column("image", ImageFeature(decode=False))
+        for key, mask in synthcxr_keyed_masks(example, _encoded_image_size(example["image"]))
     )
     return build_text_prior(keyed_masks, grid)
+
+
+def _encoded_image_size(image: dict) -> tuple[int, int]:
+    """`(width, height)` of an undecoded `datasets.Image` value (`{"bytes", "path"}`), from the file header."""
+    import io
+
+    from PIL import Image
+
+    source = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image["path"]
+    with Image.open(source) as opened:
+        return opened.size
 
 
 def display_image(image_processor, image) -> np.ndarray:
