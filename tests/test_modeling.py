@@ -357,3 +357,20 @@ def test_loading_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="not a SISTA checkpoint.*'bert'"):
         SistaModel.from_pretrained(tmp_path)
+
+
+def test_all_finite_agrees_with_the_elementwise_check():
+    from modeling_sista import all_finite
+
+    big = torch.finfo(torch.float16).max
+    cases = [
+        torch.randn(3, 4),
+        torch.tensor([1.0, float("nan")]),
+        torch.tensor([float("inf"), 2.0]),
+        torch.tensor([float("inf"), float("-inf")]),  # sums to NaN
+        torch.full((8,), big, dtype=torch.float16),  # finite values whose sum overflows
+        torch.tensor([3.0e38, 3.0e38, float("nan")]),  # an overflow and a NaN
+        torch.zeros(0),
+    ]
+    for tensor in cases:
+        assert all_finite(tensor) == bool(torch.isfinite(tensor).all()), tensor
