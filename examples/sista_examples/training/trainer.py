@@ -266,7 +266,7 @@ class SistaTrainer(CheckpointTrainer):
                 "`gradient_cache_chunk_size` weights STA by `sta_weight` at every step; it does not support an STA "
                 "warm start (`sta_start_step`, `sta_warmup_steps`)."
             )
-                if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
+        if self.train_dataset is not None and hasattr(self.train_dataset, "set_epoch"):
             self.add_callback(DatasetEpochCallback(self.train_dataset))
         if self.is_fsdp_enabled:
             set_fsdp_float32_reduction(self.accelerator.state.fsdp_plugin, self.args)
