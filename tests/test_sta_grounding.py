@@ -445,3 +445,27 @@ def test_pretrain_flags_reach_the_config():
     assert {name: default_config.sista_config_fields()[name] for name in expected} == {
         name: getattr(SistaConfig(), name) for name in expected
     }
+
+
+def test_pretrain_runs_a_warm_start_on_content_words(tmp_path):
+    """examples/pretrain.py end to end: the trainer passes the step (STA is 0 before `sta_start_step`, then on) and
+    the collator the content words the config asks for."""
+    import json
+
+    from conftest import load_script
+    from sista_examples.data.synthcxr import generate_synthcxr
+
+    dataset = generate_synthcxr(num_pretrain=16, num_train=0, num_validation=0, num_test=0, image_size=32, seed=0)
+    dataset.save_to_disk(str(tmp_path / "data"))
+    load_script("examples/pretrain.py").main(
+        ["--model_preset", "tiny", "--objective", "sista", "--sia_mode", "eliminate", "--report_encoder", "tfidf",
+         "--dataset_path", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"), "--max_steps", "3",
+         "--per_device_train_batch_size", "4", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+         "--dataloader_num_workers", "0", "--disable_tqdm", "True", "--sta_start_step", "2",
+         "--sta_token_unit", "words", "--sta_negatives", "images"]
+    )
+    history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    sta = [entry["loss_sta"] for entry in history if "loss" in entry]
+    assert sta[:2] == [0.0, 0.0] and sta[2] > 0
+    config = SistaConfig.from_pretrained(tmp_path / "run")
+    assert config.sta_start_step == 2 and config.sta_token_unit == "words"
