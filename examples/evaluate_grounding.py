@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import (
     EvaluationArguments,
     batch_ranges,

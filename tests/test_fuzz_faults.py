@@ -30,8 +30,8 @@ from processing_sista import SistaImageProcessor, SistaProcessor, clean_report, 
 from sista_examples.data import prepare
 from sista_examples.data.report_embeddings import embed_dataset
 from sista_examples.data.report_labeler import OBSERVATIONS, SAME_FINDINGS_THRESHOLD, label_reports, labeler_can_read
-from sista_examples.evaluation import downstream
-from sista_examples.evaluation.checkpoints import load_sista
+from sista_examples import finetuning
+from sista_examples.checkpoints import load_sista
 from sista_examples.evaluation.common import embed_texts, report_sections
 from sista_examples.training import trainer as trainer_module
 from sista_examples.data.report_fitting import fit_report
@@ -497,8 +497,9 @@ MISMATCH = r"position_embeddings: checkpoint \(1, 17, 32\) vs config \(1, 65, 32
 def test_fine_tuning_refuses_vision_weights_of_another_shape(saved_sista, tmp_path):
     folder = mismatched(saved_sista, tmp_path)
     with pytest.raises(ValueError, match=rf"vision encoder weights disagree in shape.*{MISMATCH}"):
-        downstream.load_head(SistaForImageClassification, downstream.ModelArguments(model_name_or_path=str(folder)),
-                             num_labels=2)  # fmt: skip
+        finetuning.load_head(
+            SistaForImageClassification, finetuning.FinetuningModelArguments(model_name_or_path=str(folder)), num_labels=2
+        )
 
 
 @pytest.mark.parametrize("script", ["linear_probe", "zero_shot", "retrieval", "visualize_grounding"])
@@ -534,19 +535,19 @@ def resnet_without_processor(tmp_path_factory) -> Path:
 
 
 def test_a_checkpoint_without_a_recorded_size_needs_image_size(resnet_without_processor):
-    arguments = downstream.ModelArguments(model_name_or_path=str(resnet_without_processor))
+    arguments = finetuning.FinetuningModelArguments(model_name_or_path=str(resnet_without_processor))
     with pytest.raises(ValueError, match=r"--image_size is required: .*holds no image processor"):
-        downstream.encoder_image_size(arguments)
+        finetuning.encoder_image_size(arguments)
     arguments.image_size = 64
-    assert downstream.encoder_image_size(arguments) == 64
+    assert finetuning.encoder_image_size(arguments) == 64
     config = SistaConfig.from_pretrained(resnet_without_processor)
-    assert downstream.load_image_processor(arguments, config).size["height"] == 64
+    assert finetuning.load_image_processor(arguments, config).size["height"] == 64
 
 
 def test_an_image_size_that_contradicts_the_checkpoint_is_refused(saved_sista):
-    arguments = downstream.ModelArguments(model_name_or_path=str(saved_sista), image_size=64)
+    arguments = finetuning.FinetuningModelArguments(model_name_or_path=str(saved_sista), image_size=64)
     with pytest.raises(ValueError, match=r"--image_size 64 contradicts .*trained at 32 px according to its saved"):
-        downstream.encoder_image_size(arguments)
+        finetuning.encoder_image_size(arguments)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
