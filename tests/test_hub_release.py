@@ -657,3 +657,18 @@ def test_card_licence_limitations_and_dataset_names_follow_the_training_data(tmp
     (synthetic / "run_arguments.json").write_text(json.dumps({"data": {"dataset_path": "data/synthcxr"}}))
     card = build_model_card(synthetic, results=[])
     assert card.data.license == "apache-2.0" and "Synthetic data." in card.text and "derive from" not in card.text
+
+
+def test_model_card_metrics_leave_out_the_references_of_the_grounding_results():
+    from sista_examples.hub.model_card import flatten_metrics
+
+    grounding = {
+        "overall": {"accuracy": 0.1, "cnr": 0.9, "random_point_baseline": 0.025, "oracle": 0.59,
+                    "text_prior_baseline": 0.46, "shuffled_image_accuracy": 0.04, "text_prior_cnr": 3.2,
+                    "shuffled_image_cnr": 0.7, "text_prior_levels": {"finding+side+zone": 200, "finding": 3}},
+        "per_group": {"small_or_ambiguous": {"accuracy": 0.05, "oracle": 0.4}},
+        "retrieval": {"R@1": 0.2, "chance": 0.01},
+    }  # fmt: skip
+    assert flatten_metrics(grounding) == {
+        "overall/accuracy": 0.1, "overall/cnr": 0.9, "per_group/small_or_ambiguous/accuracy": 0.05, "retrieval/R@1": 0.2
+    }

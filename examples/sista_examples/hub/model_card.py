@@ -187,6 +187,9 @@ DESCRIPTIVE_KEYS = {
 BOOKKEEPING = re.compile(
     r"(^|_)(runtime|samples_per_second|steps_per_second|epoch|step|global_step|total_flos|seed)$|^(num|n)_|_count$"
 )
+# a reference a model's number is read against (a pointing game's baselines and oracle, a chance level), or its
+# bookkeeping: not the model's own number
+REFERENCE = re.compile(r"baseline|oracle|text_prior|shuffled|random_point|fixed_point|chance")
 METRIC_TYPES = {
     "auroc": "roc_auc",
     "auc": "roc_auc",
@@ -334,8 +337,7 @@ def flatten_metrics(values: Mapping[str, Any], prefix: str = "", top_level: bool
             metrics.update(flatten_metrics(value, name, top_level=False))
         elif is_number(value):
             leaf = re.sub(r"^(eval|test)_", "", key.lower())
-            # a baseline (e.g. the random-point pointing game) is not the model's own number
-            if BOOKKEEPING.search(leaf) or key in DESCRIPTIVE_KEYS or "baseline" in leaf:
+            if BOOKKEEPING.search(leaf) or key in DESCRIPTIVE_KEYS or REFERENCE.search(name.lower()):
                 continue
             metrics[re.sub(r"^(eval|test)_", "", name) if not prefix else name] = float(value)
     return metrics
