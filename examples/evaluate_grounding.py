@@ -41,7 +41,6 @@ from sista_examples.evaluation.common import (
     batch_ranges,
     load_evaluation_split,
     require_columns,
-    text_max_length,
 )
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
@@ -54,6 +53,7 @@ from sista_examples.evaluation.grounding import (
     pointing_game_hit,
     random_point_baseline,
     shuffled_image_order,
+    token_patch_forward,
     upsample_maps,
     word_maps_from_encoding,
 )
@@ -119,21 +119,7 @@ def phrase_maps(model, processor, images: list, phrases: list[str], args, ground
     One forward pass of phrases with images. Returns `([{route: patch map or None}], grid)`: the word-to-patch map is
     `None` for a phrase without a content word that STA maps.
     """
-    tokenizer = processor.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"Phrase grounding needs a fast tokenizer (word ids), got {type(tokenizer).__name__}.")
-    encoding = tokenizer(
-        list(phrases),
-        padding=True,
-        truncation=True,
-        max_length=text_max_length(model, args.max_length),
-        return_tensors="pt",
-        return_offsets_mapping=True,
-    )
-    encoding.pop("offset_mapping")
-    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-    inputs = {name: tensor.to(model.device) for name, tensor in encoding.items()}
-    outputs = model(**inputs, pixel_values=pixel_values.to(model.device, model.dtype), output_token_patch_weights=True)
+    encoding, outputs = token_patch_forward(model, processor, images, phrases, args.max_length)
     grid = tuple(int(side) for side in outputs.patch_grid_size)
     weights = outputs.token_patch_weights.float().cpu().numpy()
     patch_embeds = outputs.image_patch_embeds.float().cpu().numpy()

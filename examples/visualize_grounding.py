@@ -78,7 +78,6 @@ from sista_examples.evaluation.common import (
     load_evaluation_split,
     report_texts,
     require_columns,
-    text_max_length,
 )
 from sista_examples.evaluation.grounding import (
     SUBWORD_REDUCTIONS,
@@ -97,6 +96,7 @@ from sista_examples.evaluation.grounding import (
     synthcxr_text_prior,
     text_prior_scores,
     text_prior_splits,
+    token_patch_forward,
     upsample_maps,
     word_maps_from_encoding,
 )
@@ -235,24 +235,7 @@ def grounding_maps(model, processor, images: list, texts: list[str], max_length:
     Returns:
         `(word_maps, grid)`: a `WordMaps` per pair and the `(rows, columns)` patch grid.
     """
-    tokenizer = processor.tokenizer
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(
-            f"Grounding needs a fast tokenizer (word ids and offsets), got {type(tokenizer).__name__}; save the "
-            "processor with a `PreTrainedTokenizerFast`."
-        )
-    encoding = tokenizer(
-        list(texts),
-        padding=True,
-        truncation=True,
-        max_length=text_max_length(model, max_length),
-        return_tensors="pt",
-        return_offsets_mapping=True,
-    )
-    encoding.pop("offset_mapping")
-    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-    inputs = {name: tensor.to(model.device) for name, tensor in encoding.items()}
-    outputs = model(**inputs, pixel_values=pixel_values.to(model.device, model.dtype), output_token_patch_weights=True)
+    encoding, outputs = token_patch_forward(model, processor, images, texts, max_length)
     weights = outputs.token_patch_weights.float().cpu().numpy()
     grid = tuple(int(side) for side in outputs.patch_grid_size)
     word_maps = [

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import synthcxr
+from .common import text_max_length
 
 
 # Function words of English radiology reports and the section headers: they describe no region.
@@ -120,6 +121,34 @@ def word_maps_from_encoding(text: str, encoding, token_maps: np.ndarray, reduce:
 # ---------------------------------------------------------------------------------------------------------------------
 # The pointing game and its references
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def token_patch_forward(model, processor, images: list, texts: list[str], max_length: int = 128):
+    """
+    One forward pass of `texts` with `images` that returns the word-to-patch maps: `(encoding, outputs)`, the fast
+    tokenizer's `BatchEncoding` (its `encodings` give each token's word) and the model's output with
+    `token_patch_weights` and `patch_grid_size`.
+    """
+    tokenizer = processor.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"Grounding needs a fast tokenizer (word ids and offsets), got {type(tokenizer).__name__}; save the "
+            "processor with a `PreTrainedTokenizerFast`."
+        )
+    encoding = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=text_max_length(model, max_length),
+        return_tensors="pt",
+        return_offsets_mapping=True,
+    )
+    encoding.pop("offset_mapping")
+    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    inputs = {name: tensor.to(model.device) for name, tensor in encoding.items()}
+    outputs = model(**inputs, pixel_values=pixel_values.to(model.device, model.dtype), output_token_patch_weights=True)
+    return encoding, outputs
 
 
 def upsample_maps(maps: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
