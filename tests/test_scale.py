@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -241,3 +242,23 @@ def test_gpu_scale_benchmark_runs_tiny_on_cpu(tmp_path):
     assert report["sista_clip_step_time_ratio"] == cases["sista"]["step_time_s"] / cases["clip"]["step_time_s"]
     # the same model from the same seed, trained with bf16 parameters under FSDP2 instead of bf16 autocast
     assert cases["sista_fsdp2"]["final_loss"] == pytest.approx(cases["sista"]["final_loss"], rel=2e-2)
+
+
+def test_core_benchmark_ratio_interval_against_a_naive_bootstrap():
+    bench_core = load_script("benchmarks/bench_core.py")
+    rng = np.random.default_rng(1)
+    clip = list(2.0 + rng.random(12))
+    sista = [value * 1.05 for value in clip]
+    # every resample of pairs with a constant ratio has that ratio
+    low, high = bench_core.bootstrap_ratio_interval(sista, clip)
+    assert low == pytest.approx(1.05) and high == pytest.approx(1.05)
+    # noisy pairs: the same resamples drawn one by one, medians by sorting
+    sista = list(clip * (1.0 + 0.2 * rng.standard_normal(12)))
+    indices = np.random.default_rng(0).integers(0, 12, size=(2000, 12))
+    naive = []
+    for row in indices:
+        median = lambda values: sorted(values)[5] / 2 + sorted(values)[6] / 2  # noqa: E731
+        naive.append(median([sista[i] for i in row]) / median([clip[i] for i in row]))
+    low, high = bench_core.bootstrap_ratio_interval(sista, clip)
+    assert (low, high) == pytest.approx(tuple(np.percentile(naive, [2.5, 97.5])))
+    assert low < float(np.median(sista) / np.median(clip)) < high
