@@ -148,8 +148,8 @@ def transformers_clip_step_ratio(steps: int, warmup: int = 2) -> dict:
 
 def bootstrap_ratio_interval(sista: list[float], clip: list[float], resamples: int = 2000, seed: int = 0):
     """95% percentile-bootstrap interval of the ratio of median step times, resampling the step pairs (a pair shares
-    the load of its moment). How far apart two runs' ratios may fall on the same code: the target is shown only when
-    the interval's upper end is under it."""
+    the load of its moment). It says how precisely one run measures the ratio: a target is shown only when the
+    interval's upper end is under it."""
     import numpy as np
 
     pairs = np.array([sista, clip])

@@ -253,7 +253,7 @@ def test_core_benchmark_ratio_interval_against_a_naive_bootstrap():
     low, high = bench_core.bootstrap_ratio_interval(sista, clip)
     assert low == pytest.approx(1.05) and high == pytest.approx(1.05)
     # noisy pairs: the same resamples drawn one by one, medians by sorting
-    sista = list(clip * (1.0 + 0.2 * rng.standard_normal(12)))
+    sista = list(np.array(clip) * (1.0 + 0.2 * rng.standard_normal(12)))
     indices = np.random.default_rng(0).integers(0, 12, size=(2000, 12))
     naive = []
     for row in indices:
