@@ -75,6 +75,14 @@ def tiny_sista_config(**kwargs) -> SistaConfig:
     return SistaConfig.from_vision_text_configs(vision_config, text_config, **kwargs)
 
 
+def without_dropout(model):
+    """`model` with every dropout probability set to 0 (a training-mode forward that a second run can repeat)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def tiny_batch(batch_size=4, sequence_length=10, report_dim=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(len(SPECIAL_TOKEN_IDS), len(TINY_VOCAB), (batch_size, sequence_length), generator=generator)

@@ -22,7 +22,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 # run as a script, so its own folder (tests/) is first on the import path
-from conftest import tiny_sista_config
+from conftest import tiny_sista_config, without_dropout
 from modeling_sista import SistaModel, gather_global_batch
 
 
@@ -78,10 +78,7 @@ def main(work_dir: Path):
     rank, world_size = dist.get_rank(), dist.get_world_size()
     case = torch.load(work_dir / "case.pt")
     torch.manual_seed(0)
-    model = SistaModel(tiny_sista_config(**case["config_kwargs"])).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    model = without_dropout(SistaModel(tiny_sista_config(**case["config_kwargs"])).train())
     uneven_batch_error = None
     if case.get("check_uneven_batch"):
         try:

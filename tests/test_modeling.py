@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss as clip_loss
 
 from configuration_sista import SistaConfig
-from conftest import run_two_processes, tiny_batch, tiny_sista_config
+from conftest import run_two_processes, tiny_batch, tiny_sista_config, without_dropout
 from modeling_sista import SistaModel, sia_loss, sta_loss
 
 
@@ -19,13 +19,6 @@ from modeling_sista import SistaModel, sia_loss, sta_loss
 def tiny_model(**config_kwargs) -> SistaModel:
     torch.manual_seed(0)
     return SistaModel(tiny_sista_config(**config_kwargs)).eval()
-
-
-def without_dropout(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from conftest import SPECIAL_TOKEN_IDS, load_script, run_two_processes, tiny_batch, tiny_sista_config
+from conftest import (
+    SPECIAL_TOKEN_IDS,
+    load_script,
+    run_two_processes,
+    tiny_batch,
+    tiny_sista_config,
+    without_dropout,
+)
 from modeling_sista import SistaModel, false_negative_mask, sia_loss, sta_loss
 
 
@@ -90,10 +97,7 @@ def test_fsdp2_two_processes_equal_one_process_and_the_gather_compiles(tmp_path)
     distributed = run_two_processes(tmp_path, case)
     assert "same batch size on every process, got [2, 3]" in distributed["uneven_batch_error"]
 
-    model = tiny_model(**config_kwargs).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    model = without_dropout(tiny_model(**config_kwargs).train())
     outputs = model(**global_batch, return_loss=True)
     outputs.loss.backward()
     torch.testing.assert_close(distributed["loss_sia"], outputs.loss_sia.detach(), rtol=1e-5, atol=1e-6)

@@ -403,16 +403,13 @@ def test_bad_sta_options_name_the_field(fields, message):
 def test_two_process_image_contrast_and_centring_equal_one_process(tmp_path):
     """The image contrast compares each report with the images of every process, and the centring removes the
     global batch's cell mean: 2 processes holding half the batch each give the loss and gradients of one."""
-    from conftest import run_two_processes, tiny_batch, tiny_sista_config
+    from conftest import run_two_processes, tiny_batch, tiny_sista_config, without_dropout
 
     config_kwargs = {"sta_negatives": "images", "sta_center_patches": True, "sia_mode": "off"}
     global_batch = tiny_batch(batch_size=6, report_dim=4, seed=5)
     distributed = run_two_processes(tmp_path, {"batch": global_batch, "config_kwargs": config_kwargs}, timeout=240)
     torch.manual_seed(0)
-    model = SistaModel(tiny_sista_config(**config_kwargs)).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    model = without_dropout(SistaModel(tiny_sista_config(**config_kwargs)).train())
     outputs = model(**global_batch, return_loss=True)
     outputs.loss.backward()
     torch.testing.assert_close(distributed["loss"], outputs.loss.detach(), rtol=1e-5, atol=1e-6)
