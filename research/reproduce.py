@@ -976,7 +976,13 @@ def step_selection_text(records: list[dict]) -> str:
             f"{sum(runs.values())} head runs ({parts}).")
 
 
-def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None) -> dict:
+def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None,
+              provenance: dict | None = None) -> dict:
+    """
+    Table, plots and results JSON from every record under `work_dir`. `provenance` (`versions()`) is taken before
+    anything is written, since outputs inside the checkout (the default `docs/results`) make it dirty.
+    """
+    provenance = versions(args.allow_dirty) if provenance is None else provenance
     records = collect_records(args.work_dir)
     errors = [json.loads(path.read_text()) for path in sorted(Path(args.work_dir).glob("runs/*/records/*.error.json"))]
     summary = summarize(records)
@@ -1012,7 +1018,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     payload = {
         "command": command,
         "protocol": {key: value for key, value in asdict(args).items() if key != "worker_run"},
-        "versions": versions(args.allow_dirty),
+        "versions": provenance,
         "wall_time_s": wall_time_s,
         "pretrain_wall_time_s_total": float(sum(pretrain_walls)),
         "downstream_wall_time_s_total": float(sum(r.get("wall_time_s", 0.0) for r in records if r["task"] != "pretrain")),
@@ -1047,9 +1053,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     command = shlex.join(["python", "research/reproduce.py", *argv])
-    versions(args.allow_dirty)  # a dirty checkout stops the study now, not after hours of runs
+    provenance = versions(args.allow_dirty)  # a dirty checkout stops the study now, not after hours of runs
     if args.aggregate_only:
-        return aggregate(args, command)
+        return aggregate(args, command, provenance=provenance)
     start = time.time()
     prepare_dataset(args)
     # seed-major order: a study stopped early still has every objective at the seeds it finished
@@ -1071,8 +1077,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             if process.returncode != 0:
                 logger.error("Worker %s:%d exited with %d; its finished runs are kept.", objective, seed,
                              process.returncode)
-            aggregate(args, command, time.time() - start)
-    return aggregate(args, command, time.time() - start)
+            aggregate(args, command, time.time() - start, provenance)
+    return aggregate(args, command, time.time() - start, provenance)
 
 
 if __name__ == "__main__":

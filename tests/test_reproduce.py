@@ -375,3 +375,28 @@ def test_records_refuse_a_dirty_checkout_unless_told(tmp_path):
         with pytest.raises(RuntimeError, match="--allow_dirty"):
             reproduce.main(["--aggregate_only", "--work_dir", str(tmp_path / "w"), "--output_dir", str(tmp_path / "o")])
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_aggregate_into_the_clean_checkout_it_reads(tmp_path):
+    """`--aggregate_only` with records and outputs inside a clean checkout (the default docs/results) names its commit;
+    its own outputs, written before the JSON, do not make it refuse the checkout as dirty."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    records, _ = fake_records()
+    for index, record in enumerate(records):
+        path = tmp_path / "docs" / "runs" / f"{record['objective']}-seed{record['seed']}" / "records" / f"{index}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    git("init", "-q")
+    git("add", "docs")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "records")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "ROOT", tmp_path)
+        payload = reproduce.main(["--aggregate_only", "--work_dir", str(tmp_path / "docs"),
+                                  "--output_dir", str(tmp_path / "docs")])
+    assert payload["versions"]["git_commit"] == git("rev-parse", "HEAD").strip()
+    assert payload["versions"]["git_dirty_files"] == []
+    assert json.loads((tmp_path / "docs" / "reproduce_results.json").read_text())["num_records"] == len(records)
