@@ -523,6 +523,16 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
     base = run_dir(args, objective, seed)
     model_dir = base / "pretrain"
     pretrain_record = record_path(args, objective, seed, "pretrain", None)
+    jobs = [(task, fraction) for task in args.task_list if task in ("segmentation", "detection")
+            for fraction in args.step_budgets[task]]
+    jobs += [(task, None) for task in args.task_list if task in EVAL_TASKS]
+    expected = [pretrain_record, *(record_path(args, objective, seed, task, fraction) for task, fraction in jobs)]
+    if "classification" in args.task_list:
+        expected += [record_path(args, objective, seed, "classification", fraction) for fraction in args.fraction_list]
+    if all(path.is_file() for path in expected):
+        # records copied from another machine come without the checkpoint: nothing is left to run
+        logger.info("%s seed %d: all %d records found in %s; nothing to run.", objective, seed, len(expected), base)
+        return
     if not (pretrain_record.is_file() and pretrain_done(model_dir)):
         cli = pretrain_arguments(args, objective, seed, model_dir)
         start = time.time()
@@ -544,9 +554,6 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
 
     if "classification" in args.task_list:
         linear_probe(args, objective, seed, model_dir, base / "linear_probe")
-    jobs = [(task, fraction) for task in args.task_list if task in ("segmentation", "detection")
-            for fraction in args.step_budgets[task]]
-    jobs += [(task, None) for task in args.task_list if task in EVAL_TASKS]
     for task, fraction in jobs:
         path = record_path(args, objective, seed, task, fraction)
         if path.is_file():

@@ -400,3 +400,24 @@ def test_aggregate_into_the_clean_checkout_it_reads(tmp_path):
     assert payload["versions"]["git_commit"] == git("rev-parse", "HEAD").strip()
     assert payload["versions"]["git_dirty_files"] == []
     assert json.loads((tmp_path / "docs" / "reproduce_results.json").read_text())["num_records"] == len(records)
+
+
+def test_a_run_whose_records_all_exist_runs_nothing(tmp_path, monkeypatch):
+    """Records copied from another machine (no checkpoint beside them) complete an (objective, seed); one missing
+    record runs again, after the pre-training its checkpoint needs."""
+    args = reproduce.parse_arguments(["--work_dir", str(tmp_path), "--seeds", "3"])
+    called = []
+    monkeypatch.setattr(reproduce, "example_script", lambda name: called.append(name) or 1 / 0)
+    names = ["pretrain", *(f"classification-{fraction:g}" for fraction in args.fraction_list),
+             *(f"{task}-{fraction:g}" for task in ("segmentation", "detection") for fraction in args.step_budgets[task]),
+             *reproduce.EVAL_TASKS]
+    for name in names:
+        path = tmp_path / "runs" / "sta-seed3" / "records" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    reproduce.run_one(args, "sta", 3)
+    assert called == []
+    (tmp_path / "runs" / "sta-seed3" / "records" / "grounding.json").unlink()
+    with pytest.raises(ZeroDivisionError):
+        reproduce.run_one(args, "sta", 3)
+    assert called == ["pretrain"]
