@@ -509,6 +509,10 @@ def example_script(name: str):
 
 
 def write_record(path: Path, record: dict) -> None:
+    """One run's record, with the commit that made it (a study's seeds may run on several machines)."""
+    from sista_examples.evaluation.results import source_provenance
+
+    record = {**record, "source": source_provenance(ROOT, allow_dirty=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2, allow_nan=False, default=str) + "\n")

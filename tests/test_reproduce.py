@@ -421,3 +421,13 @@ def test_a_run_whose_records_all_exist_runs_nothing(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         reproduce.run_one(args, "sta", 3)
     assert called == ["pretrain"]
+
+
+def test_records_name_the_commit_that_made_them(tmp_path):
+    import subprocess
+
+    reproduce.write_record(tmp_path / "records" / "grounding.json", {"objective": "sta", "seed": 3})
+    saved = json.loads((tmp_path / "records" / "grounding.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=reproduce.ROOT, capture_output=True, text=True).stdout.strip()
+    assert saved["objective"] == "sta" and saved["source"]["git_commit"] == (head or None)
+    assert not list((tmp_path / "records").glob("*.tmp"))
