@@ -428,6 +428,7 @@ def test_records_name_the_commit_that_made_them(tmp_path):
 
     reproduce.write_record(tmp_path / "records" / "grounding.json", {"objective": "sta", "seed": 3})
     saved = json.loads((tmp_path / "records" / "grounding.json").read_text())
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=reproduce.ROOT, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=reproduce.ROOT, capture_output=True, text=True)
+    head = git.stdout.strip()
     assert saved["objective"] == "sta" and saved["source"]["git_commit"] == (head or None)
     assert not list((tmp_path / "records").glob("*.tmp"))
