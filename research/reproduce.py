@@ -33,6 +33,7 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
     python research/reproduce.py --quick               # 1 seed, tiny data and budgets, every task (a pipeline check)
     python research/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
     python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
+    python research/reproduce.py --aggregate_only --seeds 0,1   # ... of the seeds every objective has finished
 """
 
 import importlib.util
@@ -145,7 +146,7 @@ class ReproduceArguments:
     output_dir: str = field(default="docs/results", metadata={"help": "Aggregated JSON, table and plots."})
     work_dir: str = field(default="outputs/reproduce", metadata={"help": "Dataset, checkpoints and per-run JSON."})
     objectives: str = field(default="clip,sia,sta,sista", metadata={"help": "Comma-separated objectives."})
-    seeds: str = field(default="0,1,2,3,4", metadata={"help": "Comma-separated seeds."})
+    seeds: str = field(default="0,1,2,3,4", metadata={"help": "Comma-separated seeds to run and to aggregate."})
     tasks: str | None = field(default=None, metadata={"help": f"Comma-separated subset of {','.join(ALL_TASKS)}."})
     label_fractions: str | None = field(default=None, metadata={"help": "Comma-separated label fractions."})
     quick: bool = field(default=False, metadata={"help": "1 seed, tiny data and budgets: a pipeline check."})
@@ -990,12 +991,14 @@ def step_selection_text(records: list[dict]) -> str:
 def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None,
               provenance: dict | None = None) -> dict:
     """
-    Table, plots and results JSON from every record under `work_dir`. `provenance` (`versions()`) is taken before
-    anything is written, since outputs inside the checkout (the default `docs/results`) make it dirty.
+    Table, plots and results JSON from the records under `work_dir` of the seeds in `--seeds` (so a seed that not
+    every objective has finished can be left out). `provenance` (`versions()`) is taken before anything is written,
+    since outputs inside the checkout (the default `docs/results`) make it dirty.
     """
     provenance = versions(args.allow_dirty) if provenance is None else provenance
-    records = collect_records(args.work_dir)
+    records = [record for record in collect_records(args.work_dir) if record["seed"] in args.seed_list]
     errors = [json.loads(path.read_text()) for path in sorted(Path(args.work_dir).glob("runs/*/records/*.error.json"))]
+    errors = [error for error in errors if error["seed"] in args.seed_list]
     summary = summarize(records)
     objectives = [name for name in OBJECTIVES if any(r["objective"] == name for r in records)]
     output_dir = Path(args.output_dir)

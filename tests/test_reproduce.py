@@ -400,6 +400,15 @@ def test_aggregate_into_the_clean_checkout_it_reads(tmp_path):
     assert payload["versions"]["git_commit"] == git("rev-parse", "HEAD").strip()
     assert payload["versions"]["git_dirty_files"] == []
     assert json.loads((tmp_path / "docs" / "reproduce_results.json").read_text())["num_records"] == len(records)
+    # committed, then aggregated again over the seeds every objective finished
+    git("add", "docs")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "outputs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "ROOT", tmp_path)
+        payload = reproduce.main(["--aggregate_only", "--seeds", "0,1", "--work_dir", str(tmp_path / "docs"),
+                                  "--output_dir", str(tmp_path / "docs")])
+    assert payload["num_records"] == sum(record["seed"] in (0, 1) for record in records) < len(records)
+    assert payload["summary"]["classification"]["auroc"]["0.01"]["clip"]["seeds"] == [0, 1]
 
 
 def test_a_run_whose_records_all_exist_runs_nothing(tmp_path, monkeypatch):
