@@ -587,10 +587,12 @@ def run_one(args: ReproduceArguments, objective: str, seed: int) -> None:
             record["traceback"] = traceback.format_exc()
             logger.error("%s %s seed %d failed: %s", name, objective, seed, record["error"])
         record["wall_time_s"] = time.time() - start
+        error_path = path.with_name(path.stem + ".error.json")
         if "error" not in record:
             write_record(path, record)
+            error_path.unlink(missing_ok=True)  # an earlier failure of this run is no longer the study's
         else:
-            write_record(path.with_name(path.stem + ".error.json"), record)
+            write_record(error_path, record)
         logger.info("%s %s seed %d: %s (%.0f s)", name, objective, seed, record.get("metrics"), record["wall_time_s"])
 
 
@@ -623,10 +625,9 @@ def linear_probe(args: ReproduceArguments, objective: str, seed: int, model_dir:
 
 
 def collect_records(work_dir: str | os.PathLike) -> list[dict]:
-    records = []
-    for path in sorted(Path(work_dir).glob("runs/*/records/*.json")):
-        records.append(json.loads(path.read_text()))
-    return records
+    """Every finished run's record (a failed run's `*.error.json` is read apart, as an error)."""
+    paths = sorted(Path(work_dir).glob("runs/*/records/*.json"))
+    return [json.loads(path.read_text()) for path in paths if not path.name.endswith(".error.json")]
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

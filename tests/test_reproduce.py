@@ -197,12 +197,15 @@ def test_aggregate_reads_records_and_writes_outputs(tmp_path):
         path = tmp_path / "work" / "runs" / f"{record['objective']}-seed{record['seed']}" / "records" / f"{index}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
+    failed = {"objective": "sista", "seed": 0, "task": "retrieval", "label_fraction": None, "error": "ValueError: x"}
+    (tmp_path / "work" / "runs" / "sista-seed0" / "records" / "retrieval.error.json").write_text(json.dumps(failed))
     # --allow_dirty: the test runs in any checkout (the refusal itself is tested below)
     args = reproduce.parse_arguments(
         ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out"), "--allow_dirty"]
     )
     payload = reproduce.aggregate(args, "python research/reproduce.py")
-    assert payload["num_records"] == len(records)
+    assert payload["num_records"] == len(records)  # the failed run is an error, not a record
+    assert [error["error"] for error in payload["errors"]] == ["ValueError: x"]
     assert (tmp_path / "out" / "reproduce_table.md").is_file()
     assert (tmp_path / "out" / "reproduce_label_fractions.png").is_file()
     saved = json.loads((tmp_path / "out" / "reproduce_results.json").read_text())
