@@ -624,10 +624,14 @@ def linear_probe(args: ReproduceArguments, objective: str, seed: int, model_dir:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def collect_records(work_dir: str | os.PathLike) -> list[dict]:
-    """Every finished run's record (a failed run's `*.error.json` is read apart, as an error)."""
-    paths = sorted(Path(work_dir).glob("runs/*/records/*.json"))
-    return [json.loads(path.read_text()) for path in paths if not path.name.endswith(".error.json")]
+def collect_records(work_dir: str | os.PathLike, seeds: list[int]) -> tuple[list[dict], list[dict]]:
+    """`(records, errors)` of the given seeds: finished runs' records, and failed runs' `*.error.json`."""
+    records, errors = [], []
+    for path in sorted(Path(work_dir).glob("runs/*/records/*.json")):
+        record = json.loads(path.read_text())
+        if record["seed"] in seeds:
+            (errors if path.name.endswith(".error.json") else records).append(record)
+    return records, errors
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -997,9 +1001,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     since outputs inside the checkout (the default `docs/results`) make it dirty.
     """
     provenance = versions(args.allow_dirty) if provenance is None else provenance
-    records = [record for record in collect_records(args.work_dir) if record["seed"] in args.seed_list]
-    errors = [json.loads(path.read_text()) for path in sorted(Path(args.work_dir).glob("runs/*/records/*.error.json"))]
-    errors = [error for error in errors if error["seed"] in args.seed_list]
+    records, errors = collect_records(args.work_dir, args.seed_list)
     summary = summarize(records)
     objectives = [name for name in OBJECTIVES if any(r["objective"] == name for r in records)]
     output_dir = Path(args.output_dir)
