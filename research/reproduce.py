@@ -32,8 +32,9 @@ stopped. Each (objective, seed) runs in its own Python process (the example scri
     python research/reproduce.py                       # the full study
     python research/reproduce.py --quick               # 1 seed, tiny data and budgets, every task (a pipeline check)
     python research/reproduce.py --objectives clip,sista --seeds 0,1 --output_dir /tmp/study
-    python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found
-    python research/reproduce.py --aggregate_only --seeds 0,1   # ... of the seeds every objective has finished
+    python research/reproduce.py --aggregate_only      # rebuild table and plots from the runs found (a seed that
+                                                       # not every objective finished is left out, with its reason)
+    python research/reproduce.py --aggregate_only --seeds 0,1   # ... of these seeds only
 """
 
 import importlib.util
@@ -134,7 +135,8 @@ class ReproduceArguments:
         quick (`bool`, *optional*, defaults to `False`):
             One seed, tiny data and budgets (heads at 100% only): checks the pipeline end to end, every task.
         aggregate_only (`bool`, *optional*, defaults to `False`):
-            Run nothing; rebuild the JSON, table and plots from the runs found in `work_dir`.
+            Run nothing; rebuild the JSON, table and plots from the runs found in `work_dir` (of the seeds that every
+            objective has finished).
         allow_dirty (`bool`, *optional*, defaults to `False`):
             Run and record from a checkout with uncommitted changes (listed in the record); refused otherwise, since
             the recorded commit would not hold the code that made the numbers.
@@ -634,6 +636,35 @@ def collect_records(work_dir: str | os.PathLike, seeds: list[int]) -> tuple[list
     return records, errors
 
 
+def unfinished_seeds(records: list[dict], errors: list[dict]) -> dict[int, str]:
+    """
+    `{seed: reason}` for each seed that some objective of the study has not finished: at that seed it has neither a
+    record nor an error for a run (task and label fraction) that another objective finished. A study stopped mid-seed
+    leaves such a seed, and its means would mix objectives over different seeds, so `aggregate` leaves it out. A
+    failed run counts as finished: its error is reported, not hidden by dropping its seed.
+    """
+    def runs(rows: list[dict]) -> dict[tuple[int, str], set]:
+        found: dict = {}
+        for row in rows:
+            entry = found.setdefault((row["seed"], row["objective"]), set())
+            if row["task"] != "pretrain":  # no metric of its own; the runs after it show it finished
+                entry.add((row["task"], row.get("label_fraction")))
+        return found
+
+    finished, attempted = runs(records), runs(records + errors)
+    objectives = sorted({objective for _, objective in attempted})
+    reasons = {}
+    for seed in sorted({seed for seed, _ in attempted}):
+        expected = set().union(*(found for (at, _), found in finished.items() if at == seed))
+        missing = {objective: len(expected - attempted.get((seed, objective), set())) for objective in objectives}
+        missing = {objective: count for objective, count in missing.items() if count}
+        if missing:
+            reasons[seed] = "unfinished: " + ", ".join(
+                f"{objective} lacks {count} of {len(expected)} runs" for objective, count in missing.items()
+            )
+    return reasons
+
+
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1; None for a single value)."""
     values = [float(value) for value in values]
@@ -996,12 +1027,17 @@ def step_selection_text(records: list[dict]) -> str:
 def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None = None,
               provenance: dict | None = None) -> dict:
     """
-    Table, plots and results JSON from the records under `work_dir` of the seeds in `--seeds` (so a seed that not
-    every objective has finished can be left out). `provenance` (`versions()`) is taken before anything is written,
+    Table, plots and results JSON from the records under `work_dir` of the seeds in `--seeds`; a seed that not every
+    objective has finished (`unfinished_seeds`) is left out, with its reason in the log, table and JSON. `provenance` (`versions()`) is taken before anything is written,
     since outputs inside the checkout (the default `docs/results`) make it dirty.
     """
     provenance = versions(args.allow_dirty) if provenance is None else provenance
     records, errors = collect_records(args.work_dir, args.seed_list)
+    left_out = unfinished_seeds(records, errors)
+    for seed, reason in left_out.items():
+        logger.warning("Seed %d left out of the table (%s).", seed, reason)
+    records = [record for record in records if record["seed"] not in left_out]
+    errors = [error for error in errors if error["seed"] not in left_out]
     summary = summarize(records)
     objectives = [name for name in OBJECTIVES if any(r["objective"] == name for r in records)]
     output_dir = Path(args.output_dir)
@@ -1021,10 +1057,11 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     pretrain_walls = [r["wall_time_s"] for r in records if r["task"] == "pretrain"]
     selection = step_selection_text(records)
     selection = f"{selection} " if selection else ""
+    left_out_text = "".join(f" Seed {seed} left out ({reason})." for seed, reason in left_out.items())
     header = (
         f"# SISTA reproduction on SynthCXR{' (--quick)' if args.quick else ''}\n\n"
-        f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed. Frozen encoders: scikit-learn "
-        f"logistic regression for classification (C chosen on validation), heads for segmentation and detection "
+        f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed.{left_out_text} Frozen encoders: "
+        f"scikit-learn logistic regression for classification (C chosen on validation), heads for segmentation and detection "
         f"(step chosen on the validation Dice / loss). {selection}Command: `{command}`.\n\n"
     )
     (output_dir / f"{prefix}_table.md").write_text(header + table)
@@ -1040,6 +1077,7 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
         "pretrain_wall_time_s_total": float(sum(pretrain_walls)),
         "downstream_wall_time_s_total": float(sum(r.get("wall_time_s", 0.0) for r in records if r["task"] != "pretrain")),
         "num_records": len(records),
+        "seeds_left_out": {str(seed): reason for seed, reason in left_out.items()},
         "errors": [{key: error.get(key) for key in ("objective", "seed", "task", "label_fraction", "error")}
                    for error in errors],
         "summary": summary,

@@ -212,6 +212,39 @@ def test_aggregate_reads_records_and_writes_outputs(tmp_path):
     assert saved["summary"]["classification"]["auroc"]["0.01"]["clip"]["mean"] == pytest.approx(0.62)
 
 
+def test_a_seed_not_every_objective_finished_is_left_out(tmp_path):
+    """A study stopped mid-seed: seed 3 has CLIP's 1% probe only, seed 4 every run but SISTA's 100% probe. Both are
+    left out with their reasons; a failed run (SISTA's retrieval at seed 0) finishes its seed and is reported."""
+    records, _ = fake_records()
+    records += [{"objective": "clip", "seed": 3, "task": "classification", "label_fraction": 0.01,
+                 "metrics": {"auroc": 0.99}},
+                {"objective": "clip", "seed": 3, "task": "pretrain", "label_fraction": None, "wall_time_s": 1.0}]
+    records += [{"objective": objective, "seed": 4, "task": "classification", "label_fraction": fraction,
+                 "metrics": {"auroc": 0.99}} for objective in ("clip", "sista") for fraction in (0.01, 1.0)][:-1]
+    errors = [{"objective": "sista", "seed": 0, "task": "retrieval", "label_fraction": None, "error": "ValueError: x"}]
+    assert reproduce.unfinished_seeds(records, errors) == {3: "unfinished: sista lacks 1 of 1 runs",
+                                                           4: "unfinished: sista lacks 1 of 2 runs"}
+    records.append({"objective": "clip", "seed": 0, "task": "retrieval", "label_fraction": None,
+                    "metrics": {"recall_at_1": 0.1}})  # SISTA's error at seed 0 stands for its retrieval
+    assert set(reproduce.unfinished_seeds(records, errors)) == {3, 4}
+    for index, record in enumerate(records + errors):
+        name = f"{index}.error.json" if "error" in record else f"{index}.json"
+        path = tmp_path / "work" / "runs" / f"{record['objective']}-seed{record['seed']}" / "records" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    args = reproduce.parse_arguments(
+        ["--work_dir", str(tmp_path / "work"), "--output_dir", str(tmp_path / "out"), "--allow_dirty"]
+    )
+    payload = reproduce.aggregate(args, "python research/reproduce.py")
+    assert payload["seeds_left_out"] == {"3": "unfinished: sista lacks 1 of 1 runs",
+                                         "4": "unfinished: sista lacks 1 of 2 runs"}
+    assert payload["num_records"] == len(records) - 5 and len(payload["errors"]) == 1
+    clip = payload["summary"]["classification"]["auroc"]["0.01"]["clip"]
+    assert clip["seeds"] == [0, 1, 2] and clip["mean"] == pytest.approx(0.62)  # not 0.99's seeds
+    table = (tmp_path / "out" / "reproduce_table.md").read_text()
+    assert "over seeds [0, 1, 2]" in table and "Seed 3 left out (unfinished: sista lacks 1 of 1 runs)." in table
+
+
 def test_quick_argument_parsing():
     quick = reproduce.parse_arguments(["--quick"])
     assert quick.quick and quick.seed_list == [0]
