@@ -1028,8 +1028,9 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
               provenance: dict | None = None) -> dict:
     """
     Table, plots and results JSON from the records under `work_dir` of the seeds in `--seeds`; a seed that not every
-    objective has finished (`unfinished_seeds`) is left out, with its reason in the log, table and JSON. `provenance` (`versions()`) is taken before anything is written,
-    since outputs inside the checkout (the default `docs/results`) make it dirty.
+    objective has finished (`unfinished_seeds`) is left out, with its reason in the log, table and JSON.
+    `provenance` (`versions()`) is taken before anything is written, since outputs inside the checkout (the default
+    `docs/results`) make it dirty.
     """
     provenance = versions(args.allow_dirty) if provenance is None else provenance
     records, errors = collect_records(args.work_dir, args.seed_list)
@@ -1061,8 +1062,8 @@ def aggregate(args: ReproduceArguments, command: str, wall_time_s: float | None 
     header = (
         f"# SISTA reproduction on SynthCXR{' (--quick)' if args.quick else ''}\n\n"
         f"Mean ± sample std (ddof=1) over seeds {seeds}; `n=1` marks a single seed.{left_out_text} Frozen encoders: "
-        f"scikit-learn logistic regression for classification (C chosen on validation), heads for segmentation and detection "
-        f"(step chosen on the validation Dice / loss). {selection}Command: `{command}`.\n\n"
+        f"scikit-learn logistic regression for classification (C chosen on validation), heads for segmentation and "
+        f"detection (step chosen on the validation Dice / loss). {selection}Command: `{command}`.\n\n"
     )
     (output_dir / f"{prefix}_table.md").write_text(header + table)
     plots = [
